@@ -1,0 +1,133 @@
+/* mmap of shared fds as external ArrayBuffers; munmap detaches. memfd_create and fstat for tests and checks. */
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#define MAX_MAP_SIZE 4294967296.0 /* a typed array view is limited to 4 GiB on Node 20 */
+#define MAX_OFFSET 9007199254740991.0
+
+/* One mapping. Two owners: the ArrayBuffer's backing store (its finalizer unmaps if still mapped) and the wrap on
+ * the ArrayBuffer object (so munmap(ab) can find it). Freed when both have let go; mapped guards double munmap. */
+typedef struct {
+  void *base;
+  size_t len;
+  int mapped;
+  int owners;
+} mapping_t;
+
+static const napi_type_tag mapping_tag = {0x76686f7374646d6dULL, 0x6d61707069e67321ULL};
+
+static void mapping_release(mapping_t *m) {
+  if (--m->owners == 0) free(m);
+}
+
+static void mapping_unmap(mapping_t *m) {
+  if (!m->mapped) return;
+  munmap(m->base, m->len);
+  m->mapped = 0;
+}
+
+static void backing_finalize(napi_env env, void *data, void *hint) {
+  UNUSED(env);
+  UNUSED(data);
+  mapping_unmap(hint);
+  mapping_release(hint);
+}
+
+static void wrap_finalize(napi_env env, void *data, void *hint) {
+  UNUSED(env);
+  UNUSED(hint);
+  mapping_release(data);
+}
+
+napi_value mem_mmap_shared(napi_env env, napi_callback_info info) {
+  napi_value argv[4], ab;
+  int32_t fd;
+  uint64_t size, offset;
+  int writable;
+  if (get_args(env, info, 4, argv, NULL) || arg_i32(env, argv[0], "fd", &fd) ||
+      arg_uint(env, argv[1], "size", MAX_MAP_SIZE, &size) || arg_uint(env, argv[2], "offset", MAX_OFFSET, &offset) ||
+      arg_bool(env, argv[3], "writable", &writable))
+    return NULL;
+  if (size == 0) return throw_range(env, "The \"size\" argument must be > 0");
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t delta = offset & (page - 1);
+  mapping_t *m = calloc(1, sizeof(*m));
+  if (!m) return throw_errno(env, "malloc", ENOMEM);
+  m->len = (size_t)(size + delta);
+  m->base = mmap(NULL, m->len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED | MAP_NORESERVE, fd,
+                 (off_t)(offset - delta));
+  if (m->base == MAP_FAILED) {
+    int err = errno;
+    free(m);
+    return throw_errno(env, "mmap", err);
+  }
+  m->mapped = 1;
+  m->owners = 1; /* the backing store */
+  if (napi_create_external_arraybuffer(env, (char *)m->base + delta, (size_t)size, backing_finalize, m, &ab) !=
+      napi_ok) {
+    mapping_unmap(m);
+    free(m);
+    throw_napi_failure(env, "napi_create_external_arraybuffer");
+    return NULL;
+  }
+  /* From here the backing store owns m; the wrap takes the second share. */
+  m->owners = 2;
+  if (napi_type_tag_object(env, ab, &mapping_tag) != napi_ok || napi_wrap(env, ab, m, wrap_finalize, NULL, NULL) != napi_ok) {
+    m->owners = 1;
+    throw_napi_failure(env, "napi_wrap");
+    return NULL;
+  }
+  return ab;
+}
+
+napi_value mem_munmap(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  bool ours = false, detached = false;
+  void *data = NULL;
+  if (get_args(env, info, 1, argv, NULL)) return NULL;
+  if (napi_check_object_type_tag(env, argv[0], &mapping_tag, &ours) != napi_ok || !ours ||
+      napi_unwrap(env, argv[0], &data) != napi_ok)
+    return throw_type(env, "The \"ab\" argument must be an ArrayBuffer returned by mmapShared()");
+  mapping_t *m = data;
+  NAPI_CALL(env, napi_is_detached_arraybuffer(env, argv[0], &detached));
+  /* Detached elsewhere (e.g. transferred): the memory may live on in another ArrayBuffer; its finalizer unmaps. */
+  if (detached) return make_undefined(env);
+  NAPI_CALL(env, napi_detach_arraybuffer(env, argv[0]));
+  mapping_unmap(m);
+  return make_undefined(env);
+}
+
+napi_value mem_memfd_create(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  char name[250];
+  size_t len;
+  uint64_t size;
+  if (get_args(env, info, 2, argv, NULL) || arg_string(env, argv[0], "name", name, sizeof(name), &len) ||
+      arg_uint(env, argv[1], "size", MAX_OFFSET, &size))
+    return NULL;
+  int fd = memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) return throw_errno(env, "memfd_create", errno);
+  int r;
+  do r = ftruncate(fd, (off_t)size);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, "ftruncate", err);
+  }
+  return make_number(env, fd);
+}
+
+napi_value mem_fd_size(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int32_t fd;
+  struct stat st;
+  if (get_args(env, info, 1, argv, NULL) || arg_i32(env, argv[0], "fd", &fd)) return NULL;
+  if (fstat(fd, &st) < 0) return throw_errno(env, "fstat", errno);
+  return make_number(env, (double)st.st_size);
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env node
+/**
+ * vhostd: the daemon entry point. Parses flags, loads the configuration, starts the Daemon; no logic here.
+ *
+ *   vhostd [-v] [-f FILE]     run in the foreground (without -f: the embedded default configuration)
+ *   vhostd -n [-f FILE]       check the configuration and exit 0 (valid) or 1 (invalid)
+ */
+import { parseArgs } from 'node:util';
+import { loadConfigFile } from '../config/load.js';
+import { defaultConfig, DEFAULT_CONFIG_NAME } from '../config/default.js';
+import type { Config } from '../config/model.js';
+import { Daemon } from '../daemon.js';
+import { loadNative } from '../native/binding.js';
+import { createLogger } from '../util/log.js';
+
+const usage = `usage: vhostd [-nv] [-f file]
+  -f file   configuration file (default: the embedded default configuration)
+  -n        check the configuration and exit
+  -v        verbose logging (debug; -vv for trace)
+  -h        this help`;
+
+function main(): number {
+  let values: { f?: string; n?: boolean; v?: boolean[]; h?: boolean };
+  try {
+    ({ values } = parseArgs({
+      options: {
+        f: { type: 'string', short: 'f' },
+        n: { type: 'boolean', short: 'n' },
+        v: { type: 'boolean', short: 'v', multiple: true },
+        h: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+    }));
+  } catch (err) {
+    process.stderr.write(`vhostd: ${(err as Error).message}\n${usage}\n`);
+    return 1;
+  }
+  if (values.h) {
+    process.stdout.write(`${usage}\n`);
+    return 0;
+  }
+  let config: Config;
+  try {
+    config = values.f ? loadConfigFile(values.f) : defaultConfig();
+  } catch (err) {
+    process.stderr.write(`vhostd: ${(err as Error).message}\n`);
+    return 1;
+  }
+  if (values.n) {
+    process.stdout.write(`${values.f ?? DEFAULT_CONFIG_NAME}: configuration OK\n`);
+    return 0;
+  }
+  const verbosity = values.v?.length ?? 0;
+  const log = createLogger({ level: verbosity >= 2 ? 'trace' : verbosity === 1 ? 'debug' : 'info' });
+  let daemon: Daemon;
+  try {
+    daemon = new Daemon(config, loadNative(), log);
+    daemon.start();
+  } catch (err) {
+    log.fatal({ err }, 'vhostd failed to start');
+    return 1;
+  }
+  for (const q of daemon.qemuArgs({ tcg: false })) {
+    log.info({ vm: q.vm, socket: q.socket, qemu: q.args }, 'attach a QEMU guest with these arguments (add vectors=0 to -device under TCG)');
+  }
+  const shutdown = (signal: string): void => {
+    log.info({ signal }, 'shutting down');
+    daemon.stop();
+    log.flush();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  return -1; // keep running
+}
+
+const rc = main();
+if (rc >= 0) process.exitCode = rc;

@@ -1,0 +1,355 @@
+/**
+ * Parser for the vm.conf-style configuration. Two phases:
+ *   1. syntax: a keyword table per block (TOP, SOCKET, SWITCH, VM, INTERFACE) maps each keyword to a
+ *      handler that consumes its arguments into a raw, position-carrying tree. A new keyword is one
+ *      table entry plus one field on the raw node. Syntax errors stop at the first one.
+ *   2. validation: names, references, MACs, paths -> the model of model.ts. Value and semantic errors
+ *      are collected and thrown together (sorted by position) as one ConfigError.
+ */
+import { createHash } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
+import { ConfigError, describeToken, tokenize, type Diagnostic, type Token } from './lexer.js';
+import {
+  DEFAULT_MTU,
+  DEFAULT_SOCKET_DIR,
+  MAX_MTU,
+  MIN_MTU,
+  type Config,
+  type InterfaceConfig,
+  type SourcePos,
+  type SwitchConfig,
+  type VmConfig,
+} from './model.js';
+
+export interface ParseOptions {
+  /** Directory that relative paths are resolved against; default: the directory of `file`. */
+  baseDir?: string;
+}
+
+/** Longest unix socket path Linux accepts (sun_path is 108 bytes including the NUL). */
+export const MAX_SOCKET_PATH_BYTES = 107;
+/** Prefix of generated addresses: locally administered (bit 1 set), unicast (bit 0 clear). */
+export const GENERATED_MAC_PREFIX = 'fe:e1:ba';
+export const MAC_EXAMPLE = 'fe:e1:bb:f1:c8:01';
+
+// ---------------------------------------------------------------------------------------------------
+// Raw tree (phase 1 output)
+
+interface Located<T> {
+  value: T;
+  pos: SourcePos;
+}
+
+interface RawConfig {
+  socketDir?: Located<string>;
+  switches: RawSwitch[];
+  vms: RawVm[];
+}
+
+interface RawSwitch {
+  pos: SourcePos;
+  name: Located<string>;
+  mtu?: Located<number>;
+}
+
+interface RawVm {
+  pos: SourcePos;
+  name: Located<string>;
+  interfaces: RawInterface[];
+}
+
+interface RawInterface {
+  pos: SourcePos;
+  /** Position of the `{`: missing-switch errors point here. */
+  brace: SourcePos;
+  switchRef?: Located<string>;
+  lladdr?: Located<string>;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Keyword tables (phase 1). A handler consumes the arguments after its keyword; the block loop then
+// requires the end of the statement (newline, `;`, or the block's `}`).
+
+type Handler<C> = (p: Parser, ctx: C, keyword: Token) => void;
+type KeywordTable<C> = Readonly<Record<string, Handler<C>>>;
+
+const TOP: KeywordTable<RawConfig> = {
+  socket: (p, cfg, kw) => p.subKeyword(SOCKET, cfg, kw),
+  switch: (p, cfg, kw) => {
+    const sw: RawSwitch = { pos: pos(kw), name: p.string('a switch name', '"uplink"') };
+    p.block(SWITCH, sw, `switch ${JSON.stringify(sw.name.value)}`, 'switch');
+    cfg.switches.push(sw);
+  },
+  vm: (p, cfg, kw) => {
+    const vm: RawVm = { pos: pos(kw), name: p.string('a vm name', '"vm1"'), interfaces: [] };
+    p.block(VM, vm, `vm ${JSON.stringify(vm.name.value)}`, 'vm');
+    cfg.vms.push(vm);
+  },
+};
+
+/** `socket <sub-keyword> ...`; planned: `socket owner user:group`. */
+const SOCKET: KeywordTable<RawConfig> = {
+  dir: (p, cfg, kw) => p.setOnce(cfg, 'socketDir', p.string('a socket directory', '"/run/vhostd"'), kw, 'socket dir'),
+};
+
+const SWITCH: KeywordTable<RawSwitch> = {
+  mtu: (p, sw, kw) => p.setOnce(sw, 'mtu', p.number('an mtu', MIN_MTU, MAX_MTU), kw, 'mtu'),
+};
+
+const VM: KeywordTable<RawVm> = {
+  interface: (p, vm, kw) => {
+    const iface: RawInterface = { pos: pos(kw), brace: pos(p.peek()) };
+    p.block(INTERFACE, iface, 'interface', 'interface');
+    vm.interfaces.push(iface);
+  },
+};
+
+const INTERFACE: KeywordTable<RawInterface> = {
+  switch: (p, iface, kw) => p.setOnce(iface, 'switchRef', p.string('a switch name', '"uplink"'), kw, 'switch'),
+  lladdr: (p, iface, kw) => p.setOnce(iface, 'lladdr', p.mac(), kw, 'lladdr'),
+};
+
+const pos = (t: SourcePos): SourcePos => ({ line: t.line, col: t.col });
+const at = (p: SourcePos): string => `${p.line}:${p.col}`;
+const keywordList = (table: object): string => Object.keys(table).join(', ');
+
+// ---------------------------------------------------------------------------------------------------
+// Phase 1: token stream -> raw tree
+
+class Parser {
+  private i = 0;
+  readonly diagnostics: Diagnostic[] = [];
+
+  constructor(
+    private readonly tokens: Token[],
+    readonly file: string,
+  ) {}
+
+  peek(): Token {
+    return this.tokens[this.i]!;
+  }
+
+  next(): Token {
+    const t = this.tokens[this.i]!;
+    if (t.kind !== 'eof') this.i++;
+    return t;
+  }
+
+  /** Record an error and keep parsing (the syntax is intact). */
+  report(at: SourcePos, message: string): void {
+    this.diagnostics.push({ file: this.file, line: at.line, col: at.col, message });
+  }
+
+  /** Record an error and stop: the token stream cannot be trusted past this point. */
+  fail(at: SourcePos, message: string): never {
+    this.report(at, message);
+    throw new ConfigError(this.diagnostics);
+  }
+
+  /** Statements until `}` (when `open` is given) or end of file (top level). */
+  statements<C>(table: KeywordTable<C>, ctx: C, where: string, open?: Token): void {
+    for (;;) {
+      const t = this.next();
+      if (t.kind === 'eol') continue;
+      if (open && t.kind === '}') return;
+      if (t.kind === 'eof') {
+        if (open) this.fail(t, `expected "}" to close the ${where} opened at ${at(open)}, got end of file`);
+        return;
+      }
+      if (t.kind !== 'word') this.fail(t, `expected a keyword (${keywordList(table)}) ${where === 'top level' ? 'at' : 'in the'} ${where}, got ${describeToken(t)}`);
+      this.dispatch(table, ctx, t, where);
+      const end = this.peek();
+      if (end.kind === 'eol') this.next();
+      else if (end.kind !== 'eof' && !(open && end.kind === '}')) {
+        this.fail(end, `expected end of line${open ? ', ";" or "}"' : ' or ";"'} after the ${t.text} statement, got ${describeToken(end)}`);
+      }
+    }
+  }
+
+  dispatch<C>(table: KeywordTable<C>, ctx: C, kw: Token, where: string): void {
+    const handler = Object.hasOwn(table, kw.text) ? table[kw.text] : undefined;
+    if (!handler) {
+      this.fail(kw, `unknown keyword ${JSON.stringify(kw.text)} ${where === 'top level' ? 'at' : 'in the'} ${where}, expected one of: ${keywordList(table)}`);
+    }
+    handler(this, ctx, kw);
+  }
+
+  /** `{ statements }`; the `{` must be on the same line as its keyword. */
+  block<C>(table: KeywordTable<C>, ctx: C, what: string, kind: string): void {
+    const open = this.peek();
+    if (open.kind !== '{') this.fail(open, `expected "{" to open the ${what} block, got ${describeToken(open)}`);
+    this.next();
+    this.statements(table, ctx, `${kind} block`, open);
+  }
+
+  /** A keyword whose first argument is itself a keyword, e.g. `socket dir ...`. */
+  subKeyword<C>(table: KeywordTable<C>, ctx: C, kw: Token): void {
+    const t = this.next();
+    if (t.kind !== 'word') this.fail(t, `expected one of: ${keywordList(table)} after ${kw.text}, got ${describeToken(t)}`);
+    this.dispatch(table, ctx, t, `${kw.text} statement`);
+  }
+
+  /** Store a setting; a second occurrence in the same block is reported and ignored. */
+  setOnce<C, K extends keyof C>(ctx: C, key: K, value: C[K] & (Located<unknown> | undefined), kw: Token, name: string): void {
+    const prev = ctx[key] as Located<unknown> | undefined;
+    if (prev) this.report(kw, `duplicate ${name}, already set at ${at(prev.pos)}`);
+    else if (value) ctx[key] = value;
+  }
+
+  string(what: string, example: string): Located<string> {
+    const t = this.next();
+    if (t.kind === 'string') return { value: t.text, pos: pos(t) };
+    const got = t.kind === 'word' ? `${t.text} without quotes` : describeToken(t);
+    return this.fail(t, `expected ${what} in double quotes like ${example}, got ${got}`);
+  }
+
+  /** A decimal number; out of range is reported (and undefined returned) without stopping. */
+  number(what: string, min: number, max: number): Located<number> | undefined {
+    const t = this.next();
+    if (t.kind !== 'word' || !/^[0-9]+$/.test(t.text)) {
+      this.fail(t, `expected ${what} (a decimal number from ${min} to ${max}), got ${describeToken(t)}`);
+    }
+    const value = Number(t.text);
+    if (value < min || value > max) {
+      this.report(t, `expected ${what} from ${min} to ${max}, got ${t.text}`);
+      return undefined;
+    }
+    return { value, pos: pos(t) };
+  }
+
+  /** A unicast MAC address, returned canonical; multicast and all-zero are reported. */
+  mac(): Located<string> | undefined {
+    const t = this.next();
+    const canonical = t.kind === 'word' ? canonicalMac(t.text) : undefined;
+    if (canonical === undefined) return this.fail(t, `expected a MAC address like ${MAC_EXAMPLE}, got ${describeToken(t)}`);
+    if (parseInt(canonical.slice(0, 2), 16) & 1) {
+      this.report(t, `expected a unicast MAC address, got multicast address ${canonical}`);
+      return undefined;
+    }
+    if (canonical === '00:00:00:00:00:00') {
+      this.report(t, `expected a unicast MAC address, got the all-zero address`);
+      return undefined;
+    }
+    return { value: canonical, pos: pos(t) };
+  }
+}
+
+/** "FE:e1:b:..." -> "fe:e1:0b:..."; undefined unless six 1-2 digit hex octets separated by ':'. */
+export function canonicalMac(text: string): string | undefined {
+  if (!/^[0-9a-fA-F]{1,2}(:[0-9a-fA-F]{1,2}){5}$/.test(text)) return undefined;
+  return text
+    .split(':')
+    .map((o) => o.toLowerCase().padStart(2, '0'))
+    .join(':');
+}
+
+/**
+ * The address an interface without lladdr gets: fe:e1:ba + 3 bytes of SHA-256 over vm name, index and
+ * attempt (attempt > 0 only to step around an address already in use). Stable across runs and hosts.
+ */
+export function generatedLladdr(vmName: string, index: number, attempt = 0): string {
+  const h = createHash('sha256').update(`${vmName}\0${index}\0${attempt}`).digest();
+  return `${GENERATED_MAC_PREFIX}:${[h[0]!, h[1]!, h[2]!].map((b) => b.toString(16).padStart(2, '0')).join(':')}`;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Phase 2: raw tree -> validated model
+
+/** Names end up in socket file names and QEMU ids: letters, digits, '.', '-', '_', starting with a letter. */
+const NAME_RE = /^[A-Za-z][A-Za-z0-9._-]*$/;
+
+function checkName(p: Parser, kind: string, name: Located<string>): void {
+  if (!NAME_RE.test(name.value)) {
+    p.report(name.pos, `expected a ${kind} name of letters, digits, ".", "-" or "_" starting with a letter, got ${JSON.stringify(name.value)}`);
+  }
+}
+
+function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Config {
+  let socketDir = resolve(baseDir, DEFAULT_SOCKET_DIR);
+  if (raw.socketDir) {
+    if (raw.socketDir.value === '' || raw.socketDir.value.includes('\0')) {
+      p.report(raw.socketDir.pos, 'expected a non-empty socket directory, got ""');
+    } else {
+      socketDir = resolve(baseDir, raw.socketDir.value);
+    }
+  }
+
+  const switches: SwitchConfig[] = [];
+  const switchByName = new Map<string, RawSwitch>();
+  for (const sw of raw.switches) {
+    checkName(p, 'switch', sw.name);
+    const first = switchByName.get(sw.name.value);
+    if (first) p.report(sw.name.pos, `duplicate switch ${JSON.stringify(sw.name.value)}, first defined at ${at(first.name.pos)}`);
+    else switchByName.set(sw.name.value, sw);
+    switches.push({ name: sw.name.value, mtu: sw.mtu?.value ?? DEFAULT_MTU, pos: sw.pos });
+  }
+
+  const vms: VmConfig[] = [];
+  const vmByName = new Map<string, RawVm>();
+  const usedMacs = new Map<string, string>(); // canonical MAC -> who uses it (for messages)
+  const needMac: InterfaceConfig[] = [];
+  for (const vm of raw.vms) {
+    const vmName = vm.name.value;
+    checkName(p, 'vm', vm.name);
+    const first = vmByName.get(vmName);
+    if (first) p.report(vm.name.pos, `duplicate vm ${JSON.stringify(vmName)}, first defined at ${at(first.name.pos)}`);
+    else vmByName.set(vmName, vm);
+
+    const interfaces = vm.interfaces.map((ri, index): InterfaceConfig => {
+      const who = `vm ${JSON.stringify(vmName)} interface ${index} at ${at(ri.pos)}`;
+      if (!ri.switchRef) {
+        p.report(ri.brace, `expected switch "NAME" in the interface block (interface ${index} of vm ${JSON.stringify(vmName)} has no switch)`);
+      } else if (!switchByName.has(ri.switchRef.value)) {
+        const known = [...switchByName.keys()].map((n) => JSON.stringify(n)).join(', ');
+        p.report(ri.switchRef.pos, `unknown switch ${JSON.stringify(ri.switchRef.value)}, expected ${known ? `one of: ${known}` : 'a switch defined with switch "NAME" { ... }'}`);
+      }
+      if (ri.lladdr) {
+        const owner = usedMacs.get(ri.lladdr.value);
+        if (owner) p.report(ri.lladdr.pos, `duplicate lladdr ${ri.lladdr.value}, already used by ${owner}`);
+        else usedMacs.set(ri.lladdr.value, who);
+      }
+      const socketPath = resolve(socketDir, `${vmName}.net${index}.sock`);
+      if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+        p.report(ri.pos, `expected a socket path of at most ${MAX_SOCKET_PATH_BYTES} bytes, got ${Buffer.byteLength(socketPath)} bytes (${socketPath}); use a shorter socket dir or vm name`);
+      }
+      const iface: InterfaceConfig = {
+        index,
+        switchName: ri.switchRef?.value ?? '',
+        lladdr: ri.lladdr?.value ?? '',
+        lladdrGenerated: !ri.lladdr,
+        socketPath,
+        pos: ri.pos,
+      };
+      if (!ri.lladdr) needMac.push(iface);
+      return iface;
+    });
+    vms.push({ name: vmName, interfaces, pos: vm.pos });
+  }
+
+  // Generated addresses last, so they step around every configured one (and each other).
+  for (const iface of needMac) {
+    const vmName = vms.find((v) => v.interfaces.includes(iface))!.name;
+    let attempt = 0;
+    let mac = generatedLladdr(vmName, iface.index);
+    while (usedMacs.has(mac)) mac = generatedLladdr(vmName, iface.index, ++attempt);
+    usedMacs.set(mac, `vm ${JSON.stringify(vmName)} interface ${iface.index}`);
+    iface.lladdr = mac;
+  }
+
+  return { file, socketDir, switches, vms };
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * Parse and validate a configuration. `file` names the text in messages (`file:line:col: ...`).
+ * Throws ConfigError (a VhostError, code ERR_CONFIG) listing every error found.
+ */
+export function parseConfig(text: string, file: string, opts: ParseOptions = {}): Config {
+  const p = new Parser(tokenize(text, file), file);
+  const raw: RawConfig = { switches: [], vms: [] };
+  p.statements(TOP, raw, 'top level');
+  const cfg = validate(p, raw, file, opts.baseDir ?? dirname(resolve(file)));
+  if (p.diagnostics.length > 0) throw new ConfigError(p.diagnostics);
+  return cfg;
+}

@@ -1,0 +1,112 @@
+/**
+ * SgList: a reusable scatter-gather list over guest memory (parallel arrays, no per-entry objects).
+ * A descriptor that crosses a memory-region end becomes several entries (libvhost-user virtqueue_map_desc).
+ * Hot path: one SgList per queue is reset and refilled for every chain; nothing is allocated per frame.
+ */
+export class SgList {
+  /** Backing view of each entry (a memory region's u8 view). */
+  readonly bufs: Uint8Array[];
+  /** Byte offset of each entry inside bufs[i]. */
+  readonly offs: Float64Array;
+  /** Length of each entry. */
+  readonly lens: Float64Array;
+  count = 0;
+  totalLen = 0;
+
+  constructor(readonly capacity: number) {
+    this.bufs = new Array<Uint8Array>(capacity);
+    this.offs = new Float64Array(capacity);
+    this.lens = new Float64Array(capacity);
+  }
+
+  reset(): void {
+    this.count = 0;
+    this.totalLen = 0;
+  }
+
+  /** Append one entry; false when the list is full (the caller fails the request). */
+  push(buf: Uint8Array, off: number, len: number): boolean {
+    const i = this.count;
+    if (i >= this.capacity) return false;
+    this.bufs[i] = buf;
+    this.offs[i] = off;
+    this.lens[i] = len;
+    this.count = i + 1;
+    this.totalLen += len;
+    return true;
+  }
+}
+
+/** Byte at logical offset `pos` of the list, or -1 past its end. Control path and header peeks only. */
+export function sgByteAt(sg: SgList, pos: number): number {
+  for (let i = 0; i < sg.count; i++) {
+    const len = sg.lens[i];
+    if (pos < len) return sg.bufs[i][sg.offs[i] + pos];
+    pos -= len;
+  }
+  return -1;
+}
+
+/** Copy `len` bytes from logical offset `srcPos` of `src` into `dst` at `dstOff`. Returns bytes copied. */
+export function sgCopyOut(src: SgList, srcPos: number, dst: Uint8Array, dstOff: number, len: number): number {
+  let done = 0;
+  for (let i = 0; i < src.count && done < len; i++) {
+    const segLen = src.lens[i];
+    if (srcPos >= segLen) {
+      srcPos -= segLen;
+      continue;
+    }
+    const n = Math.min(segLen - srcPos, len - done);
+    const start = src.offs[i] + srcPos;
+    dst.set(src.bufs[i].subarray(start, start + n), dstOff + done);
+    done += n;
+    srcPos = 0;
+  }
+  return done;
+}
+
+/** Copy `len` bytes from `src` (at srcOff) into logical offset `dstPos` of `dst`. Returns bytes copied. */
+export function sgCopyIn(dst: SgList, dstPos: number, src: Uint8Array, srcOff: number, len: number): number {
+  let done = 0;
+  for (let i = 0; i < dst.count && done < len; i++) {
+    const segLen = dst.lens[i];
+    if (dstPos >= segLen) {
+      dstPos -= segLen;
+      continue;
+    }
+    const n = Math.min(segLen - dstPos, len - done);
+    dst.bufs[i].set(src.subarray(srcOff + done, srcOff + done + n), dst.offs[i] + dstPos);
+    done += n;
+    dstPos = 0;
+  }
+  return done;
+}
+
+/**
+ * Copy `len` bytes from logical offset `srcPos` of `src` to logical offset `dstPos` of `dst`: the one copy of
+ * a frame from the sender's TX buffers into the receiver's RX buffers. Returns bytes copied.
+ */
+export function sgCopy(dst: SgList, dstPos: number, src: SgList, srcPos: number, len: number): number {
+  let si = 0;
+  let di = 0;
+  while (si < src.count && srcPos >= src.lens[si]) srcPos -= src.lens[si++];
+  while (di < dst.count && dstPos >= dst.lens[di]) dstPos -= dst.lens[di++];
+  let done = 0;
+  while (done < len && si < src.count && di < dst.count) {
+    const n = Math.min(src.lens[si] - srcPos, dst.lens[di] - dstPos, len - done);
+    const s = src.offs[si] + srcPos;
+    dst.bufs[di].set(src.bufs[si].subarray(s, s + n), dst.offs[di] + dstPos);
+    done += n;
+    srcPos += n;
+    dstPos += n;
+    if (srcPos === src.lens[si]) {
+      si++;
+      srcPos = 0;
+    }
+    if (dstPos === dst.lens[di]) {
+      di++;
+      dstPos = 0;
+    }
+  }
+  return done;
+}

@@ -1,0 +1,69 @@
+/**
+ * The exact contract between TypeScript and the C addon in native/ (vhost_native.node).
+ *
+ * The addon only does syscalls: no parsing, no ring logic, no policy. Rules:
+ * - Every fd it creates is O_NONBLOCK|O_CLOEXEC.
+ * - EINTR is retried in C. EAGAIN/EWOULDBLOCK is a return value (-1), never an exception.
+ * - Real failures throw an Error shaped like Node's system errors: { code: 'EBADF', errno: 9, syscall: 'recvmsg' }.
+ * - Received fds belong to the caller the moment recvMsg returns; C never closes an fd it handed out,
+ *   except on MSG_CTRUNC, where it closes what arrived and throws code 'ECTRUNC'.
+ */
+
+/** Readiness bits for watch() (values of uv_poll_event). */
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+export const POLL_DISCONNECT = 4;
+
+/** Most fds one vhost-user message may carry (VHOST_MEMORY_BASELINE_NREGIONS). */
+export const MAX_FDS_PER_MSG = 8;
+
+/** An fd readiness watcher on Node's event loop (uv_poll_t). */
+export interface FdWatcher {
+  /** (Re)start watching for `events` (POLL_* bits). */
+  start(events: number): void;
+  /** Stop watching; start() may be called again. */
+  stop(): void;
+  /** Stop and release the handle. Does not close the fd. Idempotent. */
+  close(): void;
+}
+
+export interface NativeBinding {
+  /** socket(AF_UNIX, SOCK_STREAM) + bind + listen. Unlinks nothing: the caller removes stale paths. */
+  listenUnix(path: string, backlog: number): number;
+  /** accept4(); returns the new fd, or -1 on EAGAIN. */
+  acceptUnix(listenFd: number): number;
+  /** socket + connect (blocking connect on a unix socket is immediate or ECONNREFUSED/ENOENT); fd is non-blocking. */
+  connectUnix(path: string): number;
+  /**
+   * recvmsg() into buf[off, off+len). Ancillary SCM_RIGHTS fds (at most 8) are written to fdsOut[1..n] and
+   * fdsOut[0] = n (0 when none). Returns bytes read, 0 on orderly EOF, -1 on EAGAIN.
+   * MSG_CTRUNC: closes the fds that arrived and throws code 'ECTRUNC'.
+   */
+  recvMsg(fd: number, buf: Uint8Array, off: number, len: number, fdsOut: Int32Array): number;
+  /** sendmsg() of buf[off, off+len) with fds (may be empty) as SCM_RIGHTS. Returns bytes sent or -1 on EAGAIN. */
+  sendMsg(fd: number, buf: Uint8Array, off: number, len: number, fds: ArrayLike<number>): number;
+  /**
+   * mmap(MAP_SHARED) of fd bytes [offset, offset+size), size <= 4 GiB. C aligns the offset down to the page size
+   * internally; the returned external ArrayBuffer covers exactly the requested bytes. If never munmap()ed, a
+   * finalizer unmaps it when collected.
+   */
+  mmapShared(fd: number, size: number, offset: number, writable: boolean): ArrayBuffer;
+  /** munmap() and detach the ArrayBuffer: every view on it then has length 0. Idempotent. */
+  munmap(ab: ArrayBuffer): void;
+  /** memfd_create(name, MFD_CLOEXEC) + ftruncate(size). */
+  memfdCreate(name: string, size: number): number;
+  /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
+  eventfd(initval: number): number;
+  /** read() 8 bytes: the counter value (as a number, < 2^53), or -1 on EAGAIN. */
+  eventfdRead(fd: number): number;
+  /** write() n (u64) to the eventfd. EAGAIN (counter would overflow) is ignored: the reader is already woken. */
+  eventfdWrite(fd: number, n: number): void;
+  /** Watch fd for POLL_* events; cb(status, events) runs on the Node event loop. status < 0 is a libuv error. */
+  watch(fd: number, events: number, cb: (status: number, events: number) => void): FdWatcher;
+  /** close(); EBADF throws. */
+  close(fd: number): void;
+  /** fstat(fd).st_size, for checks on received fds. */
+  fdSize(fd: number): number;
+  /** Full memory barrier (__atomic_thread_fence(__ATOMIC_SEQ_CST)); used only by benchmarks for comparison. */
+  fence(): void;
+}

@@ -1,0 +1,322 @@
+/**
+ * NetDevice: a virtio-net device (VIRTIO 1.2 §5.1) that is also a switch Port.
+ *
+ * TX (guest → switch): pop a chain, skip the virtio-net header, hand the Frame (a window on the guest's own TX
+ * buffers) to the switch, return the chain with used len 0. RX (switch → guest): deliver() pops RX chains and
+ * copies the frame once, straight from the sender's TX buffers into them (MRG_RXBUF: as many chains as needed,
+ * num_buffers in the first header); flush() publishes the batch with one used.idx store and at most one interrupt.
+ * A receiver without RX buffers drops the frame and counts it: the sender's queue never waits on a receiver.
+ *
+ * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
+ * MTU and offloads come with the next issue: the header is parsed in one place (virtio-net-hdr.ts) for that.
+ */
+import type { DeviceQueue, VirtioDevice } from '../device/device.js';
+import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
+import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
+import {
+  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  VHOST_USER_PROTOCOL_F_MQ,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_STATUS,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  bit,
+  hasBit,
+} from '../vhost-user/features.js';
+import type { Logger } from '../util/log.js';
+import { RateLimitedLog } from '../util/log.js';
+import { Frame } from './frame.js';
+import { formatMac, parseMac } from './mac.js';
+import { NO_PORT, type Port, type PortId } from './port.js';
+import type { Switch } from './switch.js';
+import { NUM_BUFFERS_OFFSET, VIRTIO_NET_CONFIG_LEN, VIRTIO_NET_S_LINK_UP, netHdrLen } from './virtio-net-hdr.js';
+
+/** Chains processed per TX run before yielding to the event loop (fairness between ports). */
+const TX_BUDGET = 256;
+/** Most RX chains one frame may span with MRG_RXBUF (a 64 KiB frame in 1.5 KiB buffers needs 44). */
+const MAX_RX_CHAINS = 64;
+
+/** Device counters (guest's view: tx = frames the guest sent, rx = frames the guest received). */
+export interface NetCounters {
+  txFrames: number;
+  txBytes: number;
+  /** TX chains that broke a descriptor rule or were shorter than the header. */
+  txBadChain: number;
+  rxFrames: number;
+  rxBytes: number;
+  /** No RX buffer was available (ring empty, or the RX queue is not running). */
+  rxNoBuffer: number;
+  /** The guest's RX buffers were too small for the frame. */
+  rxBufferTooSmall: number;
+  rxBadChain: number;
+}
+
+export interface NetDeviceOptions {
+  /** Port name, e.g. "vm1.net0". */
+  name: string;
+  sw: Switch;
+  log: Logger;
+  /** The guest's MAC (lladdr), reported in config space. */
+  mac: string;
+}
+
+export class NetDevice implements VirtioDevice, Port {
+  readonly kind = 'net' as const;
+  readonly maxQueues = 2;
+  id: PortId = NO_PORT;
+  readonly name: string;
+  readonly mac: string;
+  readonly counters: NetCounters = {
+    txFrames: 0, txBytes: 0, txBadChain: 0, rxFrames: 0, rxBytes: 0, rxNoBuffer: 0, rxBufferTooSmall: 0, rxBadChain: 0,
+  };
+  /** Negotiated virtio features (for status output). */
+  acked = 0n;
+  private hdrLen = 12;
+  private mrg = false;
+  private readonly sw: Switch;
+  private readonly log: Logger;
+  private readonly guestErrors: RateLimitedLog;
+  private rxQ: DeviceQueue | null = null;
+  private txQ: DeviceQueue | null = null;
+  private rxPending = false;
+  private txScheduled = false;
+  /** Reusable chains, sized for the queue when it starts (control path), so nothing is allocated per frame. */
+  private txChain = new DescriptorChain(256);
+  private rxChains: DescriptorChain[] = [];
+  private rxChainSize = 0;
+  private txChainSize = 256;
+  private readonly rxHdr = new Uint8Array(12);
+  private readonly txFrame = new Frame(new SgList(1));
+
+  constructor(opts: NetDeviceOptions) {
+    this.name = opts.name;
+    this.sw = opts.sw;
+    this.log = opts.log;
+    this.mac = opts.mac;
+    parseMac(opts.mac); // validated by the config; throws on garbage
+    this.guestErrors = new RateLimitedLog(opts.log);
+    this.sw.addPort(this);
+  }
+
+  features(): bigint {
+    return (
+      bit(VIRTIO_F_VERSION_1) |
+      bit(VIRTIO_NET_F_MRG_RXBUF) |
+      bit(VIRTIO_RING_F_INDIRECT_DESC) |
+      bit(VIRTIO_RING_F_EVENT_IDX) |
+      bit(VIRTIO_NET_F_MAC) |
+      bit(VIRTIO_NET_F_STATUS)
+    );
+  }
+
+  protocolFeatures(): bigint {
+    return bit(VHOST_USER_PROTOCOL_F_MQ) | bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) | bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+  }
+
+  queueNum(): number {
+    return this.maxQueues / 2;
+  }
+
+  setFeatures(acked: bigint): void {
+    this.acked = acked;
+    this.mrg = hasBit(acked, VIRTIO_NET_F_MRG_RXBUF);
+    this.hdrLen = netHdrLen(hasBit(acked, VIRTIO_F_VERSION_1), this.mrg);
+  }
+
+  queueStart(q: DeviceQueue): void {
+    if (q.index % 2 === 0) {
+      const size = q.queue.size;
+      if (this.rxChains.length === 0 || this.rxChainSize !== size) {
+        this.rxChains = Array.from({ length: MAX_RX_CHAINS }, () => new DescriptorChain(size));
+        this.rxChainSize = size;
+      }
+      this.rxQ = q;
+      // RX buffers are consumed when frames arrive, not on kicks: keep the guest from kicking RX.
+      q.queue.disableNotification();
+    } else {
+      if (this.txChainSize !== q.queue.size) {
+        this.txChain = new DescriptorChain(q.queue.size);
+        this.txChainSize = q.queue.size;
+      }
+      this.txQ = q;
+      this.processTx();
+    }
+  }
+
+  queueStop(index: number): void {
+    if (index % 2 === 0) {
+      if (this.rxQ && this.rxPending) this.rxQ.publish();
+      this.rxPending = false;
+      this.rxQ = null;
+    } else {
+      this.txQ = null;
+    }
+  }
+
+  queueKick(index: number): void {
+    if (index % 2 === 1) this.processTx();
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    const cfg = new Uint8Array(Math.max(VIRTIO_NET_CONFIG_LEN, offset + size));
+    const key = parseMac(this.mac);
+    for (let i = 0; i < 6; i++) cfg[i] = Math.floor(key / 2 ** (8 * (5 - i))) & 0xff;
+    const dv = new DataView(cfg.buffer);
+    dv.setUint16(6, VIRTIO_NET_S_LINK_UP, true);
+    dv.setUint16(8, this.maxQueues / 2, true);
+    dv.setUint16(10, this.sw.mtu, true);
+    return cfg.slice(offset, offset + size);
+  }
+
+  setConfig(): boolean {
+    return false; // the driver writes nothing we act on (mac writes are handled by QEMU)
+  }
+
+  setMtu(mtu: number): string | null {
+    if (mtu < 68 || mtu > 65535) return `MTU ${mtu} outside 68..65535`;
+    if (mtu > this.sw.mtu) return `MTU ${mtu} above the switch MTU ${this.sw.mtu}`;
+    return null;
+  }
+
+  reset(): void {
+    this.rxQ = null;
+    this.txQ = null;
+    this.rxPending = false;
+    this.acked = 0n;
+    // The guest is gone: forget where its MACs were.
+    this.sw.macTable.remove(this.id);
+  }
+
+  /** Stop being a switch port (device removed from the configuration or daemon shutdown). */
+  detach(): void {
+    this.sw.removePort(this);
+  }
+
+  get description(): string {
+    return `${this.name} (${formatMac(parseMac(this.mac))})`;
+  }
+
+  // ---------------------------------------------------------------- TX: guest → switch
+
+  private processTx(): void {
+    const q = this.txQ;
+    if (!q) return;
+    const vq = q.queue;
+    const chain = this.txChain;
+    const frame = this.txFrame;
+    const hdrLen = this.hdrLen;
+    let budget = TX_BUDGET;
+    for (;;) {
+      vq.disableNotification();
+      while (budget > 0 && vq.pop(chain)) {
+        budget--;
+        const len = chain.readableBytes - hdrLen;
+        if (chain.error !== null || len < 0) {
+          this.counters.txBadChain++;
+          this.guestErrors.warn('tx-chain', { vq: q.index, head: chain.head, reason: chain.error ?? 'shorter than the virtio-net header' }, 'bad TX descriptor chain dropped');
+        } else {
+          frame.sg = chain.readable;
+          frame.offset = hdrLen;
+          frame.length = len;
+          this.counters.txFrames++;
+          this.counters.txBytes += len;
+          this.sw.forward(this, frame);
+        }
+        vq.addUsed(chain.head, 0);
+      }
+      this.sw.endBatch();
+      q.publish();
+      if (this.txQ !== q || vq.broken) return;
+      if (budget === 0) {
+        // Notifications stay off: we come back on our own after other ports had their turn.
+        this.scheduleTx();
+        return;
+      }
+      // Re-enable kicks, then re-check: a buffer published in between is processed now, not lost (§2.6 rule 7).
+      if (!vq.enableNotification()) return;
+    }
+  }
+
+  private scheduleTx(): void {
+    if (this.txScheduled) return;
+    this.txScheduled = true;
+    setImmediate(() => {
+      this.txScheduled = false;
+      this.processTx();
+    });
+  }
+
+  // ---------------------------------------------------------------- RX: switch → guest
+
+  deliver(frame: Frame): boolean {
+    const q = this.rxQ;
+    if (!q) {
+      this.counters.rxNoBuffer++;
+      return false;
+    }
+    const vq = q.queue;
+    const hdrLen = this.hdrLen;
+    const need = hdrLen + frame.length;
+    const chains = this.rxChains;
+    let n = 0;
+    let room = 0;
+    let skipped = 0;
+    while (room < need) {
+      if (n === (this.mrg ? MAX_RX_CHAINS : 1)) break;
+      const ch = chains[n];
+      if (!vq.pop(ch)) break;
+      if (ch.error !== null || ch.writableBytes < (n === 0 ? hdrLen : 1)) {
+        // Return a bad chain at once with len 0 (before this frame's entries, so num_buffers stays contiguous).
+        this.counters.rxBadChain++;
+        this.guestErrors.warn('rx-chain', { vq: q.index, head: ch.head, reason: ch.error ?? 'no writable space' }, 'bad RX descriptor chain returned unused');
+        vq.addUsed(ch.head, 0);
+        this.rxPending = true;
+        skipped++;
+        continue;
+      }
+      room += ch.writableBytes;
+      n++;
+    }
+    if (room < need) {
+      const tooSmall = n === (this.mrg ? MAX_RX_CHAINS : 1);
+      if (tooSmall) this.counters.rxBufferTooSmall++;
+      else this.counters.rxNoBuffer++;
+      if (n > 0 && skipped === 0 && this.mrg) {
+        // Give the chains back untouched (libvhost-user vu_queue_rewind): they serve the next frames.
+        vq.lastAvailIdx = (vq.lastAvailIdx - n) & 0xffff;
+      } else {
+        // A buffer the frame cannot fit (no MRG_RXBUF), or chains around a bad one: return them unused.
+        for (let i = 0; i < n; i++) vq.addUsed(chains[i].head, 0);
+        if (n > 0) this.rxPending = true;
+      }
+      return false;
+    }
+    // Header: all zero (no offloads yet) but num_buffers.
+    const hdr = this.rxHdr;
+    hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
+    hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
+    sgCopyIn(chains[0].writable, 0, hdr, 0, hdrLen);
+    let done = 0;
+    for (let i = 0; i < n; i++) {
+      const ch = chains[i];
+      const start = i === 0 ? hdrLen : 0;
+      const take = Math.min(ch.writableBytes - start, frame.length - done);
+      sgCopy(ch.writable, start, frame.sg, frame.offset + done, take);
+      done += take;
+      vq.addUsed(ch.head, start + take);
+    }
+    this.rxPending = true;
+    this.counters.rxFrames++;
+    this.counters.rxBytes += frame.length;
+    return true;
+  }
+
+  flush(): void {
+    if (!this.rxPending) return;
+    this.rxPending = false;
+    this.rxQ?.publish();
+  }
+}

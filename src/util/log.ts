@@ -1,0 +1,77 @@
+/**
+ * Logging: one pino root logger, child loggers per device ({ vm, dev, socket }) and a rate limiter for
+ * guest-triggered warnings, so a hostile guest cannot flood the log (house style §3.5).
+ * One JSON object per line; when stdout is a terminal, lines are printed in a short human-readable form.
+ */
+import { pino, type Logger, type DestinationStream } from 'pino';
+
+export type { Logger };
+
+export interface LogOptions {
+  level?: string;
+  /** Human-readable output (default: when stdout is a TTY). */
+  pretty?: boolean;
+  destination?: DestinationStream;
+}
+
+export function createLogger(opts: LogOptions = {}): Logger {
+  const level = opts.level ?? 'info';
+  if (opts.destination) return pino({ level, base: undefined }, opts.destination);
+  const pretty = opts.pretty ?? process.stdout.isTTY === true;
+  if (!pretty) return pino({ level, base: { pid: process.pid } });
+  return pino({ level, base: undefined }, { write: (line: string) => process.stdout.write(prettyLine(line)) });
+}
+
+const levelNames: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+
+/** A short human form of one pino JSON line: "12:00:01 WARN  [vm1.net0] message key=value ...". */
+export function prettyLine(line: string): string {
+  try {
+    const o = JSON.parse(line) as Record<string, unknown>;
+    const { time, level, msg, vm, dev, ...rest } = o;
+    const t = new Date(Number(time)).toISOString().slice(11, 19);
+    const ctx = dev ? ` [${String(dev)}]` : vm ? ` [${String(vm)}]` : '';
+    const extra = Object.entries(rest)
+      .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+      .join(' ');
+    return `${t} ${(levelNames[Number(level)] ?? String(level)).padEnd(5)}${ctx} ${String(msg ?? '')}${extra ? ' ' + extra : ''}\n`;
+  } catch {
+    return line;
+  }
+}
+
+/**
+ * At most `burst` lines per key every `intervalMs`; the first line after a quiet period reports how many
+ * were suppressed. Uses its own coarse time check only when a line is about to be logged (never per frame).
+ */
+export class RateLimitedLog {
+  private readonly state = new Map<string, { windowStart: number; count: number; suppressed: number }>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly burst = 5,
+    private readonly intervalMs = 10_000,
+  ) {}
+
+  warn(key: string, obj: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    let s = this.state.get(key);
+    if (!s) {
+      if (this.state.size > 1000) this.state.clear();
+      s = { windowStart: now, count: 0, suppressed: 0 };
+      this.state.set(key, s);
+    }
+    if (now - s.windowStart >= this.intervalMs) {
+      if (s.suppressed > 0) obj = { ...obj, suppressed: s.suppressed };
+      s.windowStart = now;
+      s.count = 0;
+      s.suppressed = 0;
+    }
+    if (s.count < this.burst) {
+      s.count++;
+      this.log.warn(obj, msg);
+    } else {
+      s.suppressed++;
+    }
+  }
+}

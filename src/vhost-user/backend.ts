@@ -1,0 +1,406 @@
+/**
+ * BackendSession: the vhost-user back-end state for one front-end connection (reference vhost-user.md §2).
+ * One method per request, dispatched from a table; every payload is decoded and checked in message.ts first,
+ * and fd counts are checked here before any state changes (DPDK validate_msg_fds).
+ *
+ * Failure scope (house style §3.5): a malformed message (bad size, wrong fd count, overlapping regions, ring
+ * outside guest memory) throws a VhostError, which drops this connection only; an unknown request gets a
+ * failure reply when one is expected, a log line, and the session goes on.
+ */
+import type { NativeBinding } from '../native/types.js';
+import { closeAll } from '../native/fd.js';
+import type { VirtioDevice } from '../device/device.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import type { MemoryRegion } from '../memory/region.js';
+import { mapRegion, unmapRegions } from '../memory/mmap-regions.js';
+import { MAX_QUEUE_SIZE } from '../virtqueue/defs.js';
+import { VhostError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import {
+  FrontendRequest as R,
+  VHOST_USER_NEED_REPLY_MASK,
+  decodeConfig,
+  decodeMemTable,
+  decodeSingleRegion,
+  decodeVringAddr,
+  decodeVringFile,
+  decodeVringState,
+  encodeConfig,
+  encodeReply,
+  encodeVringState,
+  expectSize,
+  readU64Big,
+  requestName,
+  u64Payload,
+  type Message,
+  type RegionDescriptor,
+} from './message.js';
+import {
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  bit,
+  hasBit,
+  protocolFeatureNames,
+  virtioFeatureNames,
+} from './features.js';
+import { Vring } from './vring.js';
+
+/** GET_MAX_MEM_SLOTS answer: must never decrease across reconnects (§2.5). */
+export const MAX_MEM_SLOTS = 32;
+
+/** Something that can carry replies back to the front-end. */
+export interface ReplySink {
+  send(bytes: Uint8Array, fds?: number[]): void;
+}
+
+type Handler = (msg: Message) => Uint8Array | null;
+
+interface MappedRegion {
+  desc: RegionDescriptor;
+  windows: MemoryRegion[];
+}
+
+export class BackendSession {
+  readonly vrings: Vring[];
+  owner = false;
+  /** Virtio features acked by SET_FEATURES (including bit 30 when sent). */
+  ackedFeatures = 0n;
+  protocolFeatures = 0n;
+  /** Whether GET_FEATURES offered bit 30 (REPLY_ACK is gated on the offer, not the ack: §2.1). */
+  private offeredProtocolFeatures = false;
+  private featuresSet = false;
+  private mem: GuestMemory | null = null;
+  private regions: MappedRegion[] = [];
+  private readonly handlers: Map<number, Handler>;
+  private released = false;
+
+  constructor(
+    private readonly native: NativeBinding,
+    readonly device: VirtioDevice,
+    private readonly out: ReplySink,
+    private readonly log: Logger,
+  ) {
+    this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new Vring(i, native, device, log));
+    this.handlers = new Map<number, Handler>([
+      [R.GET_FEATURES, () => this.getFeatures()],
+      [R.SET_FEATURES, (m) => this.setFeatures(m)],
+      [R.SET_OWNER, () => this.setOwner()],
+      [R.RESET_OWNER, () => this.resetOwner()],
+      [R.GET_PROTOCOL_FEATURES, () => u64Payload(this.device.protocolFeatures())],
+      [R.SET_PROTOCOL_FEATURES, (m) => this.setProtocolFeatures(m)],
+      [R.SET_MEM_TABLE, (m) => this.setMemTable(m)],
+      [R.GET_MAX_MEM_SLOTS, () => u64Payload(MAX_MEM_SLOTS)],
+      [R.ADD_MEM_REG, (m) => this.addMemReg(m)],
+      [R.REM_MEM_REG, (m) => this.remMemReg(m)],
+      [R.SET_VRING_NUM, (m) => this.setVringNum(m)],
+      [R.SET_VRING_ADDR, (m) => this.setVringAddr(m)],
+      [R.SET_VRING_BASE, (m) => this.setVringBase(m)],
+      [R.GET_VRING_BASE, (m) => this.getVringBase(m)],
+      [R.SET_VRING_KICK, (m) => this.setVringFd(m, 'kick')],
+      [R.SET_VRING_CALL, (m) => this.setVringFd(m, 'call')],
+      [R.SET_VRING_ERR, (m) => this.setVringFd(m, 'err')],
+      [R.SET_VRING_ENABLE, (m) => this.setVringEnable(m)],
+      [R.GET_QUEUE_NUM, () => u64Payload(this.device.queueNum())],
+      [R.NET_SET_MTU, (m) => this.netSetMtu(m)],
+      [R.GET_CONFIG, (m) => this.getConfig(m)],
+      [R.SET_CONFIG, (m) => this.setConfig(m)],
+      [R.SET_LOG_FD, (m) => this.takeAndClose(m)],
+      [R.SET_BACKEND_REQ_FD, (m) => this.takeAndClose(m)],
+    ]);
+  }
+
+  /** Requests that always carry a reply body (§2.1); the others reply only for NEED_REPLY with REPLY_ACK. */
+  private static readonly alwaysReply = new Set<number>([
+    R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM, R.GET_CONFIG, R.GET_MAX_MEM_SLOTS,
+    R.GET_INFLIGHT_FD, R.GET_STATUS, R.SET_LOG_BASE, R.IOTLB_MSG, R.POSTCOPY_LISTEN, R.POSTCOPY_END, R.POSTCOPY_ADVISE,
+  ]);
+
+  handle(msg: Message): void {
+    const needReply = (msg.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.replyAckAllowed();
+    const handler = this.handlers.get(msg.request);
+    if (!handler) {
+      this.log.warn({ req: requestName(msg.request), size: msg.size, fds: msg.fds.length }, 'unsupported request ignored');
+      if (BackendSession.alwaysReply.has(msg.request) || needReply) this.reply(msg.request, u64Payload(1));
+      return;
+    }
+    let body: Uint8Array | null;
+    try {
+      body = handler(msg);
+    } catch (err) {
+      if (err instanceof VhostError && err.code === 'ERR_VU_PROTOCOL') {
+        // A well-formed request we refuse: NACK it (when a reply is expected) and go on.
+        this.log.warn({ req: requestName(msg.request), reason: err.message }, 'request refused');
+        if (needReply) this.reply(msg.request, u64Payload(1));
+        return;
+      }
+      throw err;
+    }
+    if (body) this.reply(msg.request, body);
+    else if (needReply) this.reply(msg.request, u64Payload(0));
+  }
+
+  /** The connection is gone: stop every ring, unmap memory, close every fd (§4). Idempotent. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    for (const v of this.vrings) v.release();
+    this.device.reset();
+    this.dropMemory();
+  }
+
+  /** Negotiated view for status output. */
+  get negotiated(): { features: string[]; protocol: string[] } {
+    return { features: virtioFeatureNames(this.ackedFeatures), protocol: protocolFeatureNames(this.protocolFeatures) };
+  }
+
+  private reply(request: number, body: Uint8Array, fds: number[] = []): void {
+    this.out.send(encodeReply(request, body), fds);
+  }
+
+  private replyAckAllowed(): boolean {
+    return this.offeredProtocolFeatures && hasBit(this.protocolFeatures, VHOST_USER_PROTOCOL_F_REPLY_ACK);
+  }
+
+  private expectFds(msg: Message, n: number): void {
+    if (msg.fds.length !== n) {
+      throw new VhostError('ERR_VU_BAD_FDS', `${requestName(msg.request)}: ${msg.fds.length} fds attached, expected ${n}`);
+    }
+  }
+
+  private vring(index: number, req: number): Vring {
+    const v = this.vrings[index];
+    if (!v) throw new VhostError('ERR_VU_BAD_VRING', `${requestName(req)}: vring index ${index} out of range (device has ${this.vrings.length})`);
+    return v;
+  }
+
+  private getFeatures(): Uint8Array {
+    this.offeredProtocolFeatures = true;
+    return u64Payload(this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+  }
+
+  private setFeatures(msg: Message): null {
+    const v = readU64Big(msg.payload, msg.request);
+    const offered = this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    const unknown = v & ~offered & ~bit(26); // LOG_ALL is toggled by migration; tolerated, not implemented
+    if (unknown) this.log.warn({ unknown: virtioFeatureNames(unknown) }, 'front-end acked features that were not offered; ignored');
+    this.ackedFeatures = v & offered;
+    this.featuresSet = true;
+    this.device.setFeatures(this.ackedFeatures & ~bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    // §2.2: without bit 30 every ring is enabled at once; with it, SET_FEATURES leaves enable state alone.
+    if (!hasBit(v, VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.vrings) r.setEnabled(true);
+    this.log.debug({ features: virtioFeatureNames(this.ackedFeatures) }, 'features set');
+    return null;
+  }
+
+  private setOwner(): null {
+    this.owner = true;
+    return null;
+  }
+
+  private resetOwner(): null {
+    // Deprecated (§1.4): treat as "stop everything" without dropping the connection.
+    for (const r of this.vrings) r.release();
+    this.owner = false;
+    return null;
+  }
+
+  private setProtocolFeatures(msg: Message): null {
+    const v = readU64Big(msg.payload, msg.request);
+    const offered = this.device.protocolFeatures();
+    if (v & ~offered) this.log.warn({ unknown: protocolFeatureNames(v & ~offered) }, 'front-end acked protocol features that were not offered; ignored');
+    this.protocolFeatures = v & offered;
+    return null;
+  }
+
+  private get eventIdx(): boolean {
+    return hasBit(this.ackedFeatures, VIRTIO_RING_F_EVENT_IDX);
+  }
+
+  private get indirect(): boolean {
+    return hasBit(this.ackedFeatures, VIRTIO_RING_F_INDIRECT_DESC);
+  }
+
+  /** SET_MEM_TABLE replaces the whole table; it may arrive with rings running (§2.5). */
+  private setMemTable(msg: Message): null {
+    const descs = decodeMemTable(msg.payload, msg.request);
+    this.expectFds(msg, descs.length);
+    const fds = msg.fds.splice(0);
+    const mapped: MappedRegion[] = [];
+    try {
+      for (let i = 0; i < descs.length; i++) mapped.push({ desc: descs[i], windows: mapRegion(this.native, descs[i], fds[i]) });
+    } catch (err) {
+      for (const m of mapped) unmapRegions(this.native, m.windows);
+      throw new VhostError('ERR_MEM_MAP', `SET_MEM_TABLE: cannot map region: ${(err as Error).message}`, { cause: err });
+    } finally {
+      closeAll(this.native, fds); // the mapping keeps the memory; the fds are not needed (§2.5)
+    }
+    this.installMemory(mapped, this.regions);
+    return null;
+  }
+
+  private addMemReg(msg: Message): null {
+    const desc = decodeSingleRegion(msg.payload, msg.request);
+    this.expectFds(msg, 1);
+    const [fd] = msg.fds.splice(0);
+    // QEMU 7.2 sends the same region once per queue pair (§5.7): an identical region is acked, not mapped twice.
+    if (this.regions.some((r) => sameRegion(r.desc, desc))) {
+      closeAll(this.native, [fd]);
+      return null;
+    }
+    if (this.regions.length >= MAX_MEM_SLOTS) {
+      closeAll(this.native, [fd]);
+      throw new VhostError('ERR_VU_BAD_PAYLOAD', `ADD_MEM_REG: more than ${MAX_MEM_SLOTS} regions`);
+    }
+    let windows: MemoryRegion[];
+    try {
+      windows = mapRegion(this.native, desc, fd);
+    } catch (err) {
+      throw new VhostError('ERR_MEM_MAP', `ADD_MEM_REG: cannot map region: ${(err as Error).message}`, { cause: err });
+    } finally {
+      closeAll(this.native, [fd]);
+    }
+    this.installMemory([...this.regions, { desc, windows }], []);
+    return null;
+  }
+
+  private remMemReg(msg: Message): null {
+    const desc = decodeSingleRegion(msg.payload, msg.request);
+    if (msg.fds.length > 1) this.expectFds(msg, 1); // a stray fd MAY come along; the connection closes it
+    const gone = this.regions.filter((r) => sameRegion(r.desc, desc));
+    if (gone.length === 0) {
+      // Already removed (QEMU 7.2 repeats per queue pair): ack.
+      return null;
+    }
+    this.installMemory(this.regions.filter((r) => !gone.includes(r)), gone);
+    return null;
+  }
+
+  /** Switch to a new region set: validate, remap started rings, then unmap what is no longer used. */
+  private installMemory(next: MappedRegion[], retire: MappedRegion[]): void {
+    let mem: GuestMemory | null = null;
+    if (next.length > 0) {
+      try {
+        mem = new GuestMemory(next.flatMap((m) => m.windows));
+      } catch (err) {
+        const fresh = next.filter((m) => !this.regions.includes(m));
+        for (const m of fresh) unmapRegions(this.native, m.windows);
+        throw err;
+      }
+    }
+    const old = this.mem;
+    this.mem = mem;
+    this.regions = next;
+    for (const r of this.vrings) {
+      if (!r.started) continue;
+      if (mem) r.remap(mem, this.eventIdx, this.indirect);
+      else r.stop();
+    }
+    for (const m of retire) if (!next.includes(m)) unmapRegions(this.native, m.windows);
+    void old;
+  }
+
+  private dropMemory(): void {
+    for (const m of this.regions) unmapRegions(this.native, m.windows);
+    this.regions = [];
+    this.mem = null;
+  }
+
+  private setVringNum(msg: Message): null {
+    const s = decodeVringState(msg.payload, msg.request);
+    const v = this.vring(s.index, msg.request);
+    if (s.num === 0 || s.num > MAX_QUEUE_SIZE || (s.num & (s.num - 1)) !== 0) {
+      throw new VhostError('ERR_VU_BAD_PAYLOAD', `SET_VRING_NUM: vring ${s.index} size ${s.num} is not a power of two in 1..${MAX_QUEUE_SIZE}`);
+    }
+    if (v.started) throw new VhostError('ERR_VU_PROTOCOL', `SET_VRING_NUM: vring ${s.index} is running`);
+    v.num = s.num;
+    return null;
+  }
+
+  private setVringAddr(msg: Message): null {
+    const a = decodeVringAddr(msg.payload, msg.request);
+    const v = this.vring(a.index, msg.request);
+    v.addr = a;
+    // A running ring may get new addresses (migration logging toggles flags): re-resolve the views.
+    if (v.started && this.mem) v.remap(this.mem, this.eventIdx, this.indirect);
+    return null;
+  }
+
+  private setVringBase(msg: Message): null {
+    const s = decodeVringState(msg.payload, msg.request);
+    const v = this.vring(s.index, msg.request);
+    if (s.num > 0xffff) throw new VhostError('ERR_VU_BAD_PAYLOAD', `SET_VRING_BASE: vring ${s.index} base ${s.num} is not a split-ring index`);
+    v.base = s.num;
+    return null;
+  }
+
+  private getVringBase(msg: Message): Uint8Array {
+    const s = decodeVringState(msg.payload, msg.request);
+    const v = this.vring(s.index, msg.request);
+    const base = v.stop();
+    return encodeVringState({ index: s.index, num: base });
+  }
+
+  private setVringFd(msg: Message, which: 'kick' | 'call' | 'err'): null {
+    const f = decodeVringFile(msg.payload, msg.request);
+    this.expectFds(msg, f.noFd ? 0 : 1);
+    const v = this.vring(f.index, msg.request);
+    const fd = f.noFd ? -1 : msg.fds.splice(0)[0];
+    if (which === 'call') v.setCallFd(fd);
+    else if (which === 'err') v.setErrFd(fd);
+    else {
+      v.setKickFd(fd, f.noFd);
+      if (!this.mem) throw new VhostError('ERR_VU_BAD_VRING', `SET_VRING_KICK: vring ${f.index} started before SET_MEM_TABLE`);
+      if (!v.addr || v.num === 0) throw new VhostError('ERR_VU_BAD_VRING', `SET_VRING_KICK: vring ${f.index} has no size or addresses`);
+      // Without bit 30 a ring is enabled when it starts (§2.3; DPDK enables at kick).
+      if (!hasBit(this.ackedFeatures, VHOST_USER_F_PROTOCOL_FEATURES) && this.featuresSet) v.enabled = true;
+      v.start(this.mem, this.eventIdx, this.indirect); // throws ERR_VQ_RING_ADDR: ring outside guest memory
+    }
+    return null;
+  }
+
+  private setVringEnable(msg: Message): null {
+    const s = decodeVringState(msg.payload, msg.request);
+    const v = this.vring(s.index, msg.request);
+    if (s.num > 1) throw new VhostError('ERR_VU_BAD_PAYLOAD', `SET_VRING_ENABLE: vring ${s.index} num ${s.num}, expected 0 or 1`);
+    v.setEnabled(s.num === 1);
+    return null;
+  }
+
+  private netSetMtu(msg: Message): null {
+    const mtu = Number(readU64Big(msg.payload, msg.request));
+    const reason = this.device.setMtu(mtu);
+    if (reason) throw new VhostError('ERR_VU_PROTOCOL', `NET_SET_MTU ${mtu} refused: ${reason}`);
+    return null;
+  }
+
+  private getConfig(msg: Message): Uint8Array {
+    const c = decodeConfig(msg.payload, msg.request);
+    const data = this.device.getConfig(c.offset, c.size);
+    if (!data) {
+      // §5.19: size 0 tells the front-end the request failed.
+      this.log.warn({ offset: c.offset, size: c.size }, 'GET_CONFIG on a device without config space');
+      return new Uint8Array(0);
+    }
+    return encodeConfig(c.offset, c.flags, data);
+  }
+
+  private setConfig(msg: Message): null {
+    const c = decodeConfig(msg.payload, msg.request);
+    if (!this.device.setConfig(c.offset, c.data)) {
+      throw new VhostError('ERR_VU_PROTOCOL', `SET_CONFIG offset ${c.offset} size ${c.size} refused`);
+    }
+    return null;
+  }
+
+  private takeAndClose(msg: Message): null {
+    if (msg.request === R.SET_BACKEND_REQ_FD) this.expectFds(msg, 1);
+    expectSize(msg.payload, msg.payload.length, msg.request);
+    return null; // the connection closes the fds left in msg.fds
+  }
+}
+
+function sameRegion(a: RegionDescriptor, b: RegionDescriptor): boolean {
+  return a.gpa === b.gpa && a.uva === b.uva && a.size === b.size;
+}

@@ -1,0 +1,196 @@
+/**
+ * Vring: one virtqueue's vhost-user state (reference vhost-user.md §2.3, §2.4).
+ *
+ *   started  = SET_VRING_KICK received and no GET_VRING_BASE since (the spec's "start upon kick")
+ *   enabled  = SET_VRING_ENABLE(1), or SET_FEATURES without bit 30; independent of started, and kept while
+ *              stopped because QEMU enables rings before it configures them (§3.1)
+ *   serving  = started && enabled: the device owns the queue; every transition into it processes the ring once,
+ *              so buffers published before the kick fd existed are not lost (§5.3, DPDK 924da8f1c4)
+ *
+ * The Vring implements DeviceQueue for the device: publish() = one used.idx store + at most one call-eventfd
+ * write. A queue the guest broke (avail idx jump, head out of range) is stopped and the err eventfd signalled.
+ */
+import type { FdWatcher, NativeBinding } from '../native/types.js';
+import { POLL_READABLE } from '../native/types.js';
+import { closeQuietly } from '../native/fd.js';
+import type { DeviceQueue, VirtioDevice } from '../device/device.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { SplitQueue } from '../virtqueue/split-queue.js';
+import type { Logger } from '../util/log.js';
+import type { VringAddr } from './message.js';
+
+/** Poll interval for a ring whose kick fd is NOFD (the front-end will never kick it). */
+const NOFD_POLL_MS = 1;
+
+export class Vring implements DeviceQueue {
+  num = 0;
+  base = 0;
+  addr: VringAddr | null = null;
+  kickFd = -1;
+  callFd = -1;
+  errFd = -1;
+  kickNoFd = false;
+  started = false;
+  enabled = false;
+  serving = false;
+  /** Kicks seen and calls sent, for status output and tests. */
+  kicks = 0;
+  calls = 0;
+  private q: SplitQueue | null = null;
+  private watcher: FdWatcher | null = null;
+  private pollTimer: NodeJS.Timeout | null = null;
+  private brokenReported = false;
+
+  constructor(
+    readonly index: number,
+    private readonly native: NativeBinding,
+    private readonly device: VirtioDevice,
+    private readonly log: Logger,
+  ) {}
+
+  get queue(): SplitQueue {
+    if (!this.q) throw new Error(`vring ${this.index} has no queue`);
+    return this.q;
+  }
+
+  get hasQueue(): boolean {
+    return this.q !== null;
+  }
+
+  publish(): void {
+    const q = this.q;
+    if (!q) return;
+    if (q.publishUsed() && this.callFd >= 0) {
+      this.native.eventfdWrite(this.callFd, 1);
+      this.calls++;
+    }
+    if (q.broken && !this.brokenReported) this.reportBroken(q.brokenReason ?? 'broken');
+  }
+
+  /** SET_VRING_KICK: replace the kick fd and start the ring (builds the queue from the current memory). */
+  start(mem: GuestMemory, eventIdx: boolean, indirect: boolean): void {
+    if (!this.addr) throw new Error(`vring ${this.index}: SET_VRING_KICK before SET_VRING_ADDR`);
+    this.stopServing();
+    const q = new SplitQueue(mem, {
+      size: this.num,
+      descUva: this.addr.descUva,
+      availUva: this.addr.availUva,
+      usedUva: this.addr.usedUva,
+      eventIdx,
+      indirect,
+    });
+    q.lastAvailIdx = this.base & 0xffff;
+    this.q = q;
+    this.started = true;
+    this.brokenReported = false;
+    this.watchKick();
+    this.updateServing();
+  }
+
+  /** Rebuild the queue views after a memory table change, keeping the ring position (§2.5, §5.14). */
+  remap(mem: GuestMemory, eventIdx: boolean, indirect: boolean): void {
+    if (!this.started || !this.q) return;
+    this.base = this.q.lastAvailIdx;
+    const wasServing = this.serving;
+    this.stopServing();
+    this.q = null;
+    this.start(mem, eventIdx, indirect);
+    if (!wasServing) this.updateServing();
+  }
+
+  /** GET_VRING_BASE: stop the ring and return the next avail index to process. Nothing is reset (§5.9). */
+  stop(): number {
+    if (this.q) this.base = this.q.lastAvailIdx;
+    this.stopServing();
+    this.started = false;
+    this.q = null;
+    this.unwatchKick();
+    // QEMU and DPDK send fresh kick/call fds at the next start (libvhost-user and DPDK close them here).
+    this.setKickFd(-1, false);
+    this.setCallFd(-1);
+    return this.base & 0xffff;
+  }
+
+  setEnabled(on: boolean): void {
+    this.enabled = on;
+    this.updateServing();
+  }
+
+  setKickFd(fd: number, noFd: boolean): void {
+    this.unwatchKick();
+    if (this.kickFd >= 0) closeQuietly(this.native, this.kickFd);
+    this.kickFd = fd;
+    this.kickNoFd = noFd;
+  }
+
+  setCallFd(fd: number): void {
+    if (this.callFd >= 0) closeQuietly(this.native, this.callFd);
+    this.callFd = fd;
+  }
+
+  setErrFd(fd: number): void {
+    if (this.errFd >= 0) closeQuietly(this.native, this.errFd);
+    this.errFd = fd;
+  }
+
+  /** Connection gone: stop and close everything. */
+  release(): void {
+    this.stopServing();
+    this.unwatchKick();
+    this.setKickFd(-1, false);
+    this.setCallFd(-1);
+    this.setErrFd(-1);
+    this.q = null;
+    this.started = false;
+  }
+
+  private updateServing(): void {
+    const want = this.started && this.enabled && this.q !== null && !this.q.broken;
+    if (want === this.serving) return;
+    if (want) {
+      this.serving = true;
+      this.device.queueStart(this);
+    } else {
+      this.stopServing();
+    }
+  }
+
+  private stopServing(): void {
+    if (!this.serving) return;
+    this.serving = false;
+    this.device.queueStop(this.index);
+  }
+
+  private watchKick(): void {
+    this.unwatchKick();
+    if (this.kickFd >= 0) {
+      this.watcher = this.native.watch(this.kickFd, POLL_READABLE, (status) => this.onKick(status));
+    } else if (this.kickNoFd) {
+      // §2.4: KICK with NOFD means the back-end must poll the ring.
+      this.pollTimer = setInterval(() => this.serving && this.device.queueKick(this.index), NOFD_POLL_MS);
+      this.pollTimer.unref();
+    }
+  }
+
+  private unwatchKick(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    if (this.pollTimer) clearInterval(this.pollTimer);
+    this.pollTimer = null;
+  }
+
+  private onKick(status: number): void {
+    if (status < 0 || this.kickFd < 0) return;
+    // Drain the eventfd first: a kick that arrives while we process sets it again and wakes us once more.
+    if (this.native.eventfdRead(this.kickFd) < 0) return;
+    this.kicks++;
+    if (this.serving) this.device.queueKick(this.index);
+  }
+
+  private reportBroken(reason: string): void {
+    this.brokenReported = true;
+    this.log.warn({ vq: this.index, reason }, 'guest broke the virtqueue; queue stopped until the device is reset');
+    if (this.errFd >= 0) this.native.eventfdWrite(this.errFd, 1);
+    this.stopServing();
+  }
+}

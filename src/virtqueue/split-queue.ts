@@ -1,0 +1,234 @@
+/**
+ * SplitQueue: the device side of a split virtqueue on typed-array views cached once at construction (no address
+ * translation on the hot path, house style §3.6 rule 1). Used entries are batched: addUsed() many times, then one
+ * publishUsed() = one used.idx store + one notification decision. All memory ordering goes through barrier.ts.
+ * Decision: with EVENT_IDX, avail_event = lastAvailIdx is written on every pop (as libvhost-user vu_queue_pop), so
+ * a device that forgets enableNotification still gets kicks once it has caught up (vhost-user.md §5 pitfall 4).
+ * Guest errors: a bad chain is a request error (chain.error); a bad avail idx or head index breaks the queue.
+ * Spec: VIRTIO 1.2 §2.7 (split virtqueues), §2.7.7 / §2.7.10 (notification suppression), vhost-user.md §2.6.
+ */
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { VhostError } from '../util/errors.js';
+import { enableAndRecheck, loadAvailIdx, publishUsedIdx } from './barrier.js';
+import type { DescriptorChain } from './descriptor-chain.js';
+import {
+  AVAIL_ALIGN, DESC_ALIGN, MAX_QUEUE_SIZE, USED_ALIGN, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_USED_F_NO_NOTIFY,
+  availRingSize, descTableSize, usedRingSize,
+} from './defs.js';
+import { vringNeedEvent } from './event-idx.js';
+
+export interface SplitQueueOptions {
+  /** Queue size (SET_VRING_NUM): power of 2, 1..32768. */
+  size: number;
+  /** Frontend virtual addresses from SET_VRING_ADDR. */
+  descUva: number;
+  availUva: number;
+  usedUva: number;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+}
+
+const hex = (n: number): string => '0x' + n.toString(16);
+
+/** Resolve one ring to (buffer, byteOffset) or throw ERR_VQ_RING_ADDR with the reason. */
+function ringLocation(mem: GuestMemory, name: string, uva: number, len: number, align: number): { buffer: ArrayBuffer; byteOffset: number } {
+  if (!Number.isSafeInteger(uva) || uva < 0) throw new VhostError('ERR_VQ_RING_ADDR', `${name} ring address ${uva} is not a valid address below 2^53`);
+  // §2.7 "Virtqueue Part Alignment": desc 16, avail 2, used 4.
+  if (uva % align !== 0) throw new VhostError('ERR_VQ_RING_ADDR', `${name} ring address ${hex(uva)} is not ${align}-byte aligned (VIRTIO 1.2 §2.7)`);
+  const loc = mem.uvaRange(uva, len);
+  if (loc === null) {
+    const why = mem.findUva(uva) === null ? 'is outside guest memory' : 'straddles a memory region end (rings must lie in one region)';
+    throw new VhostError('ERR_VQ_RING_ADDR', `${name} ring UVA [${hex(uva)}-${hex(uva + len)}) ${why}; regions: ${mem.describe()}`);
+  }
+  const byteOffset = loc.region.u8.byteOffset + loc.offset;
+  if (byteOffset % align !== 0) throw new VhostError('ERR_VQ_RING_ADDR', `${name} ring at ${hex(uva)} is misaligned in the backend mapping (region buffer offset ${loc.region.u8.byteOffset})`);
+  return { buffer: loc.region.buffer, byteOffset };
+}
+
+export class SplitQueue {
+  readonly size: number;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  /** Shadow of used.idx: where the next addUsed goes (free-running u16). */
+  usedIdx: number;
+  broken = false;
+  brokenReason: string | null = null;
+
+  private readonly mem: GuestMemory;
+  private readonly mask: number;
+  /** Descriptor table as u32 words: [4i] addr lo, [4i+1] addr hi, [4i+2] len, [4i+3] flags | next << 16. */
+  private readonly desc32: Uint32Array;
+  /** avail: [0] flags, [1] idx, [2+i] ring[i], [2+size] used_event. */
+  private readonly avail: Uint16Array;
+  /** used: [0] flags, [1] idx, [2+4*size] avail_event. */
+  private readonly used16: Uint16Array;
+  /** used elems (from used+4): [2i] id, [2i+1] len. */
+  private readonly used32: Uint32Array;
+  private readonly usedEventIndex: number;
+  private readonly availEventIndex: number;
+  private nextAvail = 0;
+  /** Last avail.idx read from the guest; reloaded only when nextAvail catches up (DPDK/libvhost-user shadow). */
+  private shadowAvail = 0;
+  /** used.idx value last stored to guest memory. */
+  private publishedIdx: number;
+  private signalledUsed = 0;
+  private signalledUsedValid = false;
+
+  /** @throws VhostError ERR_VQ_SIZE, ERR_VQ_RING_ADDR. */
+  constructor(mem: GuestMemory, opts: SplitQueueOptions) {
+    const { size } = opts;
+    // §2.7: Queue Size is a power of 2 no larger than 32768.
+    if (!Number.isInteger(size) || size < 1 || size > MAX_QUEUE_SIZE || (size & (size - 1)) !== 0) {
+      throw new VhostError('ERR_VQ_SIZE', `queue size ${size} is not a power of 2 in 1..${MAX_QUEUE_SIZE} (VIRTIO 1.2 §2.7)`);
+    }
+    const d = ringLocation(mem, 'descriptor', opts.descUva, descTableSize(size), DESC_ALIGN);
+    const a = ringLocation(mem, 'avail', opts.availUva, availRingSize(size), AVAIL_ALIGN);
+    const u = ringLocation(mem, 'used', opts.usedUva, usedRingSize(size), USED_ALIGN);
+    this.mem = mem;
+    this.size = size;
+    this.mask = size - 1;
+    this.eventIdx = opts.eventIdx;
+    this.indirect = opts.indirect;
+    this.desc32 = new Uint32Array(d.buffer, d.byteOffset, 4 * size);
+    this.avail = new Uint16Array(a.buffer, a.byteOffset, 3 + size);
+    this.used16 = new Uint16Array(u.buffer, u.byteOffset, 3 + 4 * size);
+    this.used32 = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * size);
+    this.usedEventIndex = 2 + size;
+    this.availEventIndex = 2 + 4 * size;
+    // Pitfall 10: start from the guest's used.idx (0 after a guest reboot), never from a stale shadow.
+    this.usedIdx = Atomics.load(this.used16, 1);
+    this.publishedIdx = this.usedIdx;
+  }
+
+  /** Next avail ring index to process (SET_VRING_BASE sets it, GET_VRING_BASE reads it). */
+  get lastAvailIdx(): number {
+    return this.nextAvail;
+  }
+  set lastAvailIdx(v: number) {
+    this.nextAvail = v & 0xffff;
+    this.shadowAvail = this.nextAvail;
+  }
+
+  private markBroken(reason: string): void {
+    if (!this.broken) {
+      this.broken = true;
+      this.brokenReason = reason;
+    }
+  }
+
+  /** Reload avail.idx (acquire) and check it; returns the number of pending heads, 0 if broken. */
+  private refreshAvail(): number {
+    const idx = loadAvailIdx(this.avail);
+    const n = (idx - this.nextAvail) & 0xffff;
+    // vhost-user.md §2.6 rule 1: more than `size` outstanding heads means the driver is broken.
+    if (n > this.size) {
+      this.markBroken(`avail idx jumped by ${n} > queue size ${this.size} (avail.idx ${idx}, last_avail_idx ${this.nextAvail})`);
+      return 0;
+    }
+    this.shadowAvail = idx;
+    return n;
+  }
+
+  /** Heads the driver has made available and we have not popped yet. 0 (and broken) on a bad avail.idx. */
+  availCount(): number {
+    if (this.broken) return 0;
+    return this.refreshAvail();
+  }
+
+  /**
+   * Pop the next head into `chain` and walk it. False when empty or broken. On true, `chain.error` may be set:
+   * complete that head with used len 0. A head index ≥ size breaks the queue (nothing valid to return).
+   */
+  pop(chain: DescriptorChain): boolean {
+    if (this.broken) return false;
+    const cur = this.nextAvail;
+    if (cur === this.shadowAvail && this.refreshAvail() === 0) return false;
+    // Read only after the acquire load of avail.idx (refreshAvail) — rule 2.
+    const head = this.avail[2 + (cur & this.mask)];
+    if (head >= this.size) {
+      this.markBroken(`avail ring entry ${cur} holds head ${head} >= queue size ${this.size} (VIRTIO 1.2 §2.7.6)`);
+      return false;
+    }
+    this.nextAvail = (cur + 1) & 0xffff;
+    chain.walk(this.mem, this.desc32, this.size, head, this.indirect);
+    // §2.7.10 / pitfall 4: keep avail_event at our position so the driver kicks once we have caught up.
+    if (this.eventIdx) this.used16[this.availEventIndex] = this.nextAvail;
+    return true;
+  }
+
+  /** Write used element {head, len} at usedIdx % size and advance the shadow (not visible until publishUsed). */
+  addUsed(head: number, len: number): void {
+    const i = (this.usedIdx & this.mask) << 1;
+    this.used32[i] = head;
+    this.used32[i + 1] = len;
+    this.usedIdx = (this.usedIdx + 1) & 0xffff;
+  }
+
+  /**
+   * Publish everything added since the last publish with one used.idx store (release), full fence, then decide
+   * whether the driver wants an interrupt. Returns true if the caller must write the call eventfd.
+   * EVENT_IDX (§2.7.10): vring_need_event(used_event, new, signalled_used), always true on the first publish after
+   * start (signalled_used invalid; DPDK 2f706027c8). Otherwise (§2.7.7): unless avail.flags has NO_INTERRUPT.
+   */
+  publishUsed(): boolean {
+    const newIdx = this.usedIdx;
+    if (newIdx === this.publishedIdx) return false;
+    this.publishedIdx = newIdx;
+    if (this.eventIdx) {
+      const usedEvent = publishUsedIdx(this.used16, newIdx, this.avail, this.usedEventIndex);
+      const old = this.signalledUsed;
+      const valid = this.signalledUsedValid;
+      this.signalledUsed = newIdx;
+      this.signalledUsedValid = true;
+      if (!valid) return true;
+      return vringNeedEvent(usedEvent, newIdx, old);
+    }
+    const flags = publishUsedIdx(this.used16, newIdx, this.avail, 0);
+    return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+  }
+
+  /**
+   * Ask the driver not to kick while we are processing. Without EVENT_IDX: set used.flags NO_NOTIFY (§2.7.8).
+   * With EVENT_IDX nothing to do: avail_event stays at the last popped index, behind the driver (§2.7.10).
+   */
+  disableNotification(): void {
+    if (!this.eventIdx) this.used16[0] = VIRTQ_USED_F_NO_NOTIFY;
+  }
+
+  /**
+   * Re-arm kicks before going idle: without EVENT_IDX clear NO_NOTIFY, with EVENT_IDX write avail_event =
+   * lastAvailIdx; full fence; re-read avail.idx. Returns true if buffers arrived meanwhile: the caller must
+   * process again (and may disable again) instead of sleeping. False when broken.
+   */
+  enableNotification(): boolean {
+    if (this.broken) return false;
+    const idx = this.eventIdx
+      ? enableAndRecheck(this.used16, this.availEventIndex, this.nextAvail, this.avail)
+      : enableAndRecheck(this.used16, 0, 0, this.avail);
+    const n = (idx - this.nextAvail) & 0xffff;
+    if (n > this.size) {
+      this.markBroken(`avail idx jumped by ${n} > queue size ${this.size} (avail.idx ${idx}, last_avail_idx ${this.nextAvail})`);
+      return false;
+    }
+    this.shadowAvail = idx;
+    return n !== 0;
+  }
+
+  /** Next publishUsed() notifies unconditionally (ring start/restart, reconnect: DPDK 2f706027c8). */
+  invalidateSignalled(): void {
+    this.signalledUsedValid = false;
+  }
+
+  /**
+   * Ring restart: re-read used.idx from guest memory into the shadow (pitfall 10), forget what was published and
+   * signalled, so the first publish after restart always notifies.
+   */
+  resetSignalled(): void {
+    this.usedIdx = Atomics.load(this.used16, 1);
+    this.publishedIdx = this.usedIdx;
+    this.signalledUsed = this.usedIdx;
+    this.signalledUsedValid = false;
+  }
+}
