@@ -22,6 +22,17 @@ export interface NetPort {
   server: VhostUserServer;
 }
 
+export interface PortStats {
+  port: string;
+  switch: string;
+  connected: boolean;
+  connections: number;
+  dropped: number;
+  device: Record<string, number>;
+  switchPort: Record<string, number> | null;
+  vrings: Record<string, number | boolean>[];
+}
+
 export class Daemon {
   readonly switches = new Map<string, Switch>();
   readonly netPorts: NetPort[] = [];
@@ -73,6 +84,20 @@ export class Daemon {
       }
     }
     return out;
+  }
+
+  /** Per-port counters: the device's (guest view) and the switch's (port view). Logged on SIGUSR2 and at exit. */
+  stats(): PortStats[] {
+    return this.netPorts.map((p) => ({
+      port: p.device.name,
+      switch: p.device.switchName,
+      connected: p.server.connected,
+      connections: p.server.connections,
+      dropped: p.server.droppedConnections,
+      device: { ...p.device.counters },
+      vrings: p.server.currentSession?.vrings.map((v) => ({ i: v.index, started: v.started, enabled: v.enabled, serving: v.serving, kicks: v.kicks, calls: v.calls, lastAvail: v.hasQueue ? v.queue.lastAvailIdx : v.base, broken: v.hasQueue ? v.queue.broken : false })) ?? [],
+      switchPort: p.device.id >= 0 ? { ...this.switches.get(p.device.switchName)!.counters(p.device.id) } : null,
+    }));
   }
 
   stop(): void {

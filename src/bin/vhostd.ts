@@ -63,8 +63,13 @@ function main(): number {
   for (const q of daemon.qemuArgs({ tcg: false })) {
     log.info({ vm: q.vm, socket: q.socket, qemu: q.args }, 'attach a QEMU guest with these arguments (add vectors=0 to -device under TCG)');
   }
+  const logStats = (): void => {
+    for (const s of daemon.stats()) log.info({ stats: s }, 'port counters');
+  };
+  process.on('SIGUSR2', logStats); // SIGUSR1 is Node's inspector signal
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'shutting down');
+    logStats();
     daemon.stop();
     log.flush();
     process.exit(0);

@@ -195,6 +195,10 @@ export class NetDevice implements VirtioDevice, Port {
     this.sw.removePort(this);
   }
 
+  get switchName(): string {
+    return this.sw.name;
+  }
+
   get description(): string {
     return `${this.name} (${formatMac(parseMac(this.mac))})`;
   }

@@ -136,6 +136,9 @@ export class DescriptorChain {
       if (len === 0) return this.fail(ChainError.ZERO_LENGTH);
       if (hi >= 0x200000) return this.fail(ChainError.UNMAPPED);
       const addr = lo + hi * TWO_32;
+      // Lengths are u32 and the used len is u32: a chain totalling 2^32 bytes or more cannot be completed.
+      total += len;
+      if (total >= TWO_32) return this.fail(ChainError.TOO_LONG);
       // §2.7.4.1 / §2.7.5: device-writable descriptors follow all device-readable ones.
       if (flags & VIRTQ_DESC_F_WRITE) {
         seenWrite = true;
@@ -146,8 +149,6 @@ export class DescriptorChain {
         if (!mem.mapGpa(addr, len, this.readable)) return this.fail(this.mapError(this.readable));
         this.readableBytes += len;
       }
-      total += len;
-      if (total >= TWO_32) return this.fail(ChainError.TOO_LONG);
       if (!(flags & VIRTQ_DESC_F_NEXT)) return true;
       if (next >= tableLen) return this.fail(ChainError.NEXT_OUT_OF_RANGE);
       i = next;

@@ -157,3 +157,13 @@ export class GuestAllocator {
     throw new Error(`driver allocator: no free GPA-contiguous region boundary for a ${len}-byte straddling buffer`);
   }
 }
+
+/**
+ * The default unit-test layout: `count` GPA-contiguous regions of `size` bytes starting at GPA 0x100000, with UVAs
+ * far from their GPAs and not contiguous (so GPA and UVA translation cannot be confused).
+ */
+export function standardMemory(count = 2, size = 0x40000): GuestMemory {
+  const layout = [];
+  for (let i = 0; i < count; i++) layout.push({ gpa: 0x100000 + i * size, size, uva: 0x7f00_0000_0000 + i * 2 * size });
+  return makeMemory(layout);
+}

@@ -310,7 +310,7 @@ describe.skipIf(skip)('native addon', () => {
       w2.stop();
       setTimeout(() => console.log('done'), 10);
     `;
-    const r = spawnSync(process.execPath, ['-e', script], { timeout: 10_000, encoding: 'utf8' });
+    const r = spawnSync(process.execPath, ['-e', script], { timeout: 60_000, encoding: 'utf8' });
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('done');
     expect(r.status).toBe(0);
