@@ -54,6 +54,10 @@ export class DescriptorChain {
   private scratchU8: Uint8Array | null = null;
   private readonly scratchSg = new SgList(8);
 
+  /**
+   * @param queueSize the size of the queue this chain is used with (bounds the indirect-table scratch).
+   * @param maxSegments capacity of each SgList.
+   */
   constructor(queueSize: number, maxSegments = Math.min(queueSize, MAX_CHAIN_SEGMENTS) + 16) {
     this.queueSize = queueSize;
     this.readable = new SgList(maxSegments);

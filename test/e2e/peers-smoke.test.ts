@@ -28,6 +28,8 @@ let dir = '';
 const pmds: Testpmd[] = [];
 const guests: Guest[] = [];
 const tag = `vhostd-smoke-${process.pid}`;
+// Small DPDK memory: starts in ~1-2 s instead of ~5 s (1 GiB --no-huge + 155k mbufs).
+const SMALL = { memMiB: 256, mbufs: 16384 };
 
 beforeAll(() => {
   dir = mkdtempSync(path.join(tmpdir(), 'vhostd-smoke-'));
@@ -48,6 +50,7 @@ function backend(name: string, socks: string[]): Testpmd {
     vdevs: socks.map((s, i) => vhostVdev(i, s)),
     forwardMode: 'io',
     statsPeriodS: 1,
+    ...SMALL,
   });
   pmds.push(p);
   return p;
@@ -67,6 +70,7 @@ describe.skipIf(skipTestpmd !== null)('testpmd virtio_user <-> DPDK net_vhost', 
       forwardMode: 'macswap',
       txFirst: true,
       statsPeriodS: 1,
+      ...SMALL,
     });
     pmds.push(drv);
     await drv.waitForSample((s) => s.ports.length === 2 && s.ports.every((p) => p.rxPps > 0), 30_000);

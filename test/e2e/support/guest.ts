@@ -276,9 +276,10 @@ export function qemuArgs(o: GuestOptions): string[] {
     '-kernel', k.vmlinuz, '-initrd', o.initrd,
     '-append', `console=ttyS0 quiet panic=-1 ${o.appendCmdline ?? ''}`.trim(),
   ];
-  const gi = (hashName(o.name) & 0xff).toString(16).padStart(2, '0');
+  // default MACs: unique per process and guest: 52:54:00:<pid>:<guest#>:<nic#>
+  const gi = `${(process.pid & 0xff).toString(16).padStart(2, '0')}:${(guestSeq++ & 0xff).toString(16).padStart(2, '0')}`;
   (o.netdevs ?? []).forEach((n, i) => {
-    const mac = n.mac ?? `52:54:00:00:${gi}:${(i + 1).toString(16).padStart(2, '0')}`;
+    const mac = n.mac ?? `52:54:00:${gi}:${(i + 1).toString(16).padStart(2, '0')}`;
     args.push('-chardev', `socket,id=nc${i},path=${n.socket}${rc ? `,reconnect=${rc}` : ''}`);
     args.push('-netdev', `vhost-user,id=n${i},chardev=nc${i}${n.queues && n.queues > 1 ? `,queues=${n.queues}` : ''}`);
     let dev = `virtio-net-pci,netdev=n${i},mac=${mac},vectors=0`;
@@ -296,11 +297,7 @@ export function qemuArgs(o: GuestOptions): string[] {
   return args;
 }
 
-function hashName(s: string): number {
-  let h = 0;
-  for (const c of s) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return h;
-}
+let guestSeq = 0;
 
 export function startGuest(o: GuestOptions): Guest {
   const args = qemuArgs(o);

@@ -135,7 +135,9 @@ export function peerStatus(refresh = false): PeerStatus {
         return false;
       }
     })();
-    st.kernel = anyImage
+    st.kernel = process.env.VHOSTD_GUEST_KERNEL
+      ? `VHOSTD_GUEST_KERNEL=${process.env.VHOSTD_GUEST_KERNEL}: no usable /boot/vmlinuz-<that> with virtio_net modules`
+      : anyImage
       ? 'no readable /boot/vmlinuz-<v> with matching /lib/modules/<v> containing virtio_net (unreadable image? run as root or chmod)'
       : `no guest kernel in /boot; ${INSTALL_HINT}`;
   }
@@ -159,4 +161,18 @@ export function requirePeer(...names: PeerName[]): string | null {
   if (process.env.CI === 'true') throw new Error(`${reason} (CI=true: a missing peer is a failure, not a skip)`);
   console.warn(`[vhostd e2e] skipping: ${reason}`);
   return reason;
+}
+
+/** Minimal shape of vitest's test context we need (avoids importing vitest here). */
+interface SkippableContext {
+  skip(note?: string): void;
+}
+
+/**
+ * In-test variant: `it('x', async (ctx) => { skipUnlessPeers(ctx, 'qemu'); ... })`.
+ * Missing peer: throws when CI=true (this test fails), otherwise ctx.skip(reason).
+ */
+export function skipUnlessPeers(ctx: SkippableContext, ...names: PeerName[]): void {
+  const reason = requirePeer(...names);
+  if (reason !== null) ctx.skip(reason);
 }

@@ -59,7 +59,9 @@ export interface TestpmdOptions {
   forwardMode?: 'io' | 'macswap' | 'txonly' | 'rxonly' | 'mac' | string;
   txFirst?: boolean;
   statsPeriodS?: number; // default 1
-  memMiB?: number; // default 1024 (--no-huge -m)
+  memMiB?: number; // default 1024 (--no-huge -m); 256 is plenty with mbufs <= 32768
+  /** --total-num-mbufs (default: testpmd's own, ~155k = 330 MB). Smaller starts faster. */
+  mbufs?: number;
   /** Extra EAL args (e.g. ['--log-level=pmd.net.vhost:debug']). */
   eal?: string[];
   /** Number of ports to expect per sample (default: vdevs.length). */
@@ -104,6 +106,7 @@ export function testpmdArgs(o: TestpmdOptions): string[] {
     `--nb-cores=${nbFwd}`,
     `--stats-period=${o.statsPeriodS ?? 1}`,
     ...(o.txFirst ? ['--tx-first'] : []),
+    ...(o.mbufs ? [`--total-num-mbufs=${o.mbufs}`] : []),
     ...(o.args ?? []),
   ];
   return [...eal, '--', ...app];

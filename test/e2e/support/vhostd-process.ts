@@ -6,9 +6,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRootFrom } from '../../../src/util/package-root.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+const root = packageRootFrom(import.meta.url);
 export const VHOSTD_BIN = path.join(root, 'build/src/bin/vhostd.js');
 
 export interface VhostdLogLine {

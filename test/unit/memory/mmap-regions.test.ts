@@ -1,3 +1,8 @@
+/**
+ * mapRegion without the addon: window layout (1 GiB-aligned GPA boundaries), fd offsets, origin sharing, and
+ * cleanup when a later mmap fails, using a fake NativeBinding whose mmapShared returns plain ArrayBuffers.
+ * The real-mmap counterpart is test/integration/mmap-regions.test.ts.
+ */
 import { describe, test, expect } from 'vitest';
 import { mapRegion, regionWindows, unmapRegions, MAP_WINDOW } from '../../../src/memory/mmap-regions.js';
 import type { NativeBinding } from '../../../src/native/types.js';

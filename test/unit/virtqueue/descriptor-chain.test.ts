@@ -1,3 +1,8 @@
+/**
+ * Descriptor chain walk (VIRTIO 1.2 §2.7.5, §2.7.5.3): valid direct/indirect chains, buffers and indirect tables
+ * crossing region ends, and the adversarial table (house style §3.8): each bad chain fails its request
+ * (chain.error set, head returned) and never the queue.
+ */
 import { describe, test, expect } from 'vitest';
 import { sgCopyOut } from '../../../src/memory/sg-list.js';
 import { ChainError, DescriptorChain } from '../../../src/virtqueue/descriptor-chain.js';
