@@ -44,7 +44,13 @@ export class FakeFrontend {
     const chunk = new Uint8Array(8192);
     this.watcher = this.native.watch(fd, POLL_READABLE, () => {
       for (;;) {
-        const n = this.native.recvMsg(fd, chunk, 0, chunk.length, fdsOut);
+        let n: number;
+        try {
+          n = this.native.recvMsg(fd, chunk, 0, chunk.length, fdsOut);
+        } catch {
+          this.markClosed(); // ECONNRESET: the back-end dropped us
+          return;
+        }
         for (let i = 1; i <= fdsOut[0]; i++) this.native.close(fdsOut[i]);
         if (n < 0) break;
         if (n === 0) {

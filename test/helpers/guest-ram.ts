@@ -1,7 +1,7 @@
 /**
  * GuestRam: memfd-backed guest RAM for the driver-side test client, laid out like QEMU's: one memfd shared by
- * two regions (low RAM at GPA 0 and "high" RAM at GPA 4 GiB, at different mmap offsets), so buffers and
- * descriptors that cross a region end are exercised. The test maps the memfd itself and gives the driver a
+ * two regions at different mmap offsets and non-contiguous front-end virtual addresses, but contiguous guest
+ * physical addresses, so buffers and descriptors that cross a region end are exercised. The test maps the memfd itself and gives the driver a
  * GuestMemory over the same bytes the back-end maps from the fds it receives.
  */
 import { loadNative } from '../../src/native/binding.js';
@@ -34,7 +34,7 @@ export class GuestRam {
     this.regions = [];
     for (let i = 0; i < count; i++) {
       const uva = uvaBase + i * (size + 0x10_0000); // a hole between the regions' VAs, as in a real process
-      this.regions.push({ gpa: opts.gpaEqualsUva ? uva : i * 0x1_0000_0000, size, uva, mmapOffset: i * size });
+      this.regions.push({ gpa: opts.gpaEqualsUva ? uva : 0x10_0000 + i * size, size, uva, mmapOffset: i * size });
     }
     this.buffers = this.regions.map((r) => native.mmapShared(this.fd, r.size, r.mmapOffset, true));
     this.mem = GuestMemory.fromArrayBuffers(this.regions.map((r, i) => ({ gpa: r.gpa, uva: r.uva, buffer: this.buffers[i] })));

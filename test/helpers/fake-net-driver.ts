@@ -1,0 +1,363 @@
+/**
+ * FakeNetDriver: a virtio-net driver (the guest's side) over a FakeFrontend, GuestRam and two DriverSplitQueues
+ * (RX = 0, TX = 1). Like a real driver it owns one fixed buffer per descriptor and recycles it, so it can push
+ * millions of frames. It negotiates with the sequence QEMU 7.2 or DPDK 22.11 sends (reference vhost-user.md
+ * §3.1, §3.3), sends frames (kicking only when the device asks: NO_NOTIFY / avail_event), and receives frames
+ * either by polling or interrupt-only (sleeping on the call eventfd).
+ */
+import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
+import { POLL_READABLE } from '../../src/native/types.js';
+import {
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  VHOST_USER_PROTOCOL_F_MQ,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  VHOST_USER_PROTOCOL_F_STATUS,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  bit,
+} from '../../src/vhost-user/features.js';
+import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/defs.js';
+import { FakeFrontend } from './fake-frontend.js';
+import { GuestRam } from './guest-ram.js';
+import { DriverSplitQueue } from './driver-queue.js';
+
+export type NegotiationSequence = 'qemu' | 'dpdk';
+
+export interface FakeNetDriverOptions {
+  socket: string;
+  sequence?: NegotiationSequence;
+  queueSize?: number;
+  eventIdx?: boolean;
+  mrgRxbuf?: boolean;
+  /** Size of each RX buffer (default 2048; small values force MRG_RXBUF chains). */
+  rxBufSize?: number;
+  /** Largest frame this driver sends (TX buffer size = 12 + this). */
+  maxFrame?: number;
+  /** Send the virtio-net header and the frame in two descriptors. */
+  splitTxHeader?: boolean;
+  /** Put one TX and one RX buffer across the end of the first memory region. */
+  across?: boolean;
+  /** Do not post RX buffers at start (tests of "no RX buffer"). */
+  noRxBuffers?: boolean;
+  seed?: number;
+  /** Region size of the guest RAM (default 8 MiB). */
+  regionSize?: number;
+}
+
+const HDR = 12;
+
+export class FakeNetDriver {
+  readonly fe: FakeFrontend;
+  readonly ram: GuestRam;
+  readonly native: NativeBinding;
+  readonly rx: DriverSplitQueue;
+  readonly tx: DriverSplitQueue;
+  readonly kickFds: number[];
+  readonly callFds: number[];
+  readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize'>>;
+  /** GPA of the fixed buffer behind each descriptor. */
+  private readonly rxBuf: number[] = [];
+  private readonly txBuf: number[] = [];
+  private readonly txFree: number[] = [];
+  /** Frames received and not yet taken by the test. */
+  readonly received: Uint8Array[] = [];
+  kicks = 0;
+  calls = 0;
+  private callWatchers: FdWatcher[] = [];
+  private waiters: (() => void)[] = [];
+  private pendingRx: Uint8Array[] = [];
+  private pendingRxLeft = 0;
+  acked = 0n;
+
+  constructor(o: FakeNetDriverOptions) {
+    this.opts = {
+      sequence: o.sequence ?? 'qemu',
+      queueSize: o.queueSize ?? 256,
+      eventIdx: o.eventIdx ?? false,
+      mrgRxbuf: o.mrgRxbuf ?? true,
+      rxBufSize: o.rxBufSize ?? 2048,
+      maxFrame: o.maxFrame ?? 1514,
+      splitTxHeader: o.splitTxHeader ?? false,
+      across: o.across ?? false,
+      noRxBuffers: o.noRxBuffers ?? false,
+    };
+    this.fe = FakeFrontend.connect(o.socket);
+    this.native = this.fe.native;
+    this.ram = new GuestRam({
+      regionSize: o.regionSize ?? 8 * 1024 * 1024,
+      regions: this.opts.across ? 3 : 2,
+      gpaEqualsUva: this.opts.sequence === 'dpdk',
+    });
+    const size = this.opts.queueSize;
+    this.rx = new DriverSplitQueue({ mem: this.ram.mem, size, eventIdx: this.opts.eventIdx, seed: o.seed ?? 1 });
+    this.tx = new DriverSplitQueue({ mem: this.ram.mem, size, eventIdx: this.opts.eventIdx, seed: (o.seed ?? 1) + 1, alloc: this.rx.alloc });
+    for (let i = 0; i < size; i++) {
+      const across = this.opts.across && i === 1;
+      this.rxBuf.push(across ? this.rx.alloc.allocAcross(this.opts.rxBufSize) : this.rx.alloc.alloc(this.opts.rxBufSize, 8));
+      this.txBuf.push(across ? this.rx.alloc.allocAcross(HDR + this.opts.maxFrame) : this.rx.alloc.alloc(HDR + this.opts.maxFrame, 8));
+    }
+    // With a split header, descriptor pairs (2k, 2k+1) form one TX chain.
+    const step = this.opts.splitTxHeader ? 2 : 1;
+    for (let i = 0; i + step <= size; i += step) this.txFree.push(i);
+    this.kickFds = [this.native.eventfd(0), this.native.eventfd(0)];
+    this.callFds = [this.native.eventfd(0), this.native.eventfd(0)];
+  }
+
+  /** The features this driver accepts out of what the device offers. */
+  private wanted(offered: bigint): bigint {
+    let want = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC);
+    if (this.opts.mrgRxbuf) want |= bit(VIRTIO_NET_F_MRG_RXBUF);
+    if (this.opts.eventIdx) want |= bit(VIRTIO_RING_F_EVENT_IDX);
+    return offered & want;
+  }
+
+  /** Connect and start both queues with the chosen front-end's message sequence. */
+  async start(): Promise<void> {
+    if (this.opts.sequence === 'qemu') await this.startQemu();
+    else await this.startDpdk();
+    for (let q = 0; q < 2; q++) {
+      const w = this.native.watch(this.callFds[q], POLL_READABLE, () => {
+        if (this.native.eventfdRead(this.callFds[q]) > 0) this.calls++;
+        this.wake();
+      });
+      this.callWatchers.push(w);
+    }
+    if (!this.opts.noRxBuffers) this.postRxBuffers(this.opts.queueSize);
+  }
+
+  /** QEMU 7.2 virtio-net-pci + vhost-user netdev (§3.1), with CONFIGURE_MEM_SLOTS: ADD_MEM_REG per region. */
+  private async startQemu(): Promise<void> {
+    const fe = this.fe;
+    const offered = await fe.getFeatures();
+    const pf = await fe.getProtocolFeatures();
+    await fe.setProtocolFeatures(pf & 0x1ffffn & ~bit(9)); // QEMU masks to 17 bits; net strips CONFIG
+    if (pf & bit(VHOST_USER_PROTOCOL_F_MQ)) await fe.getQueueNum();
+    const memSlots = (pf & bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)) !== 0n;
+    if (memSlots) await fe.getMaxMemSlots();
+    fe.setOwner();
+    await fe.getFeatures();
+    for (let q = 0; q < 2; q++) {
+      fe.setVringCall(q, this.callFds[q]);
+      fe.setVringErr(q, null);
+    }
+    // Guest driver writes its features: rings enabled before any SET_FEATURES (pitfall 2).
+    fe.setVringEnable(0, true);
+    fe.setVringEnable(1, true);
+    // DRIVER_OK: vhost_net_start.
+    fe.setVringEnable(0, true);
+    fe.setVringEnable(1, true);
+    this.acked = this.wanted(offered);
+    fe.setFeatures(this.acked | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    if (memSlots) {
+      for (const r of this.ram.regions) {
+        const ack = await fe.addMemReg(r, this.ram.fd);
+        if (ack !== 0n) throw new Error(`ADD_MEM_REG nack ${ack}`);
+      }
+    } else {
+      const ack = await fe.setMemTable(this.ram.regions, this.ram.fds());
+      if (ack !== 0n) throw new Error(`SET_MEM_TABLE nack ${ack}`);
+    }
+    for (let q = 0; q < 2; q++) this.startVring(q, 0);
+    await fe.getQueueNum(); // round trip: everything above has been processed
+  }
+
+  /** DPDK 22.11 net_virtio_user (§3.3): SET_OWNER first, SET_MEM_TABLE at DRIVER_OK, enable after kick. */
+  private async startDpdk(): Promise<void> {
+    const fe = this.fe;
+    fe.setOwner();
+    const offered = await fe.getFeatures();
+    const pf = await fe.getProtocolFeatures();
+    await fe.setProtocolFeatures(pf & (bit(VHOST_USER_PROTOCOL_F_MQ) | bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) | bit(VHOST_USER_PROTOCOL_F_STATUS)));
+    for (let q = 0; q < 2; q++) fe.setVringCall(q, this.callFds[q]);
+    this.acked = this.wanted(offered);
+    fe.setFeatures(this.acked | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    const ack = await fe.setMemTable(this.ram.regions, this.ram.fds());
+    if (ack !== 0n) throw new Error(`SET_MEM_TABLE nack ${ack}`);
+    for (let q = 0; q < 2; q++) this.startVring(q, 0);
+    fe.setVringEnable(0, true);
+    fe.setVringEnable(1, true);
+    await fe.getQueueNum();
+  }
+
+  /** SET_VRING_NUM/BASE/ADDR/KICK for queue q. */
+  startVring(q: number, base: number): void {
+    const dq = q === 0 ? this.rx : this.tx;
+    this.fe.setVringNum(q, dq.size);
+    this.fe.setVringBase(q, base);
+    this.fe.setVringAddr(q, { descUva: dq.descUva, availUva: dq.availUva, usedUva: dq.usedUva });
+    this.fe.setVringKick(q, this.kickFds[q]);
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  private kick(q: number): void {
+    this.native.eventfdWrite(this.kickFds[q], 1);
+    this.kicks++;
+  }
+
+  /** Make `n` RX buffers available (descriptor i ↔ fixed buffer i). */
+  postRxBuffers(n: number): void {
+    const heads: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const d = (this.rxPosted++) % this.rx.size;
+      this.rx.writeDesc(d, this.rxBuf[d], this.opts.rxBufSize, VIRTQ_DESC_F_WRITE, 0);
+      heads.push(d);
+    }
+    this.rx.publish(heads);
+    if (this.rx.needsKick()) this.kick(0);
+  }
+  private rxPosted = 0;
+
+  /** Queue one frame for transmission; false when the TX ring is full (reap completions first). */
+  send(frame: Uint8Array, opts: { kick?: boolean } = {}): boolean {
+    this.reapTx();
+    const d = this.txFree.pop();
+    if (d === undefined) return false;
+    const gpa = this.txBuf[d];
+    const hdr = new Uint8Array(HDR + frame.length);
+    hdr.set(frame, HDR);
+    this.rx.dm.write(gpa, hdr);
+    if (this.opts.splitTxHeader) {
+      this.tx.writeDesc(d, gpa, HDR, VIRTQ_DESC_F_NEXT, d + 1);
+      this.tx.writeDesc(d + 1, gpa + HDR, frame.length, 0, 0);
+    } else {
+      this.tx.writeDesc(d, gpa, HDR + frame.length, 0, 0);
+    }
+    this.tx.publish([d]);
+    if ((opts.kick ?? true) && this.tx.needsKick()) this.kick(1);
+    return true;
+  }
+
+  /** Kick TX if the device asked for it (after sends with kick: false). */
+  flushTx(): void {
+    if (this.tx.needsKick()) this.kick(1);
+  }
+
+  /** Take back TX buffers the device completed. */
+  reapTx(): number {
+    let n = 0;
+    const end = this.tx.usedIdx();
+    while (this.txReaped !== end) {
+      const e = this.tx.usedElem(this.txReaped);
+      this.txFree.push(e.id);
+      this.txReaped = (this.txReaped + 1) & 0xffff;
+      n++;
+    }
+    return n;
+  }
+  private txReaped = 0;
+
+  /** Collect received frames (reassembling MRG_RXBUF chains) and recycle their buffers. */
+  pollRx(): number {
+    let n = 0;
+    const end = this.rx.usedIdx();
+    const recycle: number[] = [];
+    while (this.rxReaped !== end) {
+      const e = this.rx.usedElem(this.rxReaped);
+      this.rxReaped = (this.rxReaped + 1) & 0xffff;
+      recycle.push(e.id);
+      const bytes = this.rx.dm.read(this.rxBuf[e.id], e.len);
+      if (this.pendingRxLeft === 0) {
+        if (e.len < HDR) continue; // returned unused
+        const numBuffers = this.opts.mrgRxbuf ? bytes[10] | (bytes[11] << 8) : 1;
+        this.pendingRx = [bytes.subarray(HDR)];
+        this.pendingRxLeft = numBuffers - 1;
+      } else {
+        this.pendingRx.push(bytes);
+        this.pendingRxLeft--;
+      }
+      if (this.pendingRxLeft === 0) {
+        const total = this.pendingRx.reduce((s, p) => s + p.length, 0);
+        const frame = new Uint8Array(total);
+        let o = 0;
+        for (const p of this.pendingRx) {
+          frame.set(p, o);
+          o += p.length;
+        }
+        this.received.push(frame);
+        n++;
+      }
+    }
+    if (recycle.length) {
+      for (const d of recycle) this.rx.writeDesc(d, this.rxBuf[d], this.opts.rxBufSize, VIRTQ_DESC_F_WRITE, 0);
+      this.rx.publish(recycle);
+      if (this.rx.needsKick()) this.kick(0);
+    }
+    return n;
+  }
+  private rxReaped = 0;
+
+  /** Wait (event-driven: woken by the call eventfd) until `count` frames have been received. */
+  async waitRx(count: number, timeoutMs = 10_000): Promise<Uint8Array[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      this.pollRx();
+      if (this.received.length >= count) return this.received.splice(0, count);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`received ${this.received.length} of ${count} frames`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, Math.min(left, 50));
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Wait until the device has completed every queued TX buffer. */
+  async waitTxDone(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const want = this.opts.splitTxHeader ? this.opts.queueSize / 2 : this.opts.queueSize;
+    while (this.reapTx() >= 0 && this.txFree.length < want) {
+      if (Date.now() > deadline) throw new Error(`TX not completed: ${want - this.txFree.length} outstanding`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 20);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Stop both rings like QEMU does on guest reset (GET_VRING_BASE); returns the bases. */
+  async stopRings(): Promise<number[]> {
+    return [(await this.fe.getVringBase(0)).num, (await this.fe.getVringBase(1)).num];
+  }
+
+  close(): void {
+    for (const w of this.callWatchers) w.close();
+    this.callWatchers = [];
+    this.fe.close();
+    for (const fd of [...this.kickFds, ...this.callFds]) {
+      try {
+        this.native.close(fd);
+      } catch {
+        /* closed */
+      }
+    }
+    this.kickFds.length = 0;
+    this.callFds.length = 0;
+    this.ram.close();
+  }
+}
+
+/** An Ethernet frame: dst, src, ethertype 0x88b5 (local experimental), then a payload of `len - 14` bytes. */
+export function ethFrame(dst: string, src: string, len: number, fill = 0): Uint8Array {
+  const f = new Uint8Array(len);
+  const put = (mac: string, at: number) => mac.split(':').forEach((h, i) => (f[at + i] = parseInt(h, 16)));
+  put(dst, 0);
+  put(src, 6);
+  f[12] = 0x88;
+  f[13] = 0xb5;
+  for (let i = 14; i < len; i++) f[i] = (fill + i) & 0xff;
+  return f;
+}
