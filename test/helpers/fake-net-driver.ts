@@ -20,6 +20,7 @@ import {
   bit,
 } from '../../src/vhost-user/features.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/defs.js';
+import { fullFence } from '../../src/virtqueue/barrier.js';
 import { FakeFrontend } from './fake-frontend.js';
 import { GuestRam } from './guest-ram.js';
 import { DriverSplitQueue } from './driver-queue.js';
@@ -121,6 +122,7 @@ export class FakeNetDriver {
     for (let q = 0; q < 2; q++) {
       const w = this.native.watch(this.callFds[q], POLL_READABLE, () => {
         if (this.native.eventfdRead(this.callFds[q]) > 0) this.calls++;
+        if (q === 0 && this.napi) this.napiInterrupt();
         this.wake();
       });
       this.callWatchers.push(w);
@@ -328,12 +330,69 @@ export class FakeNetDriver {
     }
   }
 
+  // ---------------------------------------------------------------- interrupt-only RX (NAPI style)
+
+  private napi: { onFrames: (f: Uint8Array[]) => void; holdMs: () => number; masked: boolean } | null = null;
+
+  /**
+   * Interrupt-only receive, the way Linux virtio_net's NAPI loop works: on an interrupt, mask RX interrupts
+   * (NO_INTERRUPT, or with EVENT_IDX leave used_event behind), take the frames, stay masked for `holdMs()`
+   * (the driver "processing"), then unmask (clear the flag / used_event = next used index), fence and re-check
+   * used.idx. It never polls otherwise: a notification the device fails to send is a hang.
+   */
+  startInterruptOnly(onFrames: (frames: Uint8Array[]) => void, holdMs: () => number): void {
+    this.napi = { onFrames, holdMs, masked: false };
+    this.unmaskRx();
+  }
+
+  private napiInterrupt(): void {
+    const n = this.napi!;
+    if (n.masked) return;
+    n.masked = true;
+    if (!this.rx.eventIdx) this.rx.setNoInterrupt(true);
+    this.napiPoll();
+  }
+
+  private napiPoll(): void {
+    const n = this.napi!;
+    this.pollRx();
+    const frames = this.received.splice(0);
+    if (frames.length) n.onFrames(frames);
+    setTimeout(() => this.unmaskRx(), n.holdMs());
+  }
+
+  private unmaskRx(): void {
+    const n = this.napi;
+    if (!n) return;
+    if (this.rx.eventIdx) this.rx.setUsedEvent(this.rxReaped);
+    else this.rx.setNoInterrupt(false);
+    fullFence(); // the driver's own store→load ordering (Linux virtqueue_enable_cb: virtio_mb)
+    if (this.rx.usedIdx() !== this.rxReaped) {
+      // Completions arrived while masked: keep polling instead of sleeping (virtqueue_enable_cb returned false).
+      if (!this.rx.eventIdx) this.rx.setNoInterrupt(true);
+      this.napiPoll();
+      return;
+    }
+    n.masked = false;
+  }
+
+  /** RX ring state for hang diagnosis. */
+  rxState(): { usedIdx: number; seen: number; flags: number; usedEvent: number } {
+    return { usedIdx: this.rx.usedIdx(), seen: this.rxReaped, flags: this.rx.dm.u16(this.rx.availGpa), usedEvent: this.rx.usedEvent() };
+  }
+
+  /** TX ring state for hang diagnosis. */
+  txState(): { availIdx: number; usedIdx: number; usedFlags: number; availEvent: number } {
+    return { availIdx: this.tx.availIdx, usedIdx: this.tx.usedIdx(), usedFlags: this.tx.usedFlags(), availEvent: this.tx.availEvent() };
+  }
+
   /** Stop both rings like QEMU does on guest reset (GET_VRING_BASE); returns the bases. */
   async stopRings(): Promise<number[]> {
     return [(await this.fe.getVringBase(0)).num, (await this.fe.getVringBase(1)).num];
   }
 
   close(): void {
+    this.napi = null;
     for (const w of this.callWatchers) w.close();
     this.callWatchers = [];
     this.fe.close();
