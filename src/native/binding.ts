@@ -6,10 +6,10 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { VhostError } from '../util/errors.js';
+import { packageRootFrom } from '../util/package-root.js';
 import type { NativeBinding } from './types.js';
 
 /** Every function the addon must export; a stale build that lacks one is rejected at load. */
@@ -19,14 +19,6 @@ const EXPORTS: readonly (keyof NativeBinding)[] = [
 ];
 
 let cached: NativeBinding | undefined;
-
-/** The nearest directory at or above `from` that holds a package.json. */
-function packageRoot(from: string): string {
-  for (let dir = from; ; dir = dirname(dir)) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    if (dirname(dir) === dir) throw new VhostError('ERR_NATIVE_LOAD', `no package.json above ${from}`);
-  }
-}
 
 function tryLoad(path: string): NativeBinding {
   const require = createRequire(import.meta.url);
@@ -46,7 +38,7 @@ export function loadNative(injected?: NativeBinding): NativeBinding {
   if (os.endianness() !== 'LE') {
     throw new VhostError('ERR_NATIVE_LOAD', `vhost-user and virtio rings are little-endian; this host is ${os.endianness()}`);
   }
-  const root = packageRoot(dirname(fileURLToPath(import.meta.url)));
+  const root = packageRootFrom(import.meta.url);
   const tried: string[] = [];
   for (const config of ['Release', 'Debug']) {
     const path = join(root, 'native', 'build', config, 'vhost_native.node');

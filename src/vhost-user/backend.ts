@@ -43,6 +43,7 @@ import {
   bit,
   hasBit,
   protocolFeatureNames,
+  protocolFeaturesFor,
   virtioFeatureNames,
 } from './features.js';
 import { Vring } from './vring.js';
@@ -88,7 +89,7 @@ export class BackendSession {
       [R.SET_FEATURES, (m) => this.setFeatures(m)],
       [R.SET_OWNER, () => this.setOwner()],
       [R.RESET_OWNER, () => this.resetOwner()],
-      [R.GET_PROTOCOL_FEATURES, () => u64Payload(this.device.protocolFeatures())],
+      [R.GET_PROTOCOL_FEATURES, () => u64Payload(protocolFeaturesFor(this.device.kind))],
       [R.SET_PROTOCOL_FEATURES, (m) => this.setProtocolFeatures(m)],
       [R.SET_MEM_TABLE, (m) => this.setMemTable(m)],
       [R.GET_MAX_MEM_SLOTS, () => u64Payload(MAX_MEM_SLOTS)],
@@ -208,7 +209,7 @@ export class BackendSession {
 
   private setProtocolFeatures(msg: Message): null {
     const v = readU64Big(msg.payload, msg.request);
-    const offered = this.device.protocolFeatures();
+    const offered = protocolFeaturesFor(this.device.kind);
     if (v & ~offered) this.log.warn({ unknown: protocolFeatureNames(v & ~offered) }, 'front-end acked protocol features that were not offered; ignored');
     this.protocolFeatures = v & offered;
     return null;

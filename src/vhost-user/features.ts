@@ -1,30 +1,14 @@
 /**
- * Feature bits (reference vhost-user.md §1.3, §2.6, §2.7). Virtio feature math uses BigInt: bits above 31
- * (VERSION_1 = 32) must never pass through 32-bit bitwise operators (§5.8).
+ * vhost-user feature bits (reference vhost-user.md §1.3): bit 30 in the virtio feature space, LOG_ALL, and the
+ * protocol features; it re-exports the virtio bits so vhost-user code has one import. Which protocol features a
+ * device kind gets is decided here, in the vhost-user layer: devices know nothing of vhost-user.
  */
-export const bit = (n: number): bigint => 1n << BigInt(n);
+import { bit, featureNames } from '../virtio/features.js';
 
-// Virtio device-independent feature bits (VIRTIO 1.2 §6).
-export const VIRTIO_F_NOTIFY_ON_EMPTY = 24;
-export const VIRTIO_F_ANY_LAYOUT = 27;
-export const VIRTIO_RING_F_INDIRECT_DESC = 28;
-export const VIRTIO_RING_F_EVENT_IDX = 29;
+export * from '../virtio/features.js';
+
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 export const VHOST_F_LOG_ALL = 26;
-export const VIRTIO_F_VERSION_1 = 32;
-export const VIRTIO_F_ACCESS_PLATFORM = 33;
-export const VIRTIO_F_RING_PACKED = 34;
-export const VIRTIO_F_IN_ORDER = 35;
-
-// virtio-net (VIRTIO 1.2 §5.1.3).
-export const VIRTIO_NET_F_CSUM = 0;
-export const VIRTIO_NET_F_GUEST_CSUM = 1;
-export const VIRTIO_NET_F_MTU = 3;
-export const VIRTIO_NET_F_MAC = 5;
-export const VIRTIO_NET_F_MRG_RXBUF = 15;
-export const VIRTIO_NET_F_STATUS = 16;
-export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
-export const VIRTIO_NET_F_MQ = 22;
 
 // Protocol features (§1.3).
 export const VHOST_USER_PROTOCOL_F_MQ = 0;
@@ -38,26 +22,20 @@ export const VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD = 12;
 export const VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS = 15;
 export const VHOST_USER_PROTOCOL_F_STATUS = 16;
 
-const virtioNames: Record<number, string> = {
-  0: 'CSUM', 1: 'GUEST_CSUM', 3: 'MTU', 5: 'MAC', 15: 'MRG_RXBUF', 16: 'STATUS', 21: 'GUEST_ANNOUNCE', 22: 'MQ',
-  24: 'NOTIFY_ON_EMPTY', 26: 'LOG_ALL', 27: 'ANY_LAYOUT', 28: 'INDIRECT_DESC', 29: 'EVENT_IDX',
-  30: 'PROTOCOL_FEATURES', 32: 'VERSION_1', 33: 'ACCESS_PLATFORM', 34: 'RING_PACKED', 35: 'IN_ORDER',
-};
 const protocolNames: Record<number, string> = {
   0: 'MQ', 1: 'LOG_SHMFD', 2: 'RARP', 3: 'REPLY_ACK', 4: 'NET_MTU', 5: 'BACKEND_REQ', 6: 'CROSS_ENDIAN',
   9: 'CONFIG', 12: 'INFLIGHT_SHMFD', 13: 'RESET_DEVICE', 15: 'CONFIGURE_MEM_SLOTS', 16: 'STATUS',
 };
 
-function names(v: bigint, table: Record<number, string>): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < 64; i++) if (v & bit(i)) out.push(table[i] ?? `bit${i}`);
-  return out;
-}
+/** Protocol feature names for logs and status output. */
+export const protocolFeatureNames = (v: bigint): string[] => featureNames(v, protocolNames);
 
-/** Feature names for logs and status output. */
-export const virtioFeatureNames = (v: bigint): string[] => names(v, virtioNames);
-export const protocolFeatureNames = (v: bigint): string[] => names(v, protocolNames);
-
-export function hasBit(v: bigint, n: number): boolean {
-  return (v & bit(n)) !== 0n;
+/**
+ * Protocol features offered per device kind (§7). Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS. Blk adds CONFIG
+ * (QEMU requires it for vhost-user-blk); net does not offer it, because QEMU 7.2 strips it for net with a
+ * warning. NET_MTU comes with the MTU work.
+ */
+export function protocolFeaturesFor(kind: 'net' | 'blk'): bigint {
+  const common = bit(VHOST_USER_PROTOCOL_F_MQ) | bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) | bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+  return kind === 'net' ? common : common | bit(VHOST_USER_PROTOCOL_F_CONFIG);
 }
