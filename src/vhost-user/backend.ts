@@ -290,16 +290,17 @@ export class BackendSession {
         throw err;
       }
     }
-    const old = this.mem;
     this.mem = mem;
     this.regions = next;
-    for (const r of this.vrings) {
-      if (!r.started) continue;
-      if (mem) r.remap(mem, this.eventIdx, this.indirect);
-      else r.stop();
+    try {
+      for (const r of this.vrings) {
+        if (!r.started) continue;
+        if (mem) r.remap(mem, this.eventIdx, this.indirect);
+        else r.stop();
+      }
+    } finally {
+      for (const m of retire) if (!next.includes(m)) unmapRegions(this.native, m.windows);
     }
-    for (const m of retire) if (!next.includes(m)) unmapRegions(this.native, m.windows);
-    void old;
   }
 
   private dropMemory(): void {

@@ -16,6 +16,7 @@ import { requestName, type Message } from './message.js';
 
 export class VhostUserServer {
   private listenFd = -1;
+  private bound = false;
   private watcher: FdWatcher | null = null;
   private conn: VhostUserConnection | null = null;
   private session: BackendSession | null = null;
@@ -41,6 +42,7 @@ export class VhostUserServer {
   listen(): void {
     removeStaleSocket(this.socketPath);
     this.listenFd = this.native.listenUnix(this.socketPath, 4);
+    this.bound = true;
     this.watcher = this.native.watch(this.listenFd, POLL_READABLE, (status) => {
       if (status >= 0) this.acceptPending();
     });
@@ -54,6 +56,9 @@ export class VhostUserServer {
     this.watcher = null;
     if (this.listenFd >= 0) closeQuietly(this.native, this.listenFd);
     this.listenFd = -1;
+    // Only remove the socket this server created: never a file that listen() refused to replace.
+    if (!this.bound) return;
+    this.bound = false;
     try {
       fs.unlinkSync(this.socketPath);
     } catch {

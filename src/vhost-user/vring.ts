@@ -18,6 +18,7 @@ import type { GuestMemory } from '../memory/guest-memory.js';
 import { SplitQueue } from '../virtqueue/split-queue.js';
 import type { Logger } from '../util/log.js';
 import type { VringAddr } from './message.js';
+import { VhostError } from '../util/errors.js';
 
 /** Poll interval for a ring whose kick fd is NOFD (the front-end will never kick it). */
 const NOFD_POLL_MS = 1;
@@ -87,15 +88,23 @@ export class Vring implements DeviceQueue {
     this.updateServing();
   }
 
-  /** Rebuild the queue views after a memory table change, keeping the ring position (§2.5, §5.14). */
+  /**
+   * Rebuild the queue views after a memory table change, keeping the ring position (§2.5, §5.14). If the rings
+   * are no longer inside guest memory (QEMU removes a region with REM_MEM_REG and adds its replacement next), the
+   * ring stays started but parked without views until a later table maps it again.
+   */
   remap(mem: GuestMemory, eventIdx: boolean, indirect: boolean): void {
-    if (!this.started || !this.q) return;
-    this.base = this.q.lastAvailIdx;
-    const wasServing = this.serving;
+    if (!this.started) return;
+    if (this.q) this.base = this.q.lastAvailIdx;
     this.stopServing();
     this.q = null;
-    this.start(mem, eventIdx, indirect);
-    if (!wasServing) this.updateServing();
+    try {
+      this.start(mem, eventIdx, indirect);
+    } catch (err) {
+      if (!(err instanceof VhostError && err.code === 'ERR_VQ_RING_ADDR')) throw err;
+      this.started = true; // parked: waits for its memory
+      this.log.debug({ vq: this.index, reason: err.message }, 'ring parked until its memory is mapped again');
+    }
   }
 
   /** GET_VRING_BASE: stop the ring and return the next avail index to process. Nothing is reset (§5.9). */
