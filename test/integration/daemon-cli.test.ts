@@ -298,6 +298,20 @@ describe.skipIf(!native.ok)('vhostd command line', () => {
     expect(fs.existsSync(s2)).toBe(false);
   });
 
+  test("the README's `npm start` script runs the daemon on the embedded default", async () => {
+    // scripts.start is "<build> && node build/src/bin/vhostd.js [args]": run that command line's daemon part.
+    const start = (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { scripts: Record<string, string> }).scripts.start;
+    const m = /node build\/src\/bin\/vhostd\.js(.*)$/.exec(start);
+    expect(m, `scripts.start runs the daemon: ${start}`).not.toBeNull();
+    const args = m![1].trim().split(/\s+/).filter(Boolean);
+    const cwd = tmp();
+    const d = daemon(args, cwd);
+    await d.started();
+    const qemu = d.logs.filter((l) => typeof l.qemu === 'string');
+    expect(qemu.map((l) => l.socket)).toEqual([path.join(cwd, 'run', 'vm1.net0.sock'), path.join(cwd, 'run', 'vm2.net0.sock')]);
+    expect((await d.signal('SIGINT')).code).toBe(0);
+  });
+
   test('a stale socket left by a killed daemon is replaced on start', async () => {
     const dir = tmp();
     fs.writeFileSync(path.join(dir, 'vhostd.conf'), GOOD_CONF);
