@@ -28,13 +28,15 @@ const levelNames: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO
 export function prettyLine(line: string): string {
   try {
     const o = JSON.parse(line) as Record<string, unknown>;
-    const { time, level, msg, vm, dev, ...rest } = o;
+    const { time, level, msg, vm, dev, qemu, ...rest } = o;
     const t = new Date(Number(time)).toISOString().slice(11, 19);
     const ctx = dev ? ` [${String(dev)}]` : vm ? ` [${String(vm)}]` : '';
     const extra = Object.entries(rest)
       .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
       .join(' ');
-    return `${t} ${(levelNames[Number(level)] ?? String(level)).padEnd(5)}${ctx} ${String(msg ?? '')}${extra ? ' ' + extra : ''}\n`;
+    // QEMU arguments go on a line of their own, ready to copy.
+    const tail = typeof qemu === 'string' ? `\n    ${qemu}` : '';
+    return `${t} ${(levelNames[Number(level)] ?? String(level)).padEnd(5)}${ctx} ${String(msg ?? '')}${extra ? ' ' + extra : ''}${tail}\n`;
   } catch {
     return line;
   }
