@@ -7,6 +7,7 @@
  */
 import { VhostError } from '../util/errors.js';
 import type { SgList } from './sg-list.js';
+import type { DirtyLog } from './dirty-log.js';
 import { MemoryRegion } from './region.js';
 
 /** A region and the byte offset of an address inside it (control path results). */
@@ -20,6 +21,8 @@ export class GuestMemory {
   readonly regions: readonly MemoryRegion[];
   private readonly byGpa: MemoryRegion[];
   private mru: MemoryRegion | null = null;
+  /** Set while live-migration logging is on (VHOST_F_LOG_ALL + SET_LOG_BASE): writers mark what they wrote. */
+  dirtyLog: DirtyLog | null = null;
 
   /** @throws VhostError ERR_MEM_OVERLAP when two regions overlap in GPA or UVA space. */
   constructor(regions: readonly MemoryRegion[]) {
@@ -80,7 +83,7 @@ export class GuestMemory {
       const off = gpa - r.gpa;
       const avail = r.size - off;
       const n = len < avail ? len : avail;
-      if (!sg.push(r.u8, off, n)) return false;
+      if (!sg.push(r.u8, off, n, gpa)) return false;
       gpa += n;
       len -= n;
     }

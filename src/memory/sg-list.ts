@@ -10,6 +10,8 @@ export class SgList {
   readonly offs: Float64Array;
   /** Length of each entry. */
   readonly lens: Float64Array;
+  /** Guest-physical address of each entry (-1 when not guest memory), for the dirty log. */
+  readonly gpas: Float64Array;
   count = 0;
   totalLen = 0;
 
@@ -17,6 +19,7 @@ export class SgList {
     this.bufs = new Array<Uint8Array>(capacity);
     this.offs = new Float64Array(capacity);
     this.lens = new Float64Array(capacity);
+    this.gpas = new Float64Array(capacity);
   }
 
   reset(): void {
@@ -25,12 +28,13 @@ export class SgList {
   }
 
   /** Append one entry; false when the list is full (the caller fails the request). */
-  push(buf: Uint8Array, off: number, len: number): boolean {
+  push(buf: Uint8Array, off: number, len: number, gpa = -1): boolean {
     const i = this.count;
     if (i >= this.capacity) return false;
     this.bufs[i] = buf;
     this.offs[i] = off;
     this.lens[i] = len;
+    this.gpas[i] = gpa;
     this.count = i + 1;
     this.totalLen += len;
     return true;

@@ -321,11 +321,14 @@ export class NetDevice implements VirtioDevice, Port {
     hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
     sgCopyIn(chains[0].writable, 0, hdr, 0, hdrLen);
     let done = 0;
+    const dirtyLog = vq.mem.dirtyLog;
     for (let i = 0; i < n; i++) {
       const ch = chains[i];
       const start = i === 0 ? hdrLen : 0;
       const take = Math.min(ch.writableBytes - start, frame.length - done);
       sgCopy(ch.writable, start, frame.sg, frame.offset + done, take);
+      // Live migration: mark what was just written (vhost-user.md §2.10).
+      if (dirtyLog !== null) dirtyLog.logSg(ch.writable, start + take);
       done += take;
       vq.addUsed(ch.head, start + take);
     }

@@ -13,6 +13,7 @@ import type { VirtioDevice } from '../device/device.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { MemoryRegion } from '../memory/region.js';
 import { mapRegion, unmapRegions } from '../memory/mmap-regions.js';
+import { DirtyLog } from '../memory/dirty-log.js';
 import { MAX_QUEUE_SIZE } from '../virtqueue/defs.js';
 import { VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -29,6 +30,7 @@ import {
   encodeReply,
   encodeVringState,
   expectSize,
+  readU64,
   readU64Big,
   requestName,
   u64Payload,
@@ -36,6 +38,7 @@ import {
   type RegionDescriptor,
 } from './message.js';
 import {
+  VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
   VIRTIO_RING_F_EVENT_IDX,
@@ -76,6 +79,9 @@ export class BackendSession {
   private regions: MappedRegion[] = [];
   private readonly handlers: Map<number, Handler>;
   private released = false;
+  /** The dirty-page bitmap from SET_LOG_BASE (live migration), active while LOG_ALL is acked. */
+  private logBuffer: ArrayBuffer | null = null;
+  private dirtyLog: DirtyLog | null = null;
 
   constructor(
     private readonly native: NativeBinding,
@@ -107,6 +113,7 @@ export class BackendSession {
       [R.NET_SET_MTU, (m) => this.netSetMtu(m)],
       [R.GET_CONFIG, (m) => this.getConfig(m)],
       [R.SET_CONFIG, (m) => this.setConfig(m)],
+      [R.SET_LOG_BASE, (m) => this.setLogBase(m)],
       [R.SET_LOG_FD, (m) => this.takeAndClose(m)],
       [R.SET_BACKEND_REQ_FD, (m) => this.takeAndClose(m)],
     ]);
@@ -176,19 +183,29 @@ export class BackendSession {
     return v;
   }
 
+  /** Features every device gets from the vhost-user layer: bit 30, and LOG_ALL (dirty logging, §2.10). */
+  private offeredFeatures(): bigint {
+    return this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
+  }
+
   private getFeatures(): Uint8Array {
     this.offeredProtocolFeatures = true;
-    return u64Payload(this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    return u64Payload(this.offeredFeatures());
   }
 
   private setFeatures(msg: Message): null {
     const v = readU64Big(msg.payload, msg.request);
-    const offered = this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES);
-    const unknown = v & ~offered & ~bit(26); // LOG_ALL is toggled by migration; tolerated, not implemented
+    const offered = this.offeredFeatures();
+    const unknown = v & ~offered;
     if (unknown) this.log.warn({ unknown: virtioFeatureNames(unknown) }, 'front-end acked features that were not offered; ignored');
+    const wasLogging = hasBit(this.ackedFeatures, VHOST_F_LOG_ALL);
     this.ackedFeatures = v & offered;
     this.featuresSet = true;
-    this.device.setFeatures(this.ackedFeatures & ~bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    this.device.setFeatures(this.ackedFeatures & ~bit(VHOST_USER_F_PROTOCOL_FEATURES) & ~bit(VHOST_F_LOG_ALL));
+    this.applyDirtyLog();
+    if (wasLogging !== hasBit(this.ackedFeatures, VHOST_F_LOG_ALL)) {
+      this.log.info({ logging: !wasLogging }, wasLogging ? 'dirty-page logging off (migration ended)' : 'dirty-page logging on (live migration)');
+    }
     // §2.2: without bit 30 every ring is enabled at once; with it, SET_FEATURES leaves enable state alone.
     if (!hasBit(v, VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.vrings) r.setEnabled(true);
     this.log.debug({ features: virtioFeatureNames(this.ackedFeatures) }, 'features set');
@@ -292,6 +309,7 @@ export class BackendSession {
     }
     this.mem = mem;
     this.regions = next;
+    this.applyDirtyLog();
     try {
       for (const r of this.vrings) {
         if (!r.started) continue;
@@ -303,7 +321,44 @@ export class BackendSession {
     }
   }
 
+  /** SET_LOG_BASE (§2.10): map the front-end's dirty bitmap; reply u64 0 (QEMU 7.2 waits for a reply). */
+  private setLogBase(msg: Message): Uint8Array {
+    expectSize(msg.payload, 16, msg.request);
+    this.expectFds(msg, 1);
+    const dv = new DataView(msg.payload.buffer, msg.payload.byteOffset, 16);
+    const size = readU64(dv, 0, msg.request, 'mmap_size');
+    const offset = readU64(dv, 8, msg.request, 'mmap_offset');
+    const [fd] = msg.fds.splice(0);
+    if (size === 0 || size > 2 ** 32) {
+      closeAll(this.native, [fd]);
+      throw new VhostError('ERR_VU_BAD_PAYLOAD', `SET_LOG_BASE: log size ${size} outside 1..4 GiB`);
+    }
+    let buf: ArrayBuffer;
+    try {
+      buf = this.native.mmapShared(fd, size, offset, true);
+    } catch (err) {
+      throw new VhostError('ERR_MEM_MAP', `SET_LOG_BASE: cannot map the log: ${(err as Error).message}`, { cause: err });
+    } finally {
+      closeAll(this.native, [fd]);
+    }
+    const old = this.logBuffer;
+    this.logBuffer = buf;
+    this.dirtyLog = new DirtyLog(new Uint8Array(buf));
+    this.applyDirtyLog();
+    if (old) this.native.munmap(old);
+    this.log.debug({ size }, 'dirty log mapped');
+    return u64Payload(0);
+  }
+
+  /** Logging is on when LOG_ALL is acked and a log is mapped; the memory carries it to every writer. */
+  private applyDirtyLog(): void {
+    if (this.mem) this.mem.dirtyLog = hasBit(this.ackedFeatures, VHOST_F_LOG_ALL) ? this.dirtyLog : null;
+  }
+
   private dropMemory(): void {
+    if (this.logBuffer) this.native.munmap(this.logBuffer);
+    this.logBuffer = null;
+    this.dirtyLog = null;
     for (const m of this.regions) unmapRegions(this.native, m.windows);
     this.regions = [];
     this.mem = null;

@@ -31,11 +31,16 @@ const protocolNames: Record<number, string> = {
 export const protocolFeatureNames = (v: bigint): string[] => featureNames(v, protocolNames);
 
 /**
- * Protocol features offered per device kind (§7). Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS. Blk adds CONFIG
- * (QEMU requires it for vhost-user-blk); net does not offer it, because QEMU 7.2 strips it for net with a
- * warning. NET_MTU comes with the MTU work.
+ * Protocol features offered per device kind (§7). Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, LOG_SHMFD (dirty
+ * logging for live migration; without it QEMU adds a migration blocker). Blk adds CONFIG (QEMU requires it for
+ * vhost-user-blk); net does not offer it, because QEMU 7.2 strips it for net with a warning. NET_MTU comes with
+ * the MTU work.
  */
 export function protocolFeaturesFor(kind: 'net' | 'blk'): bigint {
-  const common = bit(VHOST_USER_PROTOCOL_F_MQ) | bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) | bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS);
+  const common =
+    bit(VHOST_USER_PROTOCOL_F_MQ) |
+    bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) |
+    bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |
+    bit(VHOST_USER_PROTOCOL_F_LOG_SHMFD);
   return kind === 'net' ? common : common | bit(VHOST_USER_PROTOCOL_F_CONFIG);
 }

@@ -79,6 +79,8 @@ export class Vring implements DeviceQueue {
       usedUva: this.addr.usedUva,
       eventIdx,
       indirect,
+      // VHOST_VRING_F_LOG (flags bit 0): log used-ring writes at log_guest_addr (§2.10).
+      logUsedGpa: this.addr.flags & 1 ? this.addr.logGuestAddr : -1,
     });
     q.lastAvailIdx = this.base & 0xffff;
     this.q = q;

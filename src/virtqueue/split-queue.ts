@@ -28,6 +28,11 @@ export interface SplitQueueOptions {
   eventIdx: boolean;
   /** VIRTIO_F_INDIRECT_DESC negotiated. */
   indirect: boolean;
+  /**
+   * Guest-physical address of the used ring when the front-end asked for used-ring logging (SET_VRING_ADDR flag
+   * VHOST_VRING_F_LOG, log_guest_addr); -1 or absent otherwise. Used only while mem.dirtyLog is set.
+   */
+  logUsedGpa?: number;
 }
 
 const hex = (n: number): string => '0x' + n.toString(16);
@@ -56,7 +61,10 @@ export class SplitQueue {
   broken = false;
   brokenReason: string | null = null;
 
-  private readonly mem: GuestMemory;
+  /** The memory the rings and buffers live in (devices read its dirtyLog). */
+  readonly mem: GuestMemory;
+  private readonly logUsedGpa: number;
+  private readonly usedRingBytes: number;
   private readonly mask: number;
   /** Descriptor table as u32 words: [4i] addr lo, [4i+1] addr hi, [4i+2] len, [4i+3] flags | next << 16. */
   private readonly desc32: Uint32Array;
@@ -87,6 +95,8 @@ export class SplitQueue {
     const a = ringLocation(mem, 'avail', opts.availUva, availRingSize(size), AVAIL_ALIGN);
     const u = ringLocation(mem, 'used', opts.usedUva, usedRingSize(size), USED_ALIGN);
     this.mem = mem;
+    this.logUsedGpa = opts.logUsedGpa ?? -1;
+    this.usedRingBytes = usedRingSize(size);
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = opts.eventIdx;
@@ -174,19 +184,34 @@ export class SplitQueue {
    */
   publishUsed(): boolean {
     const newIdx = this.usedIdx;
-    if (newIdx === this.publishedIdx) return false;
+    if (newIdx === this.publishedIdx) {
+      if (this.mem.dirtyLog !== null) this.logUsedRing(); // avail_event may have moved (pop)
+      return false;
+    }
     this.publishedIdx = newIdx;
+    let notify: boolean;
     if (this.eventIdx) {
       const usedEvent = publishUsedIdx(this.used16, newIdx, this.avail, this.usedEventIndex);
       const old = this.signalledUsed;
       const valid = this.signalledUsedValid;
       this.signalledUsed = newIdx;
       this.signalledUsedValid = true;
-      if (!valid) return true;
-      return vringNeedEvent(usedEvent, newIdx, old);
+      notify = !valid || vringNeedEvent(usedEvent, newIdx, old);
+    } else {
+      const flags = publishUsedIdx(this.used16, newIdx, this.avail, 0);
+      notify = (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
-    const flags = publishUsedIdx(this.used16, newIdx, this.avail, 0);
-    return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
+    // Live migration: after the writes, mark the used ring's pages (vhost-user.md §2.10).
+    if (this.mem.dirtyLog !== null) this.logUsedRing();
+    return notify;
+  }
+
+  /**
+   * Mark the whole used ring (flags, idx, elements, avail_event: at most 2-3 pages) in the dirty log, if the
+   * front-end asked for used-ring logging. Coarser than per element, and always correct.
+   */
+  private logUsedRing(): void {
+    if (this.logUsedGpa >= 0) this.mem.dirtyLog!.logRange(this.logUsedGpa, this.usedRingBytes);
   }
 
   /**
@@ -194,7 +219,10 @@ export class SplitQueue {
    * With EVENT_IDX nothing to do: avail_event stays at the last popped index, behind the driver (§2.7.10).
    */
   disableNotification(): void {
-    if (!this.eventIdx) this.used16[0] = VIRTQ_USED_F_NO_NOTIFY;
+    if (!this.eventIdx) {
+      this.used16[0] = VIRTQ_USED_F_NO_NOTIFY;
+      if (this.mem.dirtyLog !== null) this.logUsedRing();
+    }
   }
 
   /**
@@ -207,6 +235,7 @@ export class SplitQueue {
     const idx = this.eventIdx
       ? enableAndRecheck(this.used16, this.availEventIndex, this.nextAvail, this.avail)
       : enableAndRecheck(this.used16, 0, 0, this.avail);
+    if (this.mem.dirtyLog !== null) this.logUsedRing();
     const n = (idx - this.nextAvail) & 0xffff;
     if (n > this.size) {
       this.markBroken(`avail idx jumped by ${n} > queue size ${this.size} (avail.idx ${idx}, last_avail_idx ${this.nextAvail})`);

@@ -60,7 +60,7 @@ export class FakeNetDriver {
   readonly callFds: number[];
   readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize'>>;
   /** GPA of the fixed buffer behind each descriptor. */
-  private readonly rxBuf: number[] = [];
+  readonly rxBuf: number[] = [];
   private readonly txBuf: number[] = [];
   private readonly txFree: number[] = [];
   /** Frames received and not yet taken by the test. */
