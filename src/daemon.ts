@@ -52,7 +52,7 @@ export class Daemon {
         for (const iface of vm.interfaces) {
           const sw = this.switches.get(iface.switchName)!;
           const name = `${vm.name}.net${iface.index}`;
-          const log = this.log.child({ vm: vm.name, dev: name });
+          const log = this.log.child({ vm: vm.name, dev: name, socket: iface.socketPath });
           const device = new NetDevice({ name, sw, log, mac: iface.lladdr });
           const server = new VhostUserServer(this.native, iface.socketPath, device, log);
           this.netPorts.push({ vm: vm.name, index: iface.index, device, server });

@@ -16,6 +16,7 @@ import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MAC,
+  VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_STATUS,
   VIRTIO_RING_F_EVENT_IDX,
@@ -72,6 +73,11 @@ export class NetDevice implements VirtioDevice, Port {
   readonly maxQueues = 2;
   id: PortId = NO_PORT;
   readonly name: string;
+  /**
+   * This port's MTU (issue 3 §1): the switch MTU, or the smaller one the guest set with NET_SET_MTU when it
+   * accepted VIRTIO_NET_F_MTU. A guest that renegotiates without F_MTU gets the switch MTU back.
+   */
+  mtu: number;
   readonly mac: string;
   readonly counters: NetCounters = {
     txFrames: 0, txBytes: 0, txBadChain: 0, rxFrames: 0, rxBytes: 0, rxNoBuffer: 0, rxBufferTooSmall: 0, rxBadChain: 0,
@@ -103,6 +109,7 @@ export class NetDevice implements VirtioDevice, Port {
     this.mac = opts.mac;
     parseMac(opts.mac); // validated by the config; throws on garbage
     this.guestErrors = new RateLimitedLog(opts.log);
+    this.mtu = this.sw.mtu;
     this.sw.addPort(this);
   }
 
@@ -113,7 +120,8 @@ export class NetDevice implements VirtioDevice, Port {
       bit(VIRTIO_RING_F_INDIRECT_DESC) |
       bit(VIRTIO_RING_F_EVENT_IDX) |
       bit(VIRTIO_NET_F_MAC) |
-      bit(VIRTIO_NET_F_STATUS)
+      bit(VIRTIO_NET_F_STATUS) |
+      bit(VIRTIO_NET_F_MTU)
     );
   }
 
@@ -125,6 +133,9 @@ export class NetDevice implements VirtioDevice, Port {
     this.acked = acked;
     this.mrg = hasBit(acked, VIRTIO_NET_F_MRG_RXBUF);
     this.hdrLen = netHdrLen(hasBit(acked, VIRTIO_F_VERSION_1), this.mrg);
+    // QEMU sends NET_SET_MTU just before SET_FEATURES when the guest accepted F_MTU (vhost-user.md §3.1); a
+    // guest that did not (OpenBSD vio(4) renegotiating above 65435) runs at the switch MTU.
+    if (!hasBit(acked, VIRTIO_NET_F_MTU)) this.mtu = this.sw.mtu;
   }
 
   queueStart(q: DeviceQueue): void {
@@ -177,12 +188,14 @@ export class NetDevice implements VirtioDevice, Port {
   }
 
   setMtu(mtu: number): string | null {
-    if (mtu < 68 || mtu > 65535) return `MTU ${mtu} outside 68..65535`;
-    if (mtu > this.sw.mtu) return `MTU ${mtu} above the switch MTU ${this.sw.mtu}`;
+    if (mtu < 68 || mtu > 65535) return `guest MTU ${mtu} is outside 68..65535`;
+    if (mtu > this.sw.mtu) return `guest MTU ${mtu} is above the MTU ${this.sw.mtu} of switch "${this.sw.name}" (raise the switch mtu or lower host_mtu)`;
+    this.mtu = mtu;
     return null;
   }
 
   reset(): void {
+    this.mtu = this.sw.mtu;
     this.rxQ = null;
     this.txQ = null;
     this.rxPending = false;

@@ -22,6 +22,11 @@ export interface Port {
   /** Name for logs, display and metric labels. */
   readonly name: string;
   /**
+   * IP MTU of this port: the largest Ethernet payload it takes. The switch drops (never truncates) a frame longer
+   * than mtu + 14 (+ 4 for an 802.1Q tag) on egress to this port and counts it as dropMtu.
+   */
+  readonly mtu: number;
+  /**
    * Egress: copy `frame` into this port's receive buffers and queue it. `false` = dropped (no buffer, too large,
    * link down...); the port counts its own reason, the switch counts `dropEgress`. Must not keep `frame`: the
    * caller reuses the object and its buffers after the call.

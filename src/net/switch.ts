@@ -10,6 +10,7 @@
  */
 import { VhostError } from '../util/errors.js';
 import type { Frame } from './frame.js';
+import { sgByteAt } from '../memory/sg-list.js';
 import { isMulticast, macKeyFromSg, MAC_LEN } from './mac.js';
 import { LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
@@ -35,6 +36,7 @@ export const PORT_COUNTER_NAMES = [
   'learnTableFull', // source MACs not learned because the table was full (frame still forwarded)
   'dropRunt', // ingress: shorter than 14 bytes
   'dropHairpin', // ingress: known unicast destination lives on the ingress port (veb "hairpin")
+  'dropMtu', // egress: longer than the egress port's MTU + Ethernet header (+ VLAN tag)
   'dropEgress', // egress: deliver() returned false (the port counts its own reason)
 ] as const;
 
@@ -52,6 +54,7 @@ export type PortCounters = { [K in PortCounterName]: number };
 export const DROP_REASONS: Readonly<Record<DropCounterName, string>> = {
   dropRunt: 'runt',
   dropHairpin: 'hairpin',
+  dropMtu: 'mtu',
   dropEgress: 'egress',
 };
 
@@ -282,6 +285,10 @@ export class Switch {
   /** Egress to one port: deliver, count, and mark it for flush at endBatch(). */
   private transmit(tp: PortRecord, frame: Frame): void {
     const tc = tp.counters;
+    if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame)) {
+      tc.dropMtu++; // issue 3 §1: dropped and counted, never truncated
+      return;
+    }
     if (tp.port.deliver(frame)) {
       tc.txFrames++;
       tc.txBytes += frame.length;
@@ -307,6 +314,16 @@ export class Switch {
 }
 
 /** Read destination and source MACs into the frame; false if the sg list is shorter than the header. */
+/** 802.1Q TPID: a tagged frame may be 4 bytes longer than MTU + header. */
+const ETHERTYPE_VLAN = 0x8100;
+
+/** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
+function vlanTagLen(frame: Frame): number {
+  const hi = sgByteAt(frame.sg, frame.offset + 12);
+  const lo = sgByteAt(frame.sg, frame.offset + 13);
+  return ((hi << 8) | lo) === ETHERTYPE_VLAN ? 4 : 0;
+}
+
 function parseMacs(frame: Frame): boolean {
   const dst = macKeyFromSg(frame.sg, frame.offset);
   const src = macKeyFromSg(frame.sg, frame.offset + MAC_LEN);

@@ -428,7 +428,9 @@ export class BackendSession {
   private netSetMtu(msg: Message): null {
     const mtu = Number(readU64Big(msg.payload, msg.request));
     const reason = this.device.setMtu(mtu);
+    // One line for the operator (the logger carries vm, device and socket); QEMU then refuses to start the device.
     if (reason) throw new VhostError('ERR_VU_PROTOCOL', `NET_SET_MTU ${mtu} refused: ${reason}`);
+    this.log.info({ mtu }, 'guest MTU set');
     return null;
   }
 

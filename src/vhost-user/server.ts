@@ -46,7 +46,7 @@ export class VhostUserServer {
     this.watcher = this.native.watch(this.listenFd, POLL_READABLE, (status) => {
       if (status >= 0) this.acceptPending();
     });
-    this.log.info({ socket: this.socketPath }, 'listening');
+    this.log.info('listening');
   }
 
   /** Stop listening, drop the connection and remove the socket file. */
@@ -72,7 +72,7 @@ export class VhostUserServer {
       if (fd < 0) return;
       if (this.conn) {
         // vhost-user has one front-end per device; a second one would fight over the rings.
-        this.log.warn({ socket: this.socketPath }, 'refused a second front-end connection: the device is in use');
+        this.log.warn('refused a second front-end connection: the device is in use');
         closeQuietly(this.native, fd);
         continue;
       }
@@ -96,16 +96,16 @@ export class VhostUserServer {
         }
         if (err) {
           this.droppedConnections++;
-          this.log.error({ socket: this.socketPath, reason: (err as Error).message ?? String(err) }, 'front-end connection dropped');
+          this.log.error({ reason: (err as Error).message ?? String(err) }, 'front-end connection dropped');
         } else {
-          this.log.info({ socket: this.socketPath }, 'front-end disconnected');
+          this.log.info('front-end disconnected');
         }
       },
     });
     session = new BackendSession(this.native, this.device, conn, this.log);
     this.conn = conn;
     this.session = session;
-    this.log.info({ socket: this.socketPath }, 'front-end connected');
+    this.log.info('front-end connected');
   }
 }
 

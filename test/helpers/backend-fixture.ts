@@ -39,10 +39,11 @@ export class NetBackendFixture {
     const native = loadNative();
     for (let i = 0; i < ports; i++) {
       const name = `vm${i + 1}.net0`;
-      const log = this.log.child({ dev: name });
+      const socket = path.join(this.dir, `${name}.sock`);
+      const log = this.log.child({ dev: name, socket });
       const mac = `fe:e1:ba:00:00:${(i + 1).toString(16).padStart(2, '0')}`;
       const dev = new NetDevice({ name, sw: this.sw, log, mac });
-      const srv = new VhostUserServer(native, path.join(this.dir, `${name}.sock`), dev, log);
+      const srv = new VhostUserServer(native, socket, dev, log);
       srv.listen();
       this.devices.push(dev);
       this.servers.push(srv);

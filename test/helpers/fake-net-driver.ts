@@ -15,11 +15,13 @@ import {
   VHOST_USER_PROTOCOL_F_STATUS,
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_F_MTU,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   bit,
 } from '../../src/vhost-user/features.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/defs.js';
+import { FrontendRequest, u64Payload } from '../../src/vhost-user/message.js';
 import { fullFence } from '../../src/virtqueue/barrier.js';
 import { FakeFrontend } from './fake-frontend.js';
 import { GuestRam } from './guest-ram.js';
@@ -46,6 +48,11 @@ export interface FakeNetDriverOptions {
   seed?: number;
   /** Region size of the guest RAM (default 8 MiB). */
   regionSize?: number;
+  /**
+   * Accept VIRTIO_NET_F_MTU and send NET_SET_MTU(mtu) at "DRIVER_OK", as QEMU does with host_mtu (§3.1); a NACK
+   * makes start() fail, as QEMU refuses to start the device.
+   */
+  mtu?: number;
 }
 
 const HDR = 12;
@@ -58,7 +65,8 @@ export class FakeNetDriver {
   readonly tx: DriverSplitQueue;
   readonly kickFds: number[];
   readonly callFds: number[];
-  readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize'>>;
+  readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize' | 'mtu'>>;
+  readonly mtu: number | undefined;
   /** GPA of the fixed buffer behind each descriptor. */
   readonly rxBuf: number[] = [];
   private readonly txBuf: number[] = [];
@@ -85,6 +93,7 @@ export class FakeNetDriver {
       across: o.across ?? false,
       noRxBuffers: o.noRxBuffers ?? false,
     };
+    this.mtu = o.mtu;
     this.fe = FakeFrontend.connect(o.socket);
     this.native = this.fe.native;
     this.ram = new GuestRam({
@@ -112,6 +121,7 @@ export class FakeNetDriver {
     let want = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_INDIRECT_DESC);
     if (this.opts.mrgRxbuf) want |= bit(VIRTIO_NET_F_MRG_RXBUF);
     if (this.opts.eventIdx) want |= bit(VIRTIO_RING_F_EVENT_IDX);
+    if (this.mtu !== undefined) want |= bit(VIRTIO_NET_F_MTU);
     return offered & want;
   }
 
@@ -148,10 +158,11 @@ export class FakeNetDriver {
     // Guest driver writes its features: rings enabled before any SET_FEATURES (pitfall 2).
     fe.setVringEnable(0, true);
     fe.setVringEnable(1, true);
-    // DRIVER_OK: vhost_net_start.
+    this.acked = this.wanted(offered);
+    // DRIVER_OK: NET_SET_MTU first when the guest accepted F_MTU (virtio_net_vhost_status), then vhost_net_start.
+    if (this.mtu !== undefined && (this.acked & bit(VIRTIO_NET_F_MTU)) !== 0n) await this.setMtu(this.mtu);
     fe.setVringEnable(0, true);
     fe.setVringEnable(1, true);
-    this.acked = this.wanted(offered);
     fe.setFeatures(this.acked | bit(VHOST_USER_F_PROTOCOL_FEATURES));
     if (memSlots) {
       for (const r of this.ram.regions) {
@@ -182,6 +193,12 @@ export class FakeNetDriver {
     fe.setVringEnable(0, true);
     fe.setVringEnable(1, true);
     await fe.getQueueNum();
+  }
+
+  /** NET_SET_MTU with NEED_REPLY; throws on a NACK (QEMU: "MTU not supported by the backend"). */
+  async setMtu(mtu: number): Promise<void> {
+    const ack = await this.fe.ack(FrontendRequest.NET_SET_MTU, u64Payload(mtu));
+    if (ack !== 0n) throw new Error(`${mtu}Bytes MTU not supported by the backend`);
   }
 
   /** SET_VRING_NUM/BASE/ADDR/KICK for queue q. */

@@ -405,7 +405,7 @@ export interface PingBodyOptions {
   /** After the verdict, stay up this long so the other guest can finish. Default 30. */
   lingerS?: number;
   mtu?: number;
-  /** Extra pings after the first reply: `ping -c count -s size -M do`. */
+  /** Extra pings after the first reply: `ping -c count -s size` (busybox: no -M do). */
   size?: number;
   count?: number;
 }
@@ -417,7 +417,8 @@ export interface PingBodyOptions {
 export function pingBody(p: PingBodyOptions): string {
   const dev = p.dev ?? 'eth0';
   const count = p.count ?? 3;
-  const size = p.size ? ` -s ${p.size} -M do` : '';
+  // busybox ping has no -M (don't-fragment): callers prove frame sizes from vhostd's byte counters instead.
+  const size = p.size ? ` -s ${p.size}` : '';
   return `wait_dev ${dev} 10 || { result ping=fail reason=no-${dev}; exit 1; }
 ip link set lo up
 ${p.mtu ? `ip link set ${dev} mtu ${p.mtu}` : ''}

@@ -13,6 +13,7 @@ import { DROP_REASONS, PORT_COUNTER_NAMES, Switch } from '../../../src/net/switc
 /** Port that records copies of delivered frames and counts flushes. */
 class FakePort implements Port {
   id = NO_PORT;
+  mtu = 1500;
   frames: Uint8Array[] = [];
   flushes = 0;
   accept = true;
@@ -277,7 +278,7 @@ describe('Switch', () => {
     sw.forward(a, frameOf(BCAST, MA, 10)); // runt
     expect({ ...sw.counters(a.id) }).toEqual({
       rxFrames: 2, rxBytes: 110, txFrames: 1, txBytes: 60, floodFrames: 1,
-      macLearned: 1, macMoves: 0, learnTableFull: 0, dropRunt: 1, dropHairpin: 0, dropEgress: 0,
+      macLearned: 1, macMoves: 0, learnTableFull: 0, dropRunt: 1, dropHairpin: 0, dropMtu: 0, dropEgress: 0,
     });
     expect(sw.counters(b.id)).toMatchObject({ rxFrames: 1, rxBytes: 60, txFrames: 1, txBytes: 100, macLearned: 1 });
     expect(sw.counters(c.id)).toMatchObject({ rxFrames: 0, txFrames: 0, dropEgress: 1 });
@@ -289,6 +290,26 @@ describe('Switch', () => {
     // Every counter name has a field; every drop counter has a reason label.
     expect(Object.keys(sw.counters(a.id)!)).toEqual([...PORT_COUNTER_NAMES]);
     for (const n of PORT_COUNTER_NAMES) if (n.startsWith('drop')) expect(DROP_REASONS).toHaveProperty(n);
+  });
+
+  test('egress MTU: a frame longer than MTU + 14 is dropped and counted, never truncated; a VLAN tag adds 4', () => {
+    const sw = new Switch('s');
+    const a = new FakePort('a');
+    const b = new FakePort('b');
+    b.mtu = 1000;
+    sw.addPort(a);
+    sw.addPort(b);
+    sw.forward(a, frameOf(BCAST, MA, 1014)); // exactly MTU + header: delivered
+    sw.forward(a, frameOf(BCAST, MA, 1015)); // one byte over: dropped
+    const tagged = frameOf(BCAST, MA, 1018);
+    const tagBytes = new Uint8Array(tagged.sg.bufs[0].buffer);
+    tagBytes[tagged.sg.offs[0] + tagged.offset + 12] = 0x81; // ethertype 0x8100: 802.1Q
+    tagBytes[tagged.sg.offs[0] + tagged.offset + 13] = 0x00;
+    sw.forward(a, tagged); // MTU + header + tag: delivered
+    sw.forward(a, frameOf(BCAST, MA, 1018)); // same length untagged: dropped
+    expect(b.frames.map((f) => f.length)).toEqual([1014, 1018]);
+    expect(sw.counters(b.id)).toMatchObject({ txFrames: 2, dropMtu: 2, dropEgress: 0 });
+    expect(DROP_REASONS.dropMtu).toBe('mtu');
   });
 
   test('constructor validates mtu, maxAddr and timeout', () => {
