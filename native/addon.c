@@ -20,6 +20,9 @@ NAPI_MODULE_INIT() {
     FN("close", event_close),
     FN("fence", event_fence),
     FN("watch", watch_create),
+    FN("tapOpen", tap_open),
+    FN("read", fd_read),
+    FN("write", fd_write),
   };
   if (napi_define_properties(env, exports, sizeof(table) / sizeof(table[0]), table) != napi_ok) return NULL;
   return exports;

@@ -51,5 +51,8 @@ napi_value event_write(napi_env env, napi_callback_info info);
 napi_value event_close(napi_env env, napi_callback_info info);
 napi_value event_fence(napi_env env, napi_callback_info info);
 napi_value watch_create(napi_env env, napi_callback_info info);
+napi_value tap_open(napi_env env, napi_callback_info info);
+napi_value fd_read(napi_env env, napi_callback_info info);
+napi_value fd_write(napi_env env, napi_callback_info info);
 
 #endif

@@ -5,10 +5,12 @@
  */
 import fs from 'node:fs';
 import type { NativeBinding } from './native/types.js';
-import type { Config } from './config/model.js';
+import type { Config, InterfaceConfig, RuleConfig, SwitchConfig } from './config/model.js';
 import { qemuArgsForInterface, qemuMemoryArgs, formatShellArgs } from './config/qemu-args.js';
-import { Switch } from './net/switch.js';
+import { parseIpv4, Switch, type FilterRule } from './net/switch.js';
+import { parseMac } from './net/mac.js';
 import { NetDevice } from './net/net-device.js';
+import { openVport, type TapPort } from './net/tap-port.js';
 import { VhostUserServer } from './vhost-user/server.js';
 import type { Logger } from './util/log.js';
 
@@ -36,6 +38,8 @@ export interface PortStats {
 export class Daemon {
   readonly switches = new Map<string, Switch>();
   readonly netPorts: NetPort[] = [];
+  /** Host ports (vport: a TAP interface per switch that names one). */
+  readonly vports: TapPort[] = [];
   private agingTimer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -46,19 +50,40 @@ export class Daemon {
 
   start(): void {
     fs.mkdirSync(this.config.socketDir, { recursive: true });
-    for (const s of this.config.switches) this.switches.set(s.name, new Switch(s.name, { mtu: s.mtu }));
+    for (const s of this.config.switches) {
+      // Fair eviction when the table is full (issue 3 §3), instead of veb's "learn nothing more".
+      this.switches.set(s.name, new Switch(s.name, { mtu: s.mtu, maxAddr: s.maxAddr, timeoutSec: s.timeout, evict: true }));
+    }
     try {
+      for (const s of this.config.switches) {
+        if (s.vport) this.vports.push(openVport(this.switches.get(s.name)!, s.vport, this.log.child({ vport: s.vport, switch: s.name }), this.native));
+      }
+      const devices: { device: NetDevice; iface: InterfaceConfig }[] = [];
       for (const vm of this.config.vms) {
         for (const iface of vm.interfaces) {
           const sw = this.switches.get(iface.switchName)!;
           const name = `${vm.name}.net${iface.index}`;
           const log = this.log.child({ vm: vm.name, dev: name, socket: iface.socketPath });
           const device = new NetDevice({ name, sw, log, mac: iface.lladdr });
+          sw.configurePort(device, {
+            learn: iface.learn,
+            discover: iface.discover,
+            blockNonIp: iface.blockNonIp,
+            locked: iface.locked,
+            span: iface.span,
+            protected: iface.protected,
+            untagged: iface.untagged,
+            tagged: iface.tagged,
+            maxAddr: iface.maxAddr,
+          });
+          devices.push({ device, iface });
           const server = new VhostUserServer(this.native, iface.socketPath, device, log);
           this.netPorts.push({ vm: vm.name, index: iface.index, device, server });
-          server.listen();
         }
       }
+      for (const s of this.config.switches) applySwitchConfig(this.switches.get(s.name)!, s);
+      for (const { device, iface } of devices) bindStatics(this.switches.get(iface.switchName)!, device, iface, this.config.switches);
+      for (const p of this.netPorts) p.server.listen();
     } catch (err) {
       this.stop();
       throw err;
@@ -108,5 +133,43 @@ export class Daemon {
       p.device.detach();
     }
     this.netPorts.length = 0;
+    for (const v of this.vports) v.close();
+    this.vports.length = 0;
   }
+}
+
+/** Static entries and filter rules of one switch block (ports already attached). */
+function applySwitchConfig(sw: Switch, s: SwitchConfig): void {
+  for (const st of s.statics ?? []) sw.addStatic(st.mac, st.port);
+  for (const r of s.rules ?? []) sw.addRule(r.port, filterRule(r));
+}
+
+/** Config rule → switch rule (MACs and IPv4 addresses as numbers). */
+export function filterRule(r: RuleConfig): FilterRule {
+  const mac = (m: string | undefined): number | undefined => (m === undefined ? undefined : parseMac(m));
+  const ip = (a: string | undefined): number | undefined => (a === undefined ? undefined : parseIpv4(a));
+  return {
+    action: r.action,
+    dir: r.dir,
+    src: mac(r.src),
+    dst: mac(r.dst),
+    arp: r.arp && { rarp: r.arp.rarp, op: r.arp.op, sha: mac(r.arp.sha), spa: ip(r.arp.spa), tha: mac(r.arp.tha), tpa: ip(r.arp.tpa) },
+  };
+}
+
+/**
+ * Keep a port's static entries across guest connections: NetDevice.reset() forgets every entry of the port, so
+ * on link down the configured `static ... on` entries are put back at once (veb statics never go away) and the
+ * `locked lladdr` entry is removed; on link up (TX queue started, before any frame) the locked MAC is installed.
+ */
+function bindStatics(sw: Switch, device: NetDevice, iface: InterfaceConfig, switches: readonly SwitchConfig[]): void {
+  const mine = switches.find((s) => s.name === iface.switchName)?.statics?.filter((st) => st.port === device.name) ?? [];
+  const locked = iface.locked === true ? parseMac(iface.lladdr) : undefined;
+  if (mine.length === 0 && locked === undefined) return;
+  device.onLinkChange = (up) => {
+    for (const st of mine) sw.addStatic(st.mac, device);
+    if (locked === undefined) return;
+    if (up) sw.addStatic(locked, device);
+    else if (sw.macTable.staticPort(locked) === device.id) sw.delAddr(locked);
+  };
 }

@@ -14,9 +14,10 @@ import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
 import { report, type BenchRow } from '../support/report.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 12);
-const FRAME = Number(process.env.BENCH_FRAME ?? 64);
+/** Frame sizes (bytes, without FCS); BENCH_FRAMES=64 runs one size. */
+const FRAMES = (process.env.BENCH_FRAMES ?? '64,1500').split(',').map(Number);
 
-function driver(prefix: string, sockA: string, sockB: string): Testpmd {
+function driver(prefix: string, sockA: string, sockB: string, FRAME: number): Testpmd {
   return startTestpmd({
     prefix,
     lcores: [...LCORES_DRIVER.lcores],
@@ -40,13 +41,13 @@ async function measure(tp: Testpmd): Promise<number[]> {
   return [0, 1].map((port) => meanPps(samples, port, 'rxPps', 2) / 1e6);
 }
 
-async function vhostdRun(): Promise<number[]> {
+async function vhostdRun(frame: number): Promise<number[]> {
   const v = new VhostdProcess('switch "s" {\n  mtu 1500\n}\nvm "a" {\n  interface { switch "s" }\n}\nvm "b" {\n  interface { switch "s" }\n}\n');
   await v.start();
   // Pin the daemon to core 1 (the driver forwards on core 0).
   await new Promise((r) => spawn('taskset', ['-a', '-p', '-c', '1', String(v.proc!.pid)], { stdio: 'ignore' }).on('exit', r));
   try {
-    const mpps = await measure(driver('bench-vu-vhostd', v.socket('a'), v.socket('b')));
+    const mpps = await measure(driver('bench-vu-vhostd', v.socket('a'), v.socket('b'), frame));
     const st = await v.stats();
     if (!(st['a.net0'].device.rxFrames > 0 && st['b.net0'].device.rxFrames > 0)) throw new Error('vhostd counted no frames');
     return mpps;
@@ -56,7 +57,7 @@ async function vhostdRun(): Promise<number[]> {
   }
 }
 
-async function dpdkRun(): Promise<number[]> {
+async function dpdkRun(frame: number): Promise<number[]> {
   const dir = path.join('/tmp', `vhostd-bench-${process.pid}`);
   const { mkdirSync, rmSync } = await import('node:fs');
   mkdirSync(dir, { recursive: true });
@@ -73,31 +74,39 @@ async function dpdkRun(): Promise<number[]> {
   try {
     await backend.waitForOutput(vhostSocketReady(a), 30_000);
     await backend.waitForOutput(vhostSocketReady(b), 30_000);
-    return await measure(driver('bench-vu-ref', a, b));
+    return await measure(driver('bench-vu-ref', a, b, frame));
   } finally {
     await backend.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-const vhostd = await vhostdRun();
-const ref = await dpdkRun();
 const rows: BenchRow[] = [];
-for (const port of [0, 1]) {
-  rows.push({
-    bench: 'net/testpmd-macswap-loop',
-    case: `frame=${FRAME} port=${port}`,
-    unit: 'Mpps',
-    value: Number(vhostd[port].toFixed(3)),
-    reference: 'dpdk-vhost-pmd',
-    referenceValue: Number(ref[port].toFixed(3)),
-    ratio: Number((vhostd[port] / ref[port]).toFixed(3)),
-  });
+for (const frame of FRAMES) {
+  const vhostd = await vhostdRun(frame);
+  const ref = await dpdkRun(frame);
+  for (const port of [0, 1]) {
+    rows.push({
+      bench: 'net/testpmd-macswap-loop',
+      case: `frame=${frame} port=${port}`,
+      unit: 'Mpps',
+      value: Number(vhostd[port].toFixed(3)),
+      gbps: Number(((vhostd[port] * 1e6 * frame * 8) / 1e9).toFixed(2)),
+      reference: 'dpdk-vhost-pmd',
+      referenceValue: Number(ref[port].toFixed(3)),
+      ratio: Number((vhostd[port] / ref[port]).toFixed(3)),
+    });
+  }
 }
 report(rows);
 process.stderr.write(
-  `\nnet/testpmd-macswap-loop, ${FRAME}-byte frames, ${SECONDS} s\n` +
-    `port  vhostd Mpps  DPDK vhost PMD Mpps  ratio\n` +
-    rows.map((r) => `${r.case.split('port=')[1].padEnd(4)}  ${String(r.value).padStart(11)}  ${String(r.referenceValue).padStart(19)}  ${String(r.ratio).padStart(5)}`).join('\n') +
+  `\nnet/testpmd-macswap-loop (testpmd virtio_user macswap, loop topology, --tx-first), ${SECONDS} s per run\n` +
+    `frame  port  vhostd Mpps  Gbit/s  DPDK vhost PMD Mpps  ratio\n` +
+    rows
+      .map((r) => {
+        const [f, p] = r.case.replace('frame=', '').split(' port=');
+        return `${f.padStart(5)}  ${p.padEnd(4)}  ${String(r.value).padStart(11)}  ${String(r.gbps).padStart(6)}  ${String(r.referenceValue).padStart(19)}  ${String(r.ratio).padStart(5)}`;
+      })
+      .join('\n') +
     '\n',
 );

@@ -14,7 +14,38 @@ export interface SwitchConfig {
   name: string;
   /** Largest Ethernet payload (68..65535), default 1500. */
   mtu: number;
+  /** `maxaddr N`: MAC table size (dynamic + static); absent = DEFAULT_MAX_ADDR. */
+  maxAddr?: number;
+  /** `timeout N`: dynamic MAC lifetime in seconds (8..3600); absent = DEFAULT_TIMEOUT. */
+  timeout?: number;
+  /** `vport "NAME"`: host TAP port (stored only; implemented by the host-port work). */
+  vport?: string;
+  /** `static MAC on "PORT"` entries, in file order; absent when none. */
+  statics?: StaticConfig[];
+  /** `rule ...` filter rules, in file order; absent when none. */
+  rules?: RuleConfig[];
   /** Position of the `switch` keyword. */
+  pos: SourcePos;
+}
+
+/** `static MAC on "PORT"`. */
+export interface StaticConfig {
+  /** Canonical unicast MAC. */
+  mac: string;
+  /** Port name `<vm>.net<N>` (validated: exists and is on this switch). */
+  port: string;
+  pos: SourcePos;
+}
+
+/** `rule block|pass [in|out|in/out] on "PORT" [src MAC] [dst MAC] [arp|rarp [request|reply] [sha MAC] [spa IP] [tha MAC] [tpa IP]]`. */
+export interface RuleConfig {
+  action: 'block' | 'pass';
+  dir: 'in' | 'out' | 'in/out';
+  port: string;
+  /** Canonical MACs (any address, group addresses included). */
+  src?: string;
+  dst?: string;
+  arp?: { rarp: boolean; op?: 'request' | 'reply'; sha?: string; spa?: string; tha?: string; tpa?: string };
   pos: SourcePos;
 }
 
@@ -28,6 +59,24 @@ export interface InterfaceConfig {
   lladdrGenerated: boolean;
   /** Absolute path of the vhost-user socket the daemon listens on. */
   socketPath: string;
+  /** `locked lladdr MAC`: only frames from lladdr pass; lladdr is a static entry while the guest is connected. */
+  locked?: boolean;
+  /** `-learn` (false) / `learn`; absent = learn. */
+  learn?: boolean;
+  /** `-discover` (false) / `discover`; absent = discover. */
+  discover?: boolean;
+  /** `blocknonip`: only IPv4, IPv6, ARP, RARP in and out. */
+  blockNonIp?: boolean;
+  /** `span`: the port receives a copy of every frame the switch accepts, and sends nothing. */
+  span?: boolean;
+  /** `protected N[,N...]`: protected domain ids 1..31. */
+  protected?: number[];
+  /** `untagged VID|none`: PVID. */
+  untagged?: number | 'none';
+  /** `tagged LIST`: tagged VIDs (sorted, unique). */
+  tagged?: number[];
+  /** `maxaddr N`: this port's learn limit. */
+  maxAddr?: number;
   /** Position of the `interface` keyword. */
   pos: SourcePos;
 }
@@ -49,6 +98,13 @@ export interface Config {
 }
 
 export const DEFAULT_MTU = 1500;
+/** Switch `maxaddr` default and range (veb's default is 100: far too small for VM fleets). */
+export const DEFAULT_MAX_ADDR = 4096;
+export const MAX_MAX_ADDR = 1_048_576;
+/** Switch `timeout` default and range (veb: 240, 8..3600). */
+export const DEFAULT_TIMEOUT = 240;
+export const MIN_TIMEOUT = 8;
+export const MAX_TIMEOUT = 3600;
 export const MIN_MTU = 68;
 export const MAX_MTU = 65535;
 /** Used when `socket dir` is absent; resolved like any relative path. */

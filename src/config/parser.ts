@@ -12,8 +12,13 @@ import { ConfigError, describeToken, tokenize, type Diagnostic, type Token } fro
 import {
   DEFAULT_MTU,
   DEFAULT_SOCKET_DIR,
+  MAX_MAX_ADDR,
   MAX_MTU,
+  MAX_TIMEOUT,
   MIN_MTU,
+  MIN_TIMEOUT,
+  type RuleConfig,
+  type StaticConfig,
   type Config,
   type InterfaceConfig,
   type SourcePos,
@@ -50,6 +55,11 @@ interface RawSwitch {
   pos: SourcePos;
   name: Located<string>;
   mtu?: Located<number>;
+  maxAddr?: Located<number>;
+  timeout?: Located<number>;
+  vport?: Located<string>;
+  statics: { mac: Located<string>; port: Located<string>; pos: SourcePos }[];
+  rules: { rule: Omit<RuleConfig, 'pos' | 'port'>; port: Located<string>; pos: SourcePos }[];
 }
 
 interface RawVm {
@@ -64,6 +74,15 @@ interface RawInterface {
   brace: SourcePos;
   switchRef?: Located<string>;
   lladdr?: Located<string>;
+  locked?: Located<boolean>;
+  learn?: Located<boolean>;
+  discover?: Located<boolean>;
+  blockNonIp?: Located<boolean>;
+  span?: Located<boolean>;
+  protected?: Located<number[]>;
+  untagged?: Located<number | 'none'>;
+  tagged?: Located<number[]>;
+  maxAddr?: Located<number>;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -76,7 +95,7 @@ type KeywordTable<C> = Readonly<Record<string, Handler<C>>>;
 const TOP: KeywordTable<RawConfig> = {
   socket: (p, cfg, kw) => p.subKeyword(SOCKET, cfg, kw),
   switch: (p, cfg, kw) => {
-    const sw: RawSwitch = { pos: pos(kw), name: p.string('a switch name', '"uplink"') };
+    const sw: RawSwitch = { pos: pos(kw), name: p.string('a switch name', '"uplink"'), statics: [], rules: [] };
     p.block(SWITCH, sw, `switch ${JSON.stringify(sw.name.value)}`, 'switch');
     cfg.switches.push(sw);
   },
@@ -94,6 +113,63 @@ const SOCKET: KeywordTable<RawConfig> = {
 
 const SWITCH: KeywordTable<RawSwitch> = {
   mtu: (p, sw, kw) => p.setOnce(sw, 'mtu', p.number('an mtu', MIN_MTU, MAX_MTU), kw, 'mtu'),
+  maxaddr: (p, sw, kw) => p.setOnce(sw, 'maxAddr', p.number('an address count', 1, MAX_MAX_ADDR), kw, 'maxaddr'),
+  timeout: (p, sw, kw) => p.setOnce(sw, 'timeout', p.number('a timeout in seconds', MIN_TIMEOUT, MAX_TIMEOUT), kw, 'timeout'),
+  vport: (p, sw, kw) => p.setOnce(sw, 'vport', p.string('a vport interface name', '"vport0"'), kw, 'vport'),
+  static: (p, sw, kw) => {
+    const mac = p.mac();
+    p.expectWord('on', 'after the static MAC address');
+    const port = p.string('a port name', '"vm13.net0"');
+    if (mac) sw.statics.push({ mac, port, pos: pos(kw) });
+  },
+  rule: (p, sw, kw) => {
+    const action = p.oneOf(['block', 'pass'], 'after rule') as 'block' | 'pass';
+    let dir: RuleConfig['dir'] = 'in/out';
+    if (p.peekWord('in') || p.peekWord('out') || p.peekWord('in/out')) dir = p.next().text as RuleConfig['dir'];
+    p.expectWord('on', 'in the rule (rule block|pass [in|out|in/out] on "PORT" ...)');
+    const port = p.string('a port name', '"vm13.net0"');
+    const rule: Omit<RuleConfig, 'pos' | 'port'> = { action, dir };
+    let ok = true;
+    const anyMac = (): string | undefined => {
+      const m = p.anyMac();
+      if (m === undefined) ok = false;
+      return m;
+    };
+    for (;;) {
+      const t = p.peek();
+      if (t.kind !== 'word') break;
+      if (t.text === 'src' && rule.src === undefined && rule.arp === undefined) {
+        p.next();
+        rule.src = anyMac();
+      } else if (t.text === 'dst' && rule.dst === undefined && rule.arp === undefined) {
+        p.next();
+        rule.dst = anyMac();
+      } else if ((t.text === 'arp' || t.text === 'rarp') && rule.arp === undefined) {
+        p.next();
+        const arp: NonNullable<RuleConfig['arp']> = { rarp: t.text === 'rarp' };
+        rule.arp = arp;
+        if (p.peekWord('request') || p.peekWord('reply')) arp.op = p.next().text as 'request' | 'reply';
+        for (;;) {
+          const f = p.peek();
+          if (f.kind !== 'word') break;
+          if ((f.text === 'sha' || f.text === 'tha') && arp[f.text] === undefined) {
+            p.next();
+            arp[f.text] = anyMac();
+          } else if ((f.text === 'spa' || f.text === 'tpa') && arp[f.text] === undefined) {
+            p.next();
+            const ip = p.ipv4();
+            if (ip === undefined) ok = false;
+            arp[f.text] = ip;
+          } else {
+            p.fail(f, `expected sha, spa, tha, tpa or the end of the rule, got ${describeToken(f)}`);
+          }
+        }
+      } else {
+        p.fail(t, `expected src, dst, arp, rarp or the end of the rule, got ${describeToken(t)}`);
+      }
+    }
+    if (ok) sw.rules.push({ rule, port, pos: pos(kw) });
+  },
 };
 
 const VM: KeywordTable<RawVm> = {
@@ -104,9 +180,33 @@ const VM: KeywordTable<RawVm> = {
   },
 };
 
+/** A boolean flag keyword and its `-` form, e.g. `learn` / `-learn`. */
+const flag = (key: 'learn' | 'discover' | 'blockNonIp' | 'span', value: boolean, name: string): Handler<RawInterface> => (p, iface, kw) =>
+  p.setOnce(iface, key, { value, pos: pos(kw) }, kw, name);
+
 const INTERFACE: KeywordTable<RawInterface> = {
   switch: (p, iface, kw) => p.setOnce(iface, 'switchRef', p.string('a switch name', '"uplink"'), kw, 'switch'),
   lladdr: (p, iface, kw) => p.setOnce(iface, 'lladdr', p.mac(), kw, 'lladdr'),
+  locked: (p, iface, kw) => {
+    p.expectWord('lladdr', 'after locked (locked lladdr MAC)');
+    p.setOnce(iface, 'locked', { value: true, pos: pos(kw) }, kw, 'locked lladdr');
+    p.setOnce(iface, 'lladdr', p.mac(), kw, 'lladdr');
+  },
+  learn: flag('learn', true, 'learn'),
+  '-learn': flag('learn', false, 'learn'),
+  discover: flag('discover', true, 'discover'),
+  '-discover': flag('discover', false, 'discover'),
+  blocknonip: flag('blockNonIp', true, 'blocknonip'),
+  '-blocknonip': flag('blockNonIp', false, 'blocknonip'),
+  span: flag('span', true, 'span'),
+  protected: (p, iface, kw) => p.setOnce(iface, 'protected', p.numberList('protected domain ids', 1, 31, false), kw, 'protected'),
+  untagged: (p, iface, kw) => {
+    const t = p.peek();
+    const v: Located<number | 'none'> | undefined = t.kind === 'word' && t.text === 'none' ? { value: 'none', pos: pos(p.next()) } : p.number('an untagged VLAN id', 1, 4094);
+    p.setOnce(iface, 'untagged', v, kw, 'untagged');
+  },
+  tagged: (p, iface, kw) => p.setOnce(iface, 'tagged', p.numberList('tagged VLAN ids', 1, 4094, true), kw, 'tagged'),
+  maxaddr: (p, iface, kw) => p.setOnce(iface, 'maxAddr', p.number('an address count', 1, MAX_MAX_ADDR), kw, 'maxaddr'),
 };
 
 const pos = (t: SourcePos): SourcePos => ({ line: t.line, col: t.col });
@@ -217,6 +317,64 @@ class Parser {
     return { value, pos: pos(t) };
   }
 
+  /** True if the next token is the word `w`. */
+  peekWord(w: string): boolean {
+    const t = this.peek();
+    return t.kind === 'word' && t.text === w;
+  }
+
+  /** Require the word `w`. */
+  expectWord(w: string, where: string): void {
+    const t = this.next();
+    if (t.kind !== 'word' || t.text !== w) this.fail(t, `expected ${JSON.stringify(w)} ${where}, got ${describeToken(t)}`);
+  }
+
+  /** One of `words`. */
+  oneOf(words: string[], where: string): string {
+    const t = this.next();
+    if (t.kind !== 'word' || !words.includes(t.text)) this.fail(t, `expected ${words.join(' or ')} ${where}, got ${describeToken(t)}`);
+    return t.text;
+  }
+
+  /** Any MAC address (group addresses too), canonical. */
+  anyMac(): string | undefined {
+    const t = this.next();
+    const canonical = t.kind === 'word' ? canonicalMac(t.text) : undefined;
+    if (canonical === undefined) return this.fail(t, `expected a MAC address like ${MAC_EXAMPLE}, got ${describeToken(t)}`);
+    return canonical;
+  }
+
+  /** A dotted-quad IPv4 address; a bad one is reported. */
+  ipv4(): string | undefined {
+    const t = this.next();
+    const m = t.kind === 'word' ? /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(t.text) : null;
+    if (m === null) return this.fail(t, `expected an IPv4 address like 10.0.0.1, got ${describeToken(t)}`);
+    if (m.slice(1).some((o) => Number(o) > 255)) {
+      this.report(t, `expected an IPv4 address with octets 0..255, got ${t.text}`);
+      return undefined;
+    }
+    return m.slice(1).map(Number).join('.');
+  }
+
+  /** `N`, `N,M`, and with `ranges` also `N-M` items, comma separated, in min..max; sorted and unique. */
+  numberList(what: string, min: number, max: number, ranges: boolean): Located<number[]> | undefined {
+    const t = this.next();
+    const item = ranges ? '[0-9]+(-[0-9]+)?' : '[0-9]+';
+    if (t.kind !== 'word' || !new RegExp(`^${item}(,${item})*$`).test(t.text)) {
+      this.fail(t, `expected ${what} (${min}..${max}, comma separated${ranges ? ', N-M ranges allowed' : ''}), got ${describeToken(t)}`);
+    }
+    const out = new Set<number>();
+    for (const part of t.text.split(',')) {
+      const [a, b = a] = part.split('-').map(Number) as [number, number?];
+      if (a < min || b! > max || a > b!) {
+        this.report(t, `expected ${what} from ${min} to ${max}, got ${part}`);
+        return undefined;
+      }
+      for (let v = a; v <= b!; v++) out.add(v);
+    }
+    return { value: [...out].sort((x, y) => x - y), pos: pos(t) };
+  }
+
   /** A unicast MAC address, returned canonical; multicast and all-zero are reported. */
   mac(): Located<string> | undefined {
     const t = this.next();
@@ -281,13 +439,23 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
     const first = switchByName.get(sw.name.value);
     if (first) p.report(sw.name.pos, `duplicate switch ${JSON.stringify(sw.name.value)}, first defined at ${at(first.name.pos)}`);
     else switchByName.set(sw.name.value, sw);
-    switches.push({ name: sw.name.value, mtu: sw.mtu?.value ?? DEFAULT_MTU, pos: sw.pos });
+    const sc: SwitchConfig = { name: sw.name.value, mtu: sw.mtu?.value ?? DEFAULT_MTU, pos: sw.pos };
+    if (sw.maxAddr) sc.maxAddr = sw.maxAddr.value;
+    if (sw.timeout) sc.timeout = sw.timeout.value;
+    if (sw.vport) {
+      if (!/^[A-Za-z][A-Za-z0-9_.-]{0,14}$/.test(sw.vport.value)) {
+        p.report(sw.vport.pos, `expected an interface name of at most 15 characters (letters, digits, ".", "-", "_"), got ${JSON.stringify(sw.vport.value)}`);
+      }
+      sc.vport = sw.vport.value;
+    }
+    switches.push(sc);
   }
 
   const vms: VmConfig[] = [];
   const vmByName = new Map<string, RawVm>();
   const usedMacs = new Map<string, string>(); // canonical MAC -> who uses it (for messages)
   const needMac: InterfaceConfig[] = [];
+  const portSwitch = new Map<string, string>(); // "<vm>.net<N>" -> switch name
   for (const vm of raw.vms) {
     const vmName = vm.name.value;
     checkName(p, 'vm', vm.name);
@@ -320,11 +488,51 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
         socketPath,
         pos: ri.pos,
       };
+      if (ri.locked) iface.locked = true;
+      if (ri.learn) iface.learn = ri.learn.value;
+      if (ri.discover) iface.discover = ri.discover.value;
+      if (ri.blockNonIp) iface.blockNonIp = ri.blockNonIp.value;
+      if (ri.span) iface.span = true;
+      if (ri.protected) iface.protected = ri.protected.value;
+      if (ri.untagged) iface.untagged = ri.untagged.value;
+      if (ri.tagged) iface.tagged = ri.tagged.value;
+      if (ri.maxAddr) iface.maxAddr = ri.maxAddr.value;
+      if (ri.span && ri.locked) p.report(ri.span.pos, 'a span port cannot be locked (it sends nothing)');
+      if (ri.switchRef) portSwitch.set(`${vmName}.net${index}`, ri.switchRef.value);
       if (!ri.lladdr) needMac.push(iface);
       return iface;
     });
     vms.push({ name: vmName, interfaces, pos: vm.pos });
   }
+
+  // Switch statics and rules name ports "<vm>.net<N>" of vms defined anywhere in the file.
+  const checkPort = (sw: SwitchConfig, port: Located<string>): boolean => {
+    const on = portSwitch.get(port.value);
+    if (on === undefined) {
+      p.report(port.pos, `unknown port ${JSON.stringify(port.value)}, expected "<vm>.net<N>" of an interface on switch ${JSON.stringify(sw.name)}`);
+      return false;
+    }
+    if (on !== sw.name) {
+      p.report(port.pos, `port ${JSON.stringify(port.value)} is on switch ${JSON.stringify(on)}, not ${JSON.stringify(sw.name)}`);
+      return false;
+    }
+    return true;
+  };
+  raw.switches.forEach((rs, i) => {
+    const sc = switches[i]!;
+    const seen = new Map<string, SourcePos>();
+    const statics: StaticConfig[] = [];
+    for (const st of rs.statics) {
+      const first = seen.get(st.mac.value);
+      if (first) p.report(st.mac.pos, `duplicate static ${st.mac.value}, already set at ${at(first)}`);
+      else seen.set(st.mac.value, st.mac.pos);
+      if (checkPort(sc, st.port)) statics.push({ mac: st.mac.value, port: st.port.value, pos: st.pos });
+    }
+    const rules: RuleConfig[] = [];
+    for (const r of rs.rules) if (checkPort(sc, r.port)) rules.push({ ...r.rule, port: r.port.value, pos: r.pos });
+    if (statics.length) sc.statics = statics;
+    if (rules.length) sc.rules = rules;
+  });
 
   // Generated addresses last, so they step around every configured one (and each other).
   for (const iface of needMac) {

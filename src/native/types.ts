@@ -66,4 +66,16 @@ export interface NativeBinding {
   fdSize(fd: number): number;
   /** Full memory barrier (__atomic_thread_fence(__ATOMIC_SEQ_CST)); used only by benchmarks for comparison. */
   fence(): void;
+  /**
+   * Create, or attach to, the TAP interface `name` (open /dev/net/tun + TUNSETIFF with IFF_TAP|IFF_NO_PI: no
+   * packet-info and no virtio-net header, so one read()/write() is one whole Ethernet frame). `name` is at most
+   * 15 bytes; "" lets the kernel pick tapN. When mtu > 0, also sets the interface MTU (SIOCSIFMTU) and brings it
+   * up (IFF_UP via SIOCSIFFLAGS), each only if not so already, in the caller's network namespace. Returns the fd
+   * (O_NONBLOCK|O_CLOEXEC) and the interface's actual name. The interface lives as long as the fd unless it was made persistent beforehand.
+   */
+  tapOpen(name: string, mtu: number): { fd: number; name: string };
+  /** read() into buf[off, off+len) on any fd; bytes read, 0 on EOF, -1 on EAGAIN. On a tap: one frame. */
+  read(fd: number, buf: Uint8Array, off: number, len: number): number;
+  /** write() of buf[off, off+len) on any fd; bytes written, or -1 on EAGAIN. On a tap: one frame. */
+  write(fd: number, buf: Uint8Array, off: number, len: number): number;
 }

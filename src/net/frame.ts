@@ -1,23 +1,74 @@
 /**
  * Frame: an Ethernet frame as the switch sees it, without the virtio-net header: a window
  * [offset, offset+length) of a scatter-gather list over the sender's buffers. The switch never copies;
- * the egress port copies once, straight from the sender's buffers into its own (sgCopy).
+ * the egress port copies once, straight from the sender's buffers into its own, with frameCopyTo().
  * One Frame object per ingress port is reused for every frame (nothing allocated per frame).
+ *
+ * 802.1Q rewrite without a copy (veb-switch.md §1.3 step 6): for the duration of one Port.deliver() call the
+ * switch may set `stripTag` (the source bytes 12..15, an 802.1Q tag, are skipped) and/or `vlanTag` (a 4-byte tag
+ * 0x8100 + TCI is inserted at byte 12), and sets `length` to the length as sent. Both together replace a tag.
+ * Ports must copy with frameCopyTo(), which honours them; the switch restores the fields after deliver().
  */
-import { SgList } from '../memory/sg-list.js';
+import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
+
+/** "No tag to insert". */
+export const NO_VLAN_TAG = -1;
 
 export class Frame {
   /** Where the bytes are. */
   sg: SgList;
   /** Offset of the first Ethernet byte inside sg (e.g. 12 to skip a virtio-net header). */
   offset = 0;
-  /** Ethernet frame length (destination MAC to end of payload, no FCS). */
+  /** Ethernet frame length (destination MAC to end of payload, no FCS); during deliver(): as sent. */
   length = 0;
   /** Destination and source MAC as 48-bit integers (see mac.ts macKeyAt). */
   dst = 0;
   src = 0;
+  /** During deliver(): TCI (PCP/DEI/VID, 16 bits) of an 802.1Q tag to insert at byte 12, or NO_VLAN_TAG. */
+  vlanTag = NO_VLAN_TAG;
+  /** During deliver(): skip the source's 802.1Q tag (bytes 12..15). */
+  stripTag = false;
 
   constructor(sg: SgList) {
     this.sg = sg;
   }
+}
+
+/** Scratch for the inserted tag bytes (module-level: nothing allocated per frame). */
+const tagBytes = new Uint8Array(4);
+const TAG_AT = 12;
+
+/**
+ * Copy bytes [pos, pos+len) of `frame` as sent (tag inserted/stripped as the frame's fields say) into `dst` at
+ * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. With no
+ * rewrite this is exactly one sgCopy from the sender's buffers.
+ */
+export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+  const ins = frame.vlanTag >= 0 ? 4 : 0;
+  const skip = frame.stripTag ? 4 : 0;
+  const src = frame.sg;
+  const base = frame.offset;
+  if (ins === 0 && skip === 0) return sgCopy(dst, dstPos, src, base + pos, len);
+  let done = 0;
+  const end = pos + len;
+  // [0, 12): addresses, from the source as is.
+  if (pos < TAG_AT) {
+    const n = Math.min(end, TAG_AT) - pos;
+    done += sgCopy(dst, dstPos, src, base + pos, n);
+    pos += n;
+  }
+  // [12, 12+ins): the inserted tag.
+  if (ins !== 0 && pos < TAG_AT + ins && pos < end) {
+    const tci = frame.vlanTag;
+    tagBytes[0] = 0x81;
+    tagBytes[1] = 0x00;
+    tagBytes[2] = (tci >> 8) & 0xff;
+    tagBytes[3] = tci & 0xff;
+    const n = Math.min(end, TAG_AT + ins) - pos;
+    done += sgCopyIn(dst, dstPos + done, tagBytes, pos - TAG_AT, n);
+    pos += n;
+  }
+  // The rest: source byte (i - ins + skip).
+  if (pos < end) done += sgCopy(dst, dstPos + done, src, base + pos - ins + skip, end - pos);
+  return done;
 }

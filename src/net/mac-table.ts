@@ -6,9 +6,14 @@
  * Age bounds: rotating every T = timeout/2 seconds, an entry last seen at time s survives until the second
  * rotation after s, i.e. it disappears at some time in (s + timeout/2, s + timeout] (plus up to one tick
  * period of lateness when ticks are coarse). veb keeps a dynamic entry exactly `timeout` (veb-switch.md §1.10).
- * Full table (`maxAddr`, counted on `main`): nothing new is learned, nothing is evicted, the refusal is
- * counted, and frames to the unknown MAC are flooded (etherbridge_map behaviour, veb-switch.md §1.10, §4.2).
- * Static entries (later issue): live in `statics`, outside the rotating generations, never aged or moved.
+ * Full table (`maxAddr`, dynamic + static) or a port at its own learn limit: by default nothing new is learned,
+ * nothing is evicted, the refusal is counted, and frames to the unknown MAC are flooded (etherbridge_map,
+ * veb-switch.md §1.10). With `evict` (the daemon's setting, §4.2 "fair eviction"): the oldest dynamic entry of
+ * the port holding most dynamic entries is evicted instead (at a port's own limit: that port's oldest), so a
+ * port flooding the table with addresses mostly evicts its own. Static entries are never evicted.
+ * Static entries: live in `statics`, outside the rotating generations, never aged, moved or replaced by learning.
+ * MAC moves are counted and damped: more than `moveDampCount` moves of one MAC within `moveDampSec` are refused
+ * (the entry stays where it is) until that window ends (veb moves at once, §4.1 "Do").
  */
 import { isMulticast, isZero, type MacKey } from './mac.js';
 import { NO_PORT, type PortId } from './port.js';
@@ -23,8 +28,21 @@ export const LEARN_MOVED = 2;
 export const LEARN_FULL = 3;
 /** learn() result: multicast or all-zero source, never learned. */
 export const LEARN_INVALID = 4;
+/** learn() result: the MAC has a static entry (never learned over). */
+export const LEARN_STATIC = 5;
+/** learn() result: a move refused by damping (too many moves of this MAC in the window). */
+export const LEARN_DAMPED = 6;
+/** learn() result: new entry added after evicting another (`lastEvictedPort` tells whose). */
+export const LEARN_EVICTED = 7;
 /** One of the LEARN_* values. */
-export type LearnResult = 0 | 1 | 2 | 3 | 4;
+export type LearnResult = 0 | 1 | 2 | 3 | 4 | 5 | 6 | 7;
+
+/** Default MAC-move damping: more than this many moves of one MAC ... */
+export const DEFAULT_MOVE_DAMP_COUNT = 4;
+/** ... within this many seconds are refused until the window ends. */
+export const DEFAULT_MOVE_DAMP_SEC = 10;
+/** Move-window packing: windowStartSec * MOVE_PACK + count. */
+const MOVE_PACK = 64;
 
 /** Default table size (veb's default is 100, far too small for VM fleets: veb-switch.md §4.2). */
 export const DEFAULT_MAX_ADDR = 4096;
@@ -42,10 +60,18 @@ export interface MacEntry {
 
 /** Options of a MacTable. */
 export interface MacTableOptions {
-  /** Maximum number of entries (≥ 1). */
+  /** Maximum number of entries, dynamic and static (≥ 1). */
   maxAddr?: number;
   /** Dynamic entry lifetime in seconds (≥ 2); entries go after (timeout/2, timeout]. */
   timeoutSec?: number;
+  /** Default per-port limit of dynamic entries (default: maxAddr). */
+  portMaxAddr?: number;
+  /** Fair eviction when full instead of refusing (default false: veb's behaviour). */
+  evict?: boolean;
+  /** Moves of one MAC allowed per window; 0 disables damping (default 4). */
+  moveDampCount?: number;
+  /** Damping window in seconds (default 10). */
+  moveDampSec?: number;
 }
 
 /** Forwarding database with main/shadow aging. */
@@ -54,23 +80,37 @@ export class MacTable {
   readonly timeoutSec: number;
   /** Rotation period T = timeout/2. */
   readonly rotateSec: number;
+  readonly portMaxAddr: number;
+  readonly evict: boolean;
+  readonly moveDampCount: number;
+  readonly moveDampSec: number;
 
   private main = new Map<MacKey, PortId>();
   private shadow = new Map<MacKey, PortId>();
-  /**
-   * Static entries (later issue, veb `static IF MAC`): consulted before `main` by lookup(), never replaced by
-   * learn(), not counted against maxAddr by rotation. Empty for now; only entries()/remove()/size see it.
-   */
+  /** Static entries: consulted before `main` by lookup(), never replaced by learn(), never aged or evicted. */
   private readonly statics = new Map<MacKey, PortId>();
+  /** Dynamic entries (in `main`) per port, and per-port learn limits; indexed by PortId, grown on demand. */
+  private counts = new Int32Array(8);
+  private limits = new Int32Array(8);
+  /** Recent moves per MAC: windowStartSec * MOVE_PACK + moves in the window. Pruned on tick(). */
+  private readonly moveWin = new Map<MacKey, number>();
   /** Time of the last rotation (set by the first tick()); NaN until then. */
   private lastRotateSec = NaN;
+  /** Coarse clock: the last tick() time (0 before the first); damping windows use it. */
+  private nowSec = 0;
 
-  /** Learn attempts refused because the table was full. */
+  /** Learn attempts refused because the table (or the port's limit) was full. */
   learnFull = 0;
   /** New entries learned. */
   learned = 0;
   /** Entries that moved to another port. */
   moves = 0;
+  /** Moves refused by damping. */
+  movesDamped = 0;
+  /** Dynamic entries evicted to make room. */
+  evicted = 0;
+  /** Port whose entry the last LEARN_EVICTED evicted. */
+  lastEvictedPort: PortId = NO_PORT;
   /** Generation rotations done. */
   rotations = 0;
 
@@ -79,9 +119,20 @@ export class MacTable {
     const timeoutSec = opts.timeoutSec ?? DEFAULT_TIMEOUT_SEC;
     if (!Number.isInteger(maxAddr) || maxAddr < 1) throw new RangeError(`maxAddr must be an integer ≥ 1, got ${maxAddr}`);
     if (!(timeoutSec >= 2) || !Number.isFinite(timeoutSec)) throw new RangeError(`timeoutSec must be ≥ 2, got ${timeoutSec}`);
+    const portMax = opts.portMaxAddr ?? maxAddr;
+    if (!Number.isInteger(portMax) || portMax < 1) throw new RangeError(`portMaxAddr must be an integer ≥ 1, got ${portMax}`);
+    const dampCount = opts.moveDampCount ?? DEFAULT_MOVE_DAMP_COUNT;
+    const dampSec = opts.moveDampSec ?? DEFAULT_MOVE_DAMP_SEC;
+    if (!Number.isInteger(dampCount) || dampCount < 0 || dampCount >= MOVE_PACK - 1) throw new RangeError(`moveDampCount must be an integer in 0..${MOVE_PACK - 2}, got ${dampCount}`);
+    if (!(dampSec > 0)) throw new RangeError(`moveDampSec must be > 0, got ${dampSec}`);
     this.maxAddr = maxAddr;
     this.timeoutSec = timeoutSec;
     this.rotateSec = timeoutSec / 2;
+    this.portMaxAddr = portMax;
+    this.evict = opts.evict ?? false;
+    this.moveDampCount = dampCount;
+    this.moveDampSec = dampSec;
+    this.limits.fill(portMax);
   }
 
   /** Number of dynamic entries (all of `main`) plus static entries. */
@@ -89,38 +140,184 @@ export class MacTable {
     return this.main.size + this.statics.size;
   }
 
+  /** Number of static entries. */
+  get staticCount(): number {
+    return this.statics.size;
+  }
+
+  /** Dynamic entries of `port`. */
+  portCount(port: PortId): number {
+    return port >= 0 && port < this.counts.length ? this.counts[port] : 0;
+  }
+
+  /** Set the per-port learn limit of `port` (undefined: the table's portMaxAddr). Control path. */
+  setPortLimit(port: PortId, limit?: number): void {
+    const n = limit ?? this.portMaxAddr;
+    if (!Number.isInteger(n) || n < 1) throw new RangeError(`port address limit must be an integer ≥ 1, got ${n}`);
+    this.ensurePort(port);
+    this.limits[port] = n;
+  }
+
   /**
    * Record that `key` was seen as a source on `port`. Hot path: no allocation, and for a known source one Map
-   * read (the shadow hit). Multicast and all-zero keys are refused (etherbridge_map).
+   * read (the shadow hit). Multicast and all-zero keys are refused (etherbridge_map), static keys are never learned.
    */
   learn(key: MacKey, port: PortId): LearnResult {
     const s = this.shadow.get(key);
     if (s === port) return LEARN_KNOWN;
     if (isMulticast(key) || isZero(key)) return LEARN_INVALID;
-    // Later issue: `if (this.statics.size !== 0 && this.statics.has(key)) return LEARN_STATIC;`
+    if (this.statics.size !== 0 && this.statics.has(key)) return LEARN_STATIC;
     const m = this.main.get(key);
     if (m === undefined) {
-      if (this.main.size >= this.maxAddr) {
-        this.learnFull++;
-        return LEARN_FULL;
+      if (port >= this.counts.length) this.ensurePort(port);
+      let res: LearnResult = LEARN_NEW;
+      if (this.counts[port] >= this.limits[port]) {
+        if (!this.evict || !this.evictOldest(port)) {
+          this.learnFull++;
+          return LEARN_FULL;
+        }
+        res = LEARN_EVICTED;
+      } else if (this.main.size + this.statics.size >= this.maxAddr) {
+        if (!this.evict || !this.evictOldest(this.largestPort())) {
+          this.learnFull++;
+          return LEARN_FULL;
+        }
+        res = LEARN_EVICTED;
       }
       this.main.set(key, port);
       this.shadow.set(key, port);
+      this.counts[port]++;
       this.learned++;
-      return LEARN_NEW;
+      return res;
     }
+    if (m === port) {
+      this.shadow.set(key, port);
+      return LEARN_KNOWN;
+    }
+    if (this.moveDampCount !== 0 && this.damped(key)) {
+      this.movesDamped++;
+      return LEARN_DAMPED;
+    }
+    if (port >= this.counts.length) this.ensurePort(port);
     this.shadow.set(key, port);
-    if (m === port) return LEARN_KNOWN;
     this.main.set(key, port);
+    this.counts[m]--;
+    this.counts[port]++;
     this.moves++;
     return LEARN_MOVED;
   }
 
-  /** Port of `key`, or NO_PORT (-1). Hot path: one Map read. */
+  /** Count one move of `key`; true if it exceeds the damping budget of the current window. */
+  private damped(key: MacKey): boolean {
+    const now = Math.floor(this.nowSec);
+    const w = this.moveWin.get(key);
+    let start = now;
+    let count = 0;
+    if (w !== undefined) {
+      start = Math.floor(w / MOVE_PACK);
+      count = w - start * MOVE_PACK;
+      if (now - start >= this.moveDampSec || now < start) {
+        start = now;
+        count = 0;
+      }
+    }
+    if (count >= this.moveDampCount) return true;
+    this.moveWin.set(key, start * MOVE_PACK + count + 1);
+    return false;
+  }
+
+  /** Port of `key`, or NO_PORT (-1). Hot path: one Map read (two when static entries exist). */
   lookup(key: MacKey): PortId {
-    // Later issue: static entries first (`statics.size !== 0` guard keeps the common case one read).
+    if (this.statics.size !== 0) {
+      const sp = this.statics.get(key);
+      if (sp !== undefined) return sp;
+    }
     const p = this.main.get(key);
     return p === undefined ? NO_PORT : p;
+  }
+
+  /** Port of the static entry for `key`, or NO_PORT (the `locked` check). Hot path: at most one Map read. */
+  staticPort(key: MacKey): PortId {
+    if (this.statics.size === 0) return NO_PORT;
+    const p = this.statics.get(key);
+    return p === undefined ? NO_PORT : p;
+  }
+
+  /**
+   * Add (or re-point) a static entry (veb `static IF MAC`). A dynamic entry for the MAC is replaced. A full table
+   * makes room by evicting a dynamic entry fairly; with only static entries left it refuses. Throws RangeError
+   * for multicast/zero MACs. Returns false when refused. Control path.
+   */
+  addStatic(key: MacKey, port: PortId): boolean {
+    if (isMulticast(key) || isZero(key) || !Number.isInteger(key) || key < 0) throw new RangeError('a static entry needs a unicast MAC');
+    this.deleteDynamic(key);
+    if (!this.statics.has(key) && this.size >= this.maxAddr && !this.evictOldest(this.largestPort())) return false;
+    this.statics.set(key, port);
+    return true;
+  }
+
+  /** Delete the entry for `key`, static or dynamic (veb `deladdr`). Returns true if there was one. */
+  delete(key: MacKey): boolean {
+    const hadStatic = this.statics.delete(key);
+    return this.deleteDynamic(key) || hadStatic;
+  }
+
+  private deleteDynamic(key: MacKey): boolean {
+    const p = this.main.get(key);
+    this.shadow.delete(key);
+    if (p === undefined) return false;
+    this.main.delete(key);
+    this.counts[p]--;
+    return true;
+  }
+
+  /** Port with most dynamic entries (ties: lowest id), or NO_PORT. O(ports). */
+  private largestPort(): PortId {
+    let best = NO_PORT;
+    let most = 0;
+    const c = this.counts;
+    for (let i = 0; i < c.length; i++) {
+      if (c[i] > most) {
+        most = c[i];
+        best = i;
+      }
+    }
+    return best;
+  }
+
+  /**
+   * Evict the oldest dynamic entry of `port` (first in `main`'s order: after a rotation `main` is ordered by
+   * first sighting in the previous generation). False if it has none.
+   */
+  private evictOldest(port: PortId): boolean {
+    if (port < 0 || port >= this.counts.length || this.counts[port] === 0) return false;
+    for (const [k, p] of this.main) {
+      if (p === port) {
+        this.main.delete(k);
+        this.shadow.delete(k);
+        this.counts[port]--;
+        this.evicted++;
+        this.lastEvictedPort = port;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private ensurePort(port: PortId): void {
+    if (port < this.counts.length) return;
+    const cap = Math.max(port + 1, this.counts.length * 2);
+    const c = new Int32Array(cap);
+    c.set(this.counts);
+    const l = new Int32Array(cap).fill(this.portMaxAddr);
+    l.set(this.limits);
+    this.counts = c;
+    this.limits = l;
+  }
+
+  private recount(): void {
+    this.counts.fill(0);
+    for (const p of this.main.values()) this.counts[p]++;
   }
 
   /** Start a new generation: entries not seen since the previous rotation are dropped. */
@@ -130,14 +327,19 @@ export class MacTable {
     old.clear();
     this.shadow = old;
     this.rotations++;
+    this.recount();
   }
 
   /**
    * Aging clock, from a coarse timer. The first call sets the epoch; then one rotation per elapsed T. After two
    * rotations both generations are empty, so a long gap (suspend, stalled loop) costs at most two. A clock that
-   * goes backwards restarts the epoch. Returns the number of rotations done.
+   * goes backwards restarts the epoch. Also the damping clock. Returns the number of rotations done.
    */
   tick(nowSec: number): number {
+    this.nowSec = nowSec;
+    if (this.moveWin.size !== 0) {
+      for (const [k, w] of this.moveWin) if (nowSec - Math.floor(w / MOVE_PACK) >= this.moveDampSec) this.moveWin.delete(k);
+    }
     if (!(nowSec >= this.lastRotateSec)) {
       this.lastRotateSec = nowSec;
       return 0;
@@ -155,8 +357,11 @@ export class MacTable {
     return n;
   }
 
-  /** Drop every entry (dynamic and static) of `port`, e.g. on disconnect. Control path. Returns entries removed. */
-  remove(port: PortId): number {
+  /**
+   * Drop the entries of `port`, e.g. on disconnect: dynamic ones, and static ones too unless `keepStatic`.
+   * Control path. Returns entries removed.
+   */
+  remove(port: PortId, keepStatic = false): number {
     let n = 0;
     for (const [k, p] of this.main) {
       if (p === port) {
@@ -165,10 +370,13 @@ export class MacTable {
       }
     }
     for (const [k, p] of this.shadow) if (p === port) this.shadow.delete(k);
-    for (const [k, p] of this.statics) {
-      if (p === port) {
-        this.statics.delete(k);
-        n++;
+    if (port >= 0 && port < this.counts.length) this.counts[port] = 0;
+    if (!keepStatic) {
+      for (const [k, p] of this.statics) {
+        if (p === port) {
+          this.statics.delete(k);
+          n++;
+        }
       }
     }
     return n;
@@ -178,6 +386,13 @@ export class MacTable {
   flush(): void {
     this.main.clear();
     this.shadow.clear();
+    this.counts.fill(0);
+  }
+
+  /** Drop everything, static entries too (veb `flushall`). */
+  flushAll(): void {
+    this.flush();
+    this.statics.clear();
   }
 
   /**

@@ -12,7 +12,7 @@
  */
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
-import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
+import { SgList, sgCopyIn } from '../memory/sg-list.js';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MAC,
@@ -26,7 +26,7 @@ import {
 } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
-import { Frame } from './frame.js';
+import { Frame, frameCopyTo } from './frame.js';
 import { formatMac, parseMac } from './mac.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import type { Switch } from './switch.js';
@@ -84,6 +84,8 @@ export class NetDevice implements VirtioDevice, Port {
   };
   /** Negotiated virtio features (for status output). */
   acked = 0n;
+  /** Called with true when the guest starts its TX queue (before any frame is forwarded), false on reset(). */
+  onLinkChange?: (up: boolean) => void;
   private hdrLen = 12;
   private mrg = false;
   private readonly sw: Switch;
@@ -154,6 +156,7 @@ export class NetDevice implements VirtioDevice, Port {
         this.txChainSize = q.queue.size;
       }
       this.txQ = q;
+      this.onLinkChange?.(true);
       this.processTx();
     }
   }
@@ -202,6 +205,7 @@ export class NetDevice implements VirtioDevice, Port {
     this.acked = 0n;
     // The guest is gone: forget where its MACs were.
     this.sw.macTable.remove(this.id);
+    this.onLinkChange?.(false);
   }
 
   /** Stop being a switch port (device removed from the configuration or daemon shutdown). */
@@ -339,7 +343,7 @@ export class NetDevice implements VirtioDevice, Port {
       const ch = chains[i];
       const start = i === 0 ? hdrLen : 0;
       const take = Math.min(ch.writableBytes - start, frame.length - done);
-      sgCopy(ch.writable, start, frame.sg, frame.offset + done, take);
+      frameCopyTo(frame, done, ch.writable, start, take); // the frame as sent (VLAN tag inserted/stripped)
       // Live migration: mark what was just written (vhost-user.md §2.10).
       if (dirtyLog !== null) dirtyLog.logSg(ch.writable, start + take);
       done += take;

@@ -2,17 +2,23 @@
  * Switch: a learning L2 switch over Ports, virtio-agnostic (never imports virtqueue/device/vhost-user code).
  * Owns port membership and ids, the forwarding pipeline, per-port counters and the per-batch flush set.
  * Design: forward() is a fixed pipeline of small steps in veb order (veb-switch.md §1.11): membership → input
- * counters → runt → parse MACs → [later: reserved groups, VLAN, locked, span, blocknonip, rules] → learn →
- * unicast (hairpin check) or flood (never the ingress port). Each later veb knob becomes one more step or one
- * more per-port field in PortRecord. Egress is deliver() per frame plus flush() once per touched port in
- * endBatch() (house style §3.6 rule 3, §3.7). Hot path: no allocation, no clock read per frame; aging runs
- * from tick() on a coarse timer (MacTable main/shadow rotation).
+ * counters → runt → parse MACs → span-port input → reserved 01:80:c2:00:00:0X → VLAN classification
+ * (double-tagged, tagged-in, untagged) → locked → span copy → blocknonip-in → svlan → rules-in → learn →
+ * known unicast (hairpin, protected, tagged-out, rules-out, blocknonip-out, mtu) or flood (skipping the ingress
+ * port, ports sharing a protected domain, `-discover` ports for unknown unicast, VLAN non-members; rules-out,
+ * blocknonip-out, mtu per port). Per-port knobs are plain fields of PortRecord, checked in that order.
+ * VLANs: a switch is VLAN-transparent (tagged frames cross unchanged, like veb before 7.9) until a port gets an
+ * `untagged`/`tagged` setting; from then on it is 802.1Q-aware: every port has a PVID (default 1; 0 = none) and a
+ * tagged set, and the tag is inserted/stripped by the egress copy (Frame.vlanTag/stripTag, frame.ts). The MAC
+ * table is shared across VLANs (802.1Q "shared VLAN learning"): one entry per MAC, not per (VLAN, MAC).
+ * Egress is deliver() per frame plus flush() once per touched port in endBatch() (house style §3.6 rule 3,
+ * §3.7). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
-import type { Frame } from './frame.js';
-import { sgByteAt } from '../memory/sg-list.js';
-import { isMulticast, macKeyFromSg, MAC_LEN } from './mac.js';
-import { LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable } from './mac-table.js';
+import { NO_VLAN_TAG, type Frame } from './frame.js';
+import { sgByteAt, type SgList } from '../memory/sg-list.js';
+import { formatMac, isMulticast, isZero, macKeyFromSg, parseMac, MAC_LEN, type MacKey } from './mac.js';
+import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 
 /** Ethernet header: destination MAC, source MAC, ethertype. Shorter frames are runts. */
@@ -38,6 +44,21 @@ export const PORT_COUNTER_NAMES = [
   'dropHairpin', // ingress: known unicast destination lives on the ingress port (veb "hairpin")
   'dropMtu', // egress: longer than the egress port's MTU + Ethernet header (+ VLAN tag)
   'dropEgress', // egress: deliver() returned false (the port counts its own reason)
+  'macMoveDamped', // source MAC moves to this port refused by damping (too many moves in the window)
+  'macEvicted', // dynamic entries of this port evicted to make room (fair eviction)
+  'dropSpanIn', // ingress: frames sent by a span port (span ports only receive copies)
+  'dropReserved', // ingress: destination 01:80:c2:00:00:0X (802.1 reserved group, never forwarded)
+  'dropDoubleTagged', // ingress: 802.1Q inside 802.1Q (VLAN hopping)
+  'dropTaggedIn', // ingress: tagged with a VID not in the port's tagged set
+  'dropUntagged', // ingress: untagged on a port without PVID (`untagged none`)
+  'dropLocked', // ingress: locked port, source MAC is not a static entry of this port
+  'dropBlockNonIpIn', // ingress: blocknonip port, not IPv4/IPv6/ARP/RARP
+  'dropSvlan', // ingress: 802.1ad (0x88a8) frame on a VLAN-aware switch
+  'dropRulesIn', // ingress: blocked by an `in` rule of this port
+  'dropProtected', // ingress: known unicast to a port sharing a protected domain
+  'dropTaggedOut', // egress: known unicast in a VLAN this port is not a member of
+  'dropRulesOut', // egress: blocked by an `out` rule of this port
+  'dropBlockNonIpOut', // egress: blocknonip port, not IPv4/IPv6/ARP/RARP
 ] as const;
 
 /** Name of one per-port counter. */
@@ -56,6 +77,19 @@ export const DROP_REASONS: Readonly<Record<DropCounterName, string>> = {
   dropHairpin: 'hairpin',
   dropMtu: 'mtu',
   dropEgress: 'egress',
+  dropSpanIn: 'span-in',
+  dropReserved: 'reserved',
+  dropDoubleTagged: 'double-tagged',
+  dropTaggedIn: 'tagged-in',
+  dropUntagged: 'untagged',
+  dropLocked: 'locked',
+  dropBlockNonIpIn: 'blocknonip-in',
+  dropSvlan: 'svlan',
+  dropRulesIn: 'rules-in',
+  dropProtected: 'protected',
+  dropTaggedOut: 'tagged-out',
+  dropRulesOut: 'rules-out',
+  dropBlockNonIpOut: 'blocknonip-out',
 };
 
 /** Switch-wide totals: sums of every port's counters (including removed ports) plus table and switch figures. */
@@ -81,35 +115,165 @@ export function newPortCounters(): PortCounters {
 export interface SwitchOptions {
   /** IP MTU, 68..65535 (VIRTIO 1.2 §5.1.4.1 lower bound); stored for ports to advertise, not enforced yet. */
   mtu?: number;
-  /** MAC table size (default 4096). */
+  /** MAC table size, dynamic plus static (default 4096). */
   maxAddr?: number;
   /** Dynamic MAC lifetime in seconds (default 240). */
   timeoutSec?: number;
+  /** Default per-port learn limit (default: maxAddr). */
+  portMaxAddr?: number;
+  /** Full table or port limit: evict the oldest entry of the port holding most (true) or refuse (false, veb). */
+  evict?: boolean;
+  /** MAC-move damping: moves of one MAC allowed per window (0 = off, default 4) and the window (default 10 s). */
+  moveDampCount?: number;
+  moveDampSec?: number;
 }
 
-/**
- * Everything the switch keeps per port. Later issue (veb-switch.md §1.2, §5): flags learn/discover/blocknonip/
- * locked, protected-domain mask, pvid/tagged set, span role, rules, each as a field here read by a pipeline step.
- */
+/** Per-port options (veb-switch.md §1.2). Omitted fields keep their current value. */
+export interface PortOptions {
+  /** Learn source MACs (default true). */
+  learn?: boolean;
+  /** Receive floods of unknown unicast (default true). */
+  discover?: boolean;
+  /** Only IPv4, IPv6, ARP and RARP in and out (default false). */
+  blockNonIp?: boolean;
+  /** Source MAC must be a static entry of this port (default false). */
+  locked?: boolean;
+  /** Protected domain ids, 1..31 (default none). */
+  protected?: readonly number[];
+  /** PVID of untagged frames, 1..4094, or 'none' (drop untagged). Makes the switch VLAN-aware. Default 1. */
+  untagged?: number | 'none';
+  /** VIDs accepted and sent tagged, 1..4094 (replaces the set). Makes the switch VLAN-aware. Default none. */
+  tagged?: readonly number[];
+  /** Span port: receives a copy of every frame accepted on any port's ingress, sends nothing (default false). */
+  span?: boolean;
+  /** Learn limit of this port (default: the switch's portMaxAddr). */
+  maxAddr?: number;
+}
+
+/** A filter rule (veb `rule`, veb-switch.md §1.6). Unset fields match anything. */
+export interface FilterRule {
+  action: 'block' | 'pass';
+  /** Direction; default both. */
+  dir?: 'in' | 'out' | 'in/out';
+  src?: MacKey;
+  dst?: MacKey;
+  /** ARP (0x0806) or RARP (0x8035) match: Ethernet/IPv4 only; IPv4 addresses as 32-bit unsigned numbers. */
+  arp?: { rarp?: boolean; op?: 'request' | 'reply'; sha?: MacKey; spa?: number; tha?: MacKey; tpa?: number };
+}
+
+/** One MAC table row for display and the control socket. */
+export interface SwitchEntry {
+  mac: string;
+  port: string;
+  portId: PortId;
+  ageSec: number;
+  static: boolean;
+}
+
+/** `a.b.c.d` → 32-bit unsigned number; throws VhostError ERR_CONFIG on bad syntax. */
+export function parseIpv4(text: string): number {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
+  if (m === null || m.slice(1).some((o) => Number(o) > 255)) throw new VhostError('ERR_CONFIG', `invalid IPv4 address ${JSON.stringify(text)}`);
+  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
+}
+
+/** Compiled rule: numbers only, -1 = any. */
+class RuleRec {
+  constructor(
+    readonly block: boolean,
+    readonly src: number,
+    readonly dst: number,
+    /** 0 (no ARP match), ETHERTYPE_ARP or ETHERTYPE_RARP. */
+    readonly arpType: number,
+    /** 0 any, 1 request, 2 reply (ARP op; RARP 3/4 matched as request/reply). */
+    readonly op: number,
+    readonly sha: number,
+    readonly spa: number,
+    readonly tha: number,
+    readonly tpa: number,
+  ) {}
+}
+
+const NO_RULES: readonly RuleRec[] = [];
+
+/** Everything the switch keeps per port: flags and settings as plain fields read by the pipeline steps. */
 class PortRecord {
   readonly counters: PortCounters = newPortCounters();
+  learn = true;
+  discover = true;
+  blockNonIp = false;
+  locked = false;
+  span = false;
+  /** Protected domains as a bit mask (bit N = domain N). */
+  protMask = 0;
+  /** PVID (0 = untagged frames dropped). */
+  pvid = DEFAULT_PVID;
+  /** Tagged VLAN membership, indexed by VID (null = none). */
+  tagged: Uint8Array | null = null;
+  rulesIn: readonly RuleRec[] = NO_RULES;
+  rulesOut: readonly RuleRec[] = NO_RULES;
   constructor(
     readonly port: Port,
     readonly id: PortId,
   ) {}
 }
 
-/** Learning L2 switch. */
+/** Default PVID (veb `vnetid` default). */
+export const DEFAULT_PVID = 1;
+/** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses. */
+const RESERVED_LO = 0x0180_c200_0000;
+const RESERVED_HI = 0x0180_c200_000f;
+const ETHERTYPE_IPV4 = 0x0800;
+const ETHERTYPE_ARP = 0x0806;
+const ETHERTYPE_RARP = 0x8035;
+const ETHERTYPE_IPV6 = 0x86dd;
+const ETHERTYPE_QINQ = 0x88a8;
+
+function isIpEthertype(t: number): boolean {
+  return t === ETHERTYPE_IPV4 || t === ETHERTYPE_IPV6 || t === ETHERTYPE_ARP || t === ETHERTYPE_RARP;
+}
+
+/** Big-endian 16-bit value at logical offset `pos` of `sg`, or -1 past the end. One entry walk in the usual case. */
+function u16At(sg: SgList, pos: number): number {
+  const n = sg.count;
+  let p = pos;
+  for (let i = 0; i < n; i++) {
+    const len = sg.lens[i];
+    if (p < len) {
+      const b = sg.bufs[i];
+      const o = sg.offs[i] + p;
+      if (p + 1 < len) return (b[o] << 8) | b[o + 1];
+      const lo = sgByteAt(sg, pos + 1); // the two bytes straddle an entry boundary
+      return lo < 0 ? -1 : (b[o] << 8) | lo;
+    }
+    p -= len;
+  }
+  return -1;
+}
+
+/** Big-endian 32-bit unsigned value at `pos`, or -1 past the end (rules only). */
+function u32At(sg: SgList, pos: number): number {
+  const hi = u16At(sg, pos);
+  const lo = u16At(sg, pos + 2);
+  return hi < 0 || lo < 0 ? -1 : hi * 0x10000 + lo;
+}
+
+/** Learning L2 switch with veb(4) semantics. */
 export class Switch {
   readonly name: string;
   readonly mtu: number;
-  /** Forwarding database; exposed for display (`entries()`), `flush()` and later static entries. */
+  /** Forwarding database; exposed for display (`entries()`), `flush()` and static entries. */
   readonly macTable: MacTable;
 
   /** Port records indexed by PortId; holes where ports were removed. */
   private recs: (PortRecord | undefined)[] = [];
-  /** Attached ports, dense, in id order: the flood list. Replaced (never mutated) on add/remove. */
+  /** Attached ports, dense, in id order. Replaced (never mutated) on add/remove/configure. */
   private members: readonly PortRecord[] = [];
+  /** Forwarding ports (not span), the flood list; and span ports. */
+  private fwd: readonly PortRecord[] = [];
+  private spans: readonly PortRecord[] = [];
+  /** True once any port has a VLAN setting (802.1Q-aware mode). */
+  private vlanAware = false;
   /** Per-batch touched set: flag per PortId plus the list of touched ids (preallocated, grown on addPort). */
   private touched = new Uint8Array(8);
   private touchedIds = new Int32Array(8);
@@ -118,6 +282,17 @@ export class Switch {
   private readonly retired: PortCounters = newPortCounters();
   /** forward() calls from a port that is not attached (e.g. a device still running after removePort). */
   private dropNotMember = 0;
+  /** Coarse clock (last tick), for entries() ages. */
+  private nowSec: number | undefined;
+
+  // Per-frame classification, plain fields (no allocation): VID, whether the frame arrived 802.1Q-tagged, PCP/DEI
+  // bits of its tag, its (inner) ethertype (-1 = not read yet) and the offset of its payload.
+  private fVid = 0;
+  private fTagged = false;
+  private fPrio = false;
+  private fPcp = 0;
+  private fEtype = -1;
+  private fL3 = 14;
 
   constructor(name: string, opts: SwitchOptions = {}) {
     const mtu = opts.mtu ?? DEFAULT_MTU;
@@ -127,7 +302,14 @@ export class Switch {
     this.name = name;
     this.mtu = mtu;
     try {
-      this.macTable = new MacTable({ maxAddr: opts.maxAddr, timeoutSec: opts.timeoutSec });
+      this.macTable = new MacTable({
+        maxAddr: opts.maxAddr,
+        timeoutSec: opts.timeoutSec,
+        portMaxAddr: opts.portMaxAddr,
+        evict: opts.evict,
+        moveDampCount: opts.moveDampCount,
+        moveDampSec: opts.moveDampSec,
+      });
     } catch (err) {
       throw new VhostError('ERR_CONFIG', `switch ${name}: ${(err as Error).message}`, { cause: err });
     }
@@ -146,7 +328,9 @@ export class Switch {
     const rec = new PortRecord(port, id);
     this.recs[id] = rec;
     (port as { id: PortId }).id = id; // the one place Port.id is written (port.ts)
+    this.macTable.setPortLimit(id);
     this.members = [...this.members, rec].sort((a, b) => a.id - b.id);
+    this.rebuildLists();
     return id;
   }
 
@@ -161,6 +345,7 @@ export class Switch {
     this.recs[id] = undefined;
     while (this.recs.length > 0 && this.recs[this.recs.length - 1] === undefined) this.recs.length--;
     this.members = this.members.filter((r) => r !== rec);
+    this.rebuildLists();
     this.macTable.remove(id);
     if (this.touched[id] !== 0) {
       this.touched[id] = 0;
@@ -176,6 +361,125 @@ export class Switch {
   /** Attached ports in id order. */
   ports(): Port[] {
     return this.members.map((r) => r.port);
+  }
+
+  /** The attached port called `name`, or undefined. */
+  portByName(name: string): Port | undefined {
+    return this.members.find((r) => r.port.name === name)?.port;
+  }
+
+  /** Apply per-port options (veb-switch.md §1.2). Throws VhostError ERR_CONFIG on bad values. Control path. */
+  configurePort(port: Port | string, opts: PortOptions): void {
+    const rec = this.rec(port);
+    const where = `switch ${this.name}: port ${rec.port.name}`;
+    const vidOk = (v: number): boolean => Number.isInteger(v) && v >= 1 && v <= 4094;
+    let mask = rec.protMask;
+    if (opts.protected !== undefined) {
+      mask = 0;
+      for (const d of opts.protected) {
+        if (!Number.isInteger(d) || d < 1 || d > 31) throw new VhostError('ERR_CONFIG', `${where}: protected domain must be 1..31, got ${d}`);
+        mask |= 1 << d;
+      }
+    }
+    let pvid = rec.pvid;
+    if (opts.untagged !== undefined) {
+      if (opts.untagged === 'none') pvid = 0;
+      else if (vidOk(opts.untagged)) pvid = opts.untagged;
+      else throw new VhostError('ERR_CONFIG', `${where}: untagged VID must be 1..4094 or none, got ${opts.untagged}`);
+    }
+    let tagged = rec.tagged;
+    if (opts.tagged !== undefined) {
+      tagged = null;
+      for (const v of opts.tagged) {
+        if (!vidOk(v)) throw new VhostError('ERR_CONFIG', `${where}: tagged VID must be 1..4094, got ${v}`);
+        tagged ??= new Uint8Array(4096);
+        tagged[v] = 1;
+      }
+    }
+    if (opts.maxAddr !== undefined) {
+      try {
+        this.macTable.setPortLimit(rec.id, opts.maxAddr);
+      } catch (err) {
+        throw new VhostError('ERR_CONFIG', `${where}: ${(err as Error).message}`, { cause: err });
+      }
+    }
+    if (opts.learn !== undefined) rec.learn = opts.learn;
+    if (opts.discover !== undefined) rec.discover = opts.discover;
+    if (opts.blockNonIp !== undefined) rec.blockNonIp = opts.blockNonIp;
+    if (opts.locked !== undefined) rec.locked = opts.locked;
+    rec.protMask = mask;
+    rec.pvid = pvid;
+    rec.tagged = tagged;
+    if (opts.untagged !== undefined || opts.tagged !== undefined) this.vlanAware = true;
+    if (opts.span !== undefined && opts.span !== rec.span) {
+      rec.span = opts.span;
+      if (rec.span) this.macTable.remove(rec.id, true);
+      this.rebuildLists();
+    }
+  }
+
+  /** Append a filter rule to `port` (evaluated in insertion order, first match wins). Control path. */
+  addRule(port: Port | string, rule: FilterRule): void {
+    const rec = this.rec(port);
+    const any = (v: number | undefined): number => (v === undefined ? -1 : v);
+    const a = rule.arp;
+    const op = a?.op === 'request' ? 1 : a?.op === 'reply' ? 2 : 0;
+    const r = new RuleRec(
+      rule.action === 'block',
+      any(rule.src),
+      any(rule.dst),
+      a === undefined ? 0 : a.rarp ? ETHERTYPE_RARP : ETHERTYPE_ARP,
+      op,
+      any(a?.sha),
+      any(a?.spa),
+      any(a?.tha),
+      any(a?.tpa),
+    );
+    const dir = rule.dir ?? 'in/out';
+    if (dir !== 'out') rec.rulesIn = [...rec.rulesIn, r];
+    if (dir !== 'in') rec.rulesOut = [...rec.rulesOut, r];
+  }
+
+  /** Remove every rule of `port` (veb `flushrule`). */
+  flushRules(port: Port | string): void {
+    const rec = this.rec(port);
+    rec.rulesIn = NO_RULES;
+    rec.rulesOut = NO_RULES;
+  }
+
+  /** Drop all dynamic MAC entries (veb `flush`); static entries stay. Control socket. */
+  flushDynamic(): void {
+    this.macTable.flush();
+  }
+
+  /**
+   * Add a static entry `mac` → `port` (veb `static`); replaces a dynamic entry or re-points a static one. Throws
+   * VhostError ERR_CONFIG for an unknown port, a multicast/zero MAC, or a table full of static entries.
+   */
+  addStatic(mac: MacKey | string, port: Port | PortId | string): void {
+    const key = typeof mac === 'string' ? parseMac(mac) : mac;
+    const rec = typeof port === 'number' ? this.recs[port] : this.rec(port);
+    if (rec === undefined) throw new VhostError('ERR_CONFIG', `switch ${this.name}: no port ${String(port)}`);
+    if (isMulticast(key) || isZero(key)) throw new VhostError('ERR_CONFIG', `switch ${this.name}: static entry ${formatMac(key)} must be a unicast address`);
+    if (!this.macTable.addStatic(key, rec.id)) {
+      throw new VhostError('ERR_CONFIG', `switch ${this.name}: MAC table full of static entries (maxaddr ${this.macTable.maxAddr})`);
+    }
+  }
+
+  /** Delete the entry for `mac`, static or dynamic (veb `deladdr`). Returns false if there was none. */
+  delAddr(mac: MacKey | string): boolean {
+    return this.macTable.delete(typeof mac === 'string' ? parseMac(mac) : mac);
+  }
+
+  /** The MAC table for display (veb `addr`): static entries first, ports by name. Control path. */
+  entries(): SwitchEntry[] {
+    return this.macTable.entries(this.nowSec).map((e) => ({
+      mac: formatMac(e.mac),
+      port: this.recs[e.port]?.port.name ?? `#${e.port}`,
+      portId: e.port,
+      ageSec: e.ageSec,
+      static: e.static,
+    }));
   }
 
   /** Live counters of one port (read-only view, updated in place; spread it for a snapshot), or undefined. */
@@ -194,9 +498,23 @@ export class Switch {
     return t;
   }
 
-  /** Aging, from a coarse timer (util clock), never per frame. `nowSec` is monotonic seconds. */
+  /** Aging and move damping, from a coarse timer (util clock), never per frame. `nowSec` is monotonic seconds. */
   tick(nowSec: number): void {
+    this.nowSec = nowSec;
     this.macTable.tick(nowSec);
+  }
+
+  private rec(port: Port | string): PortRecord {
+    const rec = typeof port === 'string' ? this.members.find((r) => r.port.name === port) : port.id >= 0 ? this.recs[port.id] : undefined;
+    if (rec === undefined || (typeof port !== 'string' && rec.port !== port)) {
+      throw new VhostError('ERR_CONFIG', `switch ${this.name}: no port ${typeof port === 'string' ? JSON.stringify(port) : port.name}`);
+    }
+    return rec;
+  }
+
+  private rebuildLists(): void {
+    this.fwd = this.members.filter((r) => !r.span);
+    this.spans = this.members.filter((r) => r.span);
   }
 
   // ---------------------------------------------------------------- data path
@@ -218,18 +536,47 @@ export class Switch {
       rc.dropRunt++;
       return;
     }
-    // Later issue, in this order (veb-switch.md §1.11): reserved 01:80:c2:00:00:0X, VLAN classification,
-    // locked, span copy, blocknonip-in, svlan, rules-in.
-    this.learnSource(rp, frame);
+    if (rp.span) {
+      rc.dropSpanIn++;
+      return;
+    }
     const dst = frame.dst;
+    // 802.1 reserved group addresses (STP, pause, LACP, 802.1X, LLDP...) are never forwarded (§1.5).
+    if (dst >= RESERVED_LO && dst <= RESERVED_HI) {
+      rc.dropReserved++;
+      return;
+    }
+    this.fEtype = -1;
+    this.fL3 = ETHER_HDR_LEN;
+    if (this.vlanAware && !this.classify(rp, frame)) return;
+    if (rp.locked && this.macTable.staticPort(frame.src) !== rp.id) {
+      rc.dropLocked++;
+      return;
+    }
+    if (this.spans.length !== 0) this.mirror(frame);
+    if (rp.blockNonIp && !isIpEthertype(this.ethertype(frame))) {
+      rc.dropBlockNonIpIn++;
+      return;
+    }
+    if (this.vlanAware && this.fEtype === ETHERTYPE_QINQ) {
+      rc.dropSvlan++;
+      return;
+    }
+    if (rp.rulesIn.length !== 0 && this.ruleBlocks(rp.rulesIn, frame)) {
+      rc.dropRulesIn++;
+      return;
+    }
+    if (rp.learn) this.learnSource(rp, frame);
     if (!isMulticast(dst)) {
       const out = this.macTable.lookup(dst);
       if (out !== NO_PORT) {
         this.unicast(rp, out, frame);
         return;
       }
+      this.flood(rp, frame, true);
+      return;
     }
-    this.flood(rp, frame);
+    this.flood(rp, frame, false);
   }
 
   /** End of an ingress batch: flush() each port that forward() touched, exactly once. Port.flush must not throw. */
@@ -246,52 +593,208 @@ export class Switch {
     }
   }
 
-  /** Pipeline step: learn the source MAC on the ingress port (table refuses multicast/zero; later: `learn` flag). */
+  /** Pipeline step (VLAN-aware switch): classify into fVid/fTagged; false (counted) if dropped. §1.3. */
+  private classify(rp: PortRecord, frame: Frame): boolean {
+    const sg = frame.sg;
+    const off = frame.offset;
+    const et = u16At(sg, off + 12);
+    this.fTagged = false;
+    this.fPrio = false;
+    this.fPcp = 0;
+    if (et === ETHERTYPE_VLAN) {
+      const tci = u16At(sg, off + 14);
+      const inner = u16At(sg, off + 16);
+      if (tci < 0 || inner < 0) {
+        rp.counters.dropRunt++;
+        return false;
+      }
+      if (inner === ETHERTYPE_VLAN) {
+        rp.counters.dropDoubleTagged++;
+        return false;
+      }
+      this.fTagged = true;
+      this.fPcp = tci & 0xf000;
+      this.fEtype = inner;
+      this.fL3 = ETHER_HDR_LEN + 4;
+      const vid = tci & 0xfff;
+      if (vid !== 0) {
+        if (rp.tagged === null || rp.tagged[vid] === 0) {
+          rp.counters.dropTaggedIn++;
+          return false;
+        }
+        this.fVid = vid;
+        return true;
+      }
+      this.fPrio = true; // priority tag: treated as untagged
+    } else {
+      this.fEtype = et;
+    }
+    if (rp.pvid === 0) {
+      rp.counters.dropUntagged++;
+      return false;
+    }
+    this.fVid = rp.pvid;
+    return true;
+  }
+
+  /** Ethertype after any 802.1Q tag on a VLAN-aware switch, else the outer one (read once per frame). */
+  private ethertype(frame: Frame): number {
+    if (this.fEtype < 0) this.fEtype = u16At(frame.sg, frame.offset + 12);
+    return this.fEtype;
+  }
+
+  /** Pipeline step: span copy of the frame as received, to every span port. */
+  private mirror(frame: Frame): void {
+    const ss = this.spans;
+    for (let i = 0; i < ss.length; i++) {
+      const tp = ss[i];
+      const limit = tp.port.mtu + ETHER_HDR_LEN + 4;
+      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > limit - 4 + vlanTagLen(frame)) {
+        tp.counters.dropMtu++;
+        continue;
+      }
+      this.send(tp, frame, frame.length);
+    }
+  }
+
+  /** Evaluate rules in order; the first match decides (true = block). No match passes. */
+  private ruleBlocks(rules: readonly RuleRec[], frame: Frame): boolean {
+    for (let i = 0; i < rules.length; i++) {
+      const r = rules[i];
+      if (r.src !== -1 && r.src !== frame.src) continue;
+      if (r.dst !== -1 && r.dst !== frame.dst) continue;
+      if (r.arpType !== 0 && !this.arpMatches(r, frame)) continue;
+      return r.block;
+    }
+    return false;
+  }
+
+  /** ARP/RARP part of a rule: Ethernet/IPv4 (htype 1, ptype 0x0800, hln 6, pln 4), op, sha/spa/tha/tpa. */
+  private arpMatches(r: RuleRec, frame: Frame): boolean {
+    if (this.ethertype(frame) !== r.arpType) return false;
+    const sg = frame.sg;
+    const a = frame.offset + this.fL3;
+    if (frame.length < this.fL3 + 28) return false;
+    if (u16At(sg, a) !== 1 || u16At(sg, a + 2) !== ETHERTYPE_IPV4 || u16At(sg, a + 4) !== 0x0604) return false;
+    if (r.op !== 0) {
+      const op = u16At(sg, a + 6);
+      // ARP request 1 / reply 2; RARP request 3 / reply 4.
+      if ((r.arpType === ETHERTYPE_RARP ? op - 2 : op) !== r.op) return false;
+    }
+    if (r.sha !== -1 && macKeyFromSg(sg, a + 8) !== r.sha) return false;
+    if (r.spa !== -1 && u32At(sg, a + 14) !== r.spa) return false;
+    if (r.tha !== -1 && macKeyFromSg(sg, a + 18) !== r.tha) return false;
+    if (r.tpa !== -1 && u32At(sg, a + 24) !== r.tpa) return false;
+    return true;
+  }
+
+  /** Pipeline step: learn the source MAC on the ingress port (the table refuses multicast/zero/static). */
   private learnSource(rp: PortRecord, frame: Frame): void {
     const res = this.macTable.learn(frame.src, rp.id);
     if (res === LEARN_NEW) rp.counters.macLearned++;
     else if (res === LEARN_MOVED) rp.counters.macMoves++;
     else if (res === LEARN_FULL) rp.counters.learnTableFull++;
+    else if (res === LEARN_DAMPED) rp.counters.macMoveDamped++;
+    else if (res === LEARN_EVICTED) {
+      rp.counters.macLearned++;
+      const v = this.recs[this.macTable.lastEvictedPort];
+      if (v !== undefined) v.counters.macEvicted++;
+    }
   }
 
-  /** Pipeline step: known unicast. Later: protected domains, PVLAN, tagged-out, rules-out, blocknonip-out, mtu. */
+  /** Pipeline step: known unicast: hairpin, protected, VLAN membership (tagged-out), then egress filters. */
   private unicast(rp: PortRecord, out: PortId, frame: Frame): void {
     if (out === rp.id) {
       rp.counters.dropHairpin++;
       return;
     }
     const tp = this.recs[out];
-    if (tp === undefined) {
+    if (tp === undefined || tp.span) {
       // Cannot happen (removePort purges the table); flooding is the safe answer to a stale entry.
-      this.flood(rp, frame);
+      this.flood(rp, frame, true);
       return;
     }
-    this.transmit(tp, frame);
+    if ((rp.protMask & tp.protMask) !== 0) {
+      rp.counters.dropProtected++;
+      return;
+    }
+    if (this.vlanAware && tp.pvid !== this.fVid && (tp.tagged === null || tp.tagged[this.fVid] === 0)) {
+      tp.counters.dropTaggedOut++;
+      return;
+    }
+    this.egress(tp, frame);
   }
 
   /**
-   * Pipeline step: broadcast, multicast and unknown unicast go to every other attached port. Later: skip ports
-   * sharing a protected domain, `-discover` ports for unknown unicast, span ports, VLAN non-members.
+   * Pipeline step: broadcast, multicast and unknown unicast go to every other forwarding port, except ports sharing
+   * a protected domain with the ingress port, `-discover` ports (unknown unicast only) and VLAN non-members.
    */
-  private flood(rp: PortRecord, frame: Frame): void {
+  private flood(rp: PortRecord, frame: Frame, unknown: boolean): void {
     rp.counters.floodFrames++;
-    const ms = this.members;
+    const ms = this.fwd;
+    const prot = rp.protMask;
+    const aware = this.vlanAware;
+    const vid = this.fVid;
     for (let i = 0; i < ms.length; i++) {
       const tp = ms[i];
-      if (tp !== rp) this.transmit(tp, frame);
+      if (tp === rp || (tp.protMask & prot) !== 0 || (unknown && !tp.discover)) continue;
+      if (aware && tp.pvid !== vid && (tp.tagged === null || tp.tagged[vid] === 0)) continue;
+      this.egress(tp, frame);
     }
   }
 
-  /** Egress to one port: deliver, count, and mark it for flush at endBatch(). */
-  private transmit(tp: PortRecord, frame: Frame): void {
-    const tc = tp.counters;
-    if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame)) {
-      tc.dropMtu++; // issue 3 §1: dropped and counted, never truncated
+  /** Egress filters of one port (rules-out, blocknonip-out), then the VLAN rewrite, MTU check and delivery. */
+  private egress(tp: PortRecord, frame: Frame): void {
+    if (tp.rulesOut.length !== 0 && this.ruleBlocks(tp.rulesOut, frame)) {
+      tp.counters.dropRulesOut++;
       return;
     }
-    if (tp.port.deliver(frame)) {
+    if (tp.blockNonIp && !isIpEthertype(this.ethertype(frame))) {
+      tp.counters.dropBlockNonIpOut++;
+      return;
+    }
+    if (!this.vlanAware) {
+      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame)) {
+        tp.counters.dropMtu++; // issue 3 §1: dropped and counted, never truncated
+        return;
+      }
+      this.send(tp, frame, frame.length);
+      return;
+    }
+    // 802.1Q: leaves untagged on the port's PVID, tagged otherwise (§1.3 step 6); the egress copy rewrites.
+    const outTagged = tp.pvid !== this.fVid;
+    let len = frame.length;
+    if (this.fTagged) {
+      if (!outTagged) {
+        frame.stripTag = true;
+        len -= 4;
+      } else if (this.fPrio) {
+        frame.stripTag = true; // priority tag (VID 0) replaced by a tag with the VID
+        frame.vlanTag = this.fPcp | this.fVid;
+      }
+    } else if (outTagged) {
+      frame.vlanTag = this.fPcp | this.fVid;
+      len += 4;
+    }
+    if (len > tp.port.mtu + ETHER_HDR_LEN + (outTagged ? 4 : 0)) {
+      tp.counters.dropMtu++;
+    } else {
+      this.send(tp, frame, len);
+    }
+    frame.stripTag = false;
+    frame.vlanTag = NO_VLAN_TAG;
+  }
+
+  /** deliver() with `frame.length` set to the length as sent; count; mark the port for flush at endBatch(). */
+  private send(tp: PortRecord, frame: Frame, len: number): void {
+    const tc = tp.counters;
+    const saved = frame.length;
+    frame.length = len;
+    const ok = tp.port.deliver(frame);
+    frame.length = saved;
+    if (ok) {
       tc.txFrames++;
-      tc.txBytes += frame.length;
+      tc.txBytes += len;
     } else {
       tc.dropEgress++;
     }
@@ -313,17 +816,15 @@ export class Switch {
   }
 }
 
-/** Read destination and source MACs into the frame; false if the sg list is shorter than the header. */
 /** 802.1Q TPID: a tagged frame may be 4 bytes longer than MTU + header. */
 const ETHERTYPE_VLAN = 0x8100;
 
 /** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
 function vlanTagLen(frame: Frame): number {
-  const hi = sgByteAt(frame.sg, frame.offset + 12);
-  const lo = sgByteAt(frame.sg, frame.offset + 13);
-  return ((hi << 8) | lo) === ETHERTYPE_VLAN ? 4 : 0;
+  return u16At(frame.sg, frame.offset + 12) === ETHERTYPE_VLAN ? 4 : 0;
 }
 
+/** Read destination and source MACs into the frame; false if the sg list is shorter than the header. */
 function parseMacs(frame: Frame): boolean {
   const dst = macKeyFromSg(frame.sg, frame.offset);
   const src = macKeyFromSg(frame.sg, frame.offset + MAC_LEN);

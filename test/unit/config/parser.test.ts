@@ -183,10 +183,10 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
 
   it('unknown keywords list the expected ones', () => {
     expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm');
-    expect(errorOf('switch "s" {\n  maxaddr 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "maxaddr" in the switch block, expected one of: mtu');
+    expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
     expect(errorOf('vm "v" { disk "/x.img" }')).toBe('vhostd.conf:1:10: unknown keyword "disk" in the vm block, expected one of: interface');
-    expect(errorOf('vm "v" { interface { locked lladdr 1:2:3:4:5:6 } }')).toBe(
-      'vhostd.conf:1:22: unknown keyword "locked" in the interface block, expected one of: switch, lladdr',
+    expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
+      'vhostd.conf:1:22: unknown keyword "group" in the interface block, expected one of: switch, lladdr, locked, learn, -learn, discover, -discover, blocknonip, -blocknonip, span, protected, untagged, tagged, maxaddr',
     );
     expect(errorOf('socket owner root:wheel')).toBe('vhostd.conf:1:8: unknown keyword "owner" in the socket statement, expected one of: dir');
     expect(errorOf('socket "dir"')).toBe('vhostd.conf:1:8: expected one of: dir after socket, got string "dir"');
@@ -194,7 +194,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
 
   it('a non-keyword where a statement starts', () => {
     expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm) at top level, got "}"');
-    expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu) in the switch block, got string "mtu"');
+    expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, vport, static, rule) in the switch block, got string "mtu"');
   });
 
   it('names must be quoted strings', () => {

@@ -1,0 +1,250 @@
+/**
+ * TapPort: the host port (issue 3 §4, `vport "NAME"` in a switch block), a switch Port over a Linux TAP interface,
+ * so the host's own stack joins the switch as OpenBSD's vport(4) does (veb-switch.md §1.9): the operator gives the
+ * tap an address and may run a DHCP server on it (docs/vport.md).
+ *
+ * Host → switch: a uv_poll watcher on the tap fd; on each wakeup up to RX_BUDGET frames are read (one read() = one
+ * frame, IFF_NO_PI), each wrapped in the one reusable Frame over a preallocated buffer and forwarded, then one
+ * endBatch(). The watcher is level-triggered: frames left after the budget wake it again on the next loop turn.
+ * Switch → host: deliver() copies the frame once out of the sender's buffers into a preallocated buffer and write()s
+ * it to the tap. A full tap queue (EAGAIN) drops and counts: the switch never waits on the host. flush() is a no-op
+ * (each write is already a complete delivery). Nothing is allocated per frame.
+ *
+ * Checksums: the tap is opened without IFF_VNET_HDR and without offloads, so the kernel expects every frame it gets
+ * from the tap to carry complete checksums. Frames from guests cannot carry partial checksums today, because vhostd
+ * does not offer VIRTIO_NET_F_CSUM/GUEST_CSUM (nor GSO) yet. When it does, deliver() must complete a partial checksum
+ * (and segment GSO frames) before the write: see completeOffloads() below, the one hook for it.
+ */
+import { loadNative } from '../native/binding.js';
+import type { FdWatcher, NativeBinding } from '../native/types.js';
+import { POLL_READABLE } from '../native/types.js';
+import { SgList, sgCopyOut } from '../memory/sg-list.js';
+import { VhostError } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { RateLimitedLog } from '../util/log.js';
+import { Frame } from './frame.js';
+import { NO_PORT, type Port, type PortId } from './port.js';
+import type { Switch } from './switch.js';
+
+/** Frames read from the tap per wakeup before yielding to the event loop (fairness with the guests' ports). */
+export const RX_BUDGET = 64;
+/** Linux interface names are at most IFNAMSIZ - 1 = 15 bytes. */
+export const MAX_IFNAME = 15;
+/** Ethernet header + one 802.1Q tag: the largest frame the switch hands a port is mtu + this. */
+const MAX_L2_OVERHEAD = 18;
+/**
+ * Read buffer size: the largest frame a tap can hand us (IP MTU up to 65535 + header + tag). Sized for the maximum,
+ * not the switch MTU, because the operator may raise the tap's MTU: a read into a smaller buffer would silently
+ * truncate, whereas an oversized frame read whole is dropped by the switch on egress and counted (dropMtu).
+ */
+const RX_BUF_SIZE = 65535 + MAX_L2_OVERHEAD;
+
+/** Counters from the host stack's view, like NetDevice's guest view and `ip -s link show NAME`. */
+export interface TapCounters {
+  /** Frames the host sent into the switch (read from the tap). */
+  txFrames: number;
+  txBytes: number;
+  /** Frames the host received from the switch (written to the tap). */
+  rxFrames: number;
+  rxBytes: number;
+  /** Dropped: the tap's queue was full (write() returned EAGAIN). */
+  rxDropFull: number;
+  /** Dropped: longer than this port's MTU allows (the switch checks first; defensive). */
+  rxDropTooBig: number;
+  /** Dropped: the interface is down (write() fails with EIO), e.g. just after it moved to another namespace. */
+  rxDropDown: number;
+  /** Dropped: write() failed otherwise (logged, rate-limited). */
+  rxDropError: number;
+}
+
+export interface TapPortOptions {
+  /** Open tap fd (non-blocking); the port owns it from now on and closes it in close(). */
+  fd: number;
+  /** Interface name (the vport name). */
+  name: string;
+  sw: Switch;
+  log: Logger;
+  native?: NativeBinding;
+}
+
+export class TapPort implements Port {
+  id: PortId = NO_PORT;
+  readonly name: string;
+  /** The switch MTU: the tap is set to it when opened by openVport(). */
+  readonly mtu: number;
+  readonly counters: TapCounters = {
+    txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, rxDropFull: 0, rxDropTooBig: 0, rxDropDown: 0, rxDropError: 0,
+  };
+  private fd: number;
+  private readonly sw: Switch;
+  private readonly log: Logger;
+  private readonly native: NativeBinding;
+  private readonly errors: RateLimitedLog;
+  private watcher: FdWatcher | null = null;
+  private readonly rxBuf = new Uint8Array(RX_BUF_SIZE);
+  private readonly rxFrame = new Frame(new SgList(1));
+  private readonly txBuf: Uint8Array;
+
+  constructor(opts: TapPortOptions) {
+    this.fd = opts.fd;
+    this.name = opts.name;
+    this.sw = opts.sw;
+    this.log = opts.log;
+    this.native = opts.native ?? loadNative();
+    this.errors = new RateLimitedLog(opts.log);
+    this.mtu = this.sw.mtu;
+    this.txBuf = new Uint8Array(this.mtu + MAX_L2_OVERHEAD);
+    this.sw.addPort(this);
+    this.watcher = this.native.watch(this.fd, POLL_READABLE, (status) => this.onReadable(status));
+  }
+
+  get switchName(): string {
+    return this.sw.name;
+  }
+
+  /** Whether the port still reads its tap (false after close() or a fatal read error). */
+  get running(): boolean {
+    return this.watcher !== null;
+  }
+
+  // ---------------------------------------------------------------- host → switch
+
+  private onReadable(status: number): void {
+    if (status < 0) {
+      this.fail(`poll status ${status}`);
+      return;
+    }
+    const buf = this.rxBuf;
+    const frame = this.rxFrame;
+    const sg = frame.sg;
+    let n = 0;
+    for (; n < RX_BUDGET && this.fd >= 0; n++) {
+      let len: number;
+      try {
+        len = this.native.read(this.fd, buf, 0, buf.length);
+      } catch (err) {
+        // EBADFD/EIO: the interface was deleted under us (ip link del). Nothing more will come.
+        this.fail((err as Error).message);
+        break;
+      }
+      if (len <= 0) break; // -1: EAGAIN, drained
+      this.counters.txFrames++;
+      this.counters.txBytes += len;
+      sg.reset();
+      sg.push(buf, 0, len);
+      frame.offset = 0;
+      frame.length = len;
+      this.sw.forward(this, frame);
+    }
+    if (n > 0) this.sw.endBatch();
+  }
+
+  private fail(reason: string): void {
+    if (this.watcher === null) return;
+    this.log.error({ vport: this.name, reason }, 'vport read failed; the host port stops receiving');
+    this.watcher.close();
+    this.watcher = null;
+  }
+
+  // ---------------------------------------------------------------- switch → host
+
+  deliver(frame: Frame): boolean {
+    const len = frame.length;
+    if (len > this.txBuf.length) {
+      this.counters.rxDropTooBig++;
+      return false;
+    }
+    if (this.fd < 0) {
+      this.counters.rxDropError++;
+      return false;
+    }
+    sgCopyOut(frame.sg, frame.offset, this.txBuf, 0, len);
+    if (!this.completeOffloads(this.txBuf, len)) {
+      this.counters.rxDropError++;
+      return false;
+    }
+    let n: number;
+    try {
+      n = this.native.write(this.fd, this.txBuf, 0, len);
+    } catch (err) {
+      // A tap that is down refuses writes with EIO: an operator state, not an error (the kernel counts nothing).
+      if ((err as { code?: string }).code === 'EIO') {
+        this.counters.rxDropDown++;
+        return false;
+      }
+      this.counters.rxDropError++;
+      this.errors.warn('write', { vport: this.name, err: (err as Error).message }, 'vport write failed; frame dropped');
+      return false;
+    }
+    if (n < 0) {
+      this.counters.rxDropFull++;
+      return false;
+    }
+    this.counters.rxFrames++;
+    this.counters.rxBytes += len;
+    return true;
+  }
+
+  /**
+   * Hook: make the frame acceptable to a tap without offloads (complete a partial checksum, segment GSO). Today no
+   * frame needs it: vhostd offers no checksum or GSO feature to guests, so every guest frame arrives complete.
+   * When VIRTIO_NET_F_CSUM is offered, Frame must carry the virtio-net header's NEEDS_CSUM/csum_start/csum_offset
+   * and this completes the checksum in `buf` (unless the tap is opened with IFF_VNET_HDR + TUNSETOFFLOAD).
+   * Returns false to drop the frame.
+   */
+  private completeOffloads(buf: Uint8Array, len: number): boolean {
+    void buf;
+    void len;
+    return true;
+  }
+
+  flush(): void {
+    // Every deliver() is one write(): nothing is batched, so there is nothing to publish.
+  }
+
+  // ---------------------------------------------------------------- control path
+
+  /** Leave the switch, stop reading and close the tap fd (a non-persistent tap interface disappears). Idempotent. */
+  close(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    this.sw.removePort(this);
+    if (this.fd >= 0) {
+      const fd = this.fd;
+      this.fd = -1;
+      try {
+        this.native.close(fd);
+      } catch (err) {
+        this.log.warn({ vport: this.name, err: (err as Error).message }, 'vport close failed');
+      }
+    }
+  }
+}
+
+/**
+ * `vport "NAME"` on switch `sw`: create (or attach to) the TAP interface NAME, set its MTU to the switch MTU, bring
+ * it up and attach it to the switch. Addresses, DHCP servers and firewalling on it are the operator's (docs/vport.md).
+ * Throws the addon's system error (e.g. EPERM without CAP_NET_ADMIN, EBUSY if NAME is a tap already in use by
+ * another process, EINVAL if NAME is some other kind of interface) with the interface named in the message.
+ */
+export function openVport(sw: Switch, name: string, log: Logger, native: NativeBinding = loadNative()): TapPort {
+  if (name.length === 0 || Buffer.byteLength(name) > MAX_IFNAME || /[\s/:]/.test(name)) {
+    throw new VhostError('ERR_CONFIG', `vport "${name}": an interface name is 1..${MAX_IFNAME} bytes without spaces, '/' or ':'`);
+  }
+  let tap: { fd: number; name: string };
+  try {
+    tap = native.tapOpen(name, sw.mtu);
+  } catch (err) {
+    const e = err as Error & { code?: string };
+    const hint = e.code === 'EPERM' || e.code === 'EACCES' ? ' (needs CAP_NET_ADMIN)' : '';
+    throw Object.assign(new Error(`vport "${name}" on switch "${sw.name}": ${e.message}${hint}`, { cause: err }), { code: e.code });
+  }
+  try {
+    const port = new TapPort({ fd: tap.fd, name: tap.name, sw, log, native });
+    log.info({ vport: tap.name, switch: sw.name, mtu: sw.mtu, port: port.id }, 'vport attached');
+    return port;
+  } catch (err) {
+    native.close(tap.fd);
+    throw err;
+  }
+}
