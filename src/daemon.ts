@@ -113,7 +113,7 @@ export class Daemon {
 
   /** Per-port counters: the device's (guest view) and the switch's (port view). Logged on SIGUSR2 and at exit. */
   stats(): PortStats[] {
-    return this.netPorts.map((p) => ({
+    const guests: PortStats[] = this.netPorts.map((p) => ({
       port: p.device.name,
       switch: p.device.switchName,
       connected: p.server.connected,
@@ -123,6 +123,17 @@ export class Daemon {
       vrings: p.server.currentSession?.vrings.map((v) => ({ i: v.index, started: v.started, enabled: v.enabled, serving: v.serving, kicks: v.kicks, calls: v.calls, lastAvail: v.hasQueue ? v.queue.lastAvailIdx : v.base, broken: v.hasQueue ? v.queue.broken : false })) ?? [],
       switchPort: p.device.id >= 0 ? { ...this.switches.get(p.device.switchName)!.counters(p.device.id) } : null,
     }));
+    const hostPorts: PortStats[] = this.vports.map((v) => ({
+        port: v.name,
+        switch: v.switchName,
+        connected: true,
+        connections: 0,
+        dropped: 0,
+        device: { ...v.counters },
+        vrings: [],
+        switchPort: v.id >= 0 ? { ...this.switches.get(v.switchName)!.counters(v.id) } : null,
+      }));
+    return [...guests, ...hostPorts];
   }
 
   stop(): void {
