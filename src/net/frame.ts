@@ -28,6 +28,19 @@ export class Frame {
   vlanTag = NO_VLAN_TAG;
   /** During deliver(): skip the source's 802.1Q tag (bytes 12..15). */
   stripTag = false;
+  /**
+   * The sender's virtio-net header (issue 3 §2), parsed once on ingress and reset for every frame; all zero for a
+   * frame without offloads (and for frames from ports without virtio-net headers). Offsets are relative to the
+   * sender's bytes: with a VLAN rewrite the egress shifts them (SoftOffload.shift).
+   */
+  vnetFlags = 0;
+  gsoType = 0;
+  gsoSize = 0;
+  hdrLen = 0;
+  csumStart = 0;
+  csumOffset = 0;
+  /** GSO frames: end of the TCP header as parsed (csum_start + data offset), for the egress MTU check; else 0. */
+  gsoHdrEnd = 0;
 
   constructor(sg: SgList) {
     this.sg = sg;

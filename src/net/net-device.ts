@@ -8,13 +8,24 @@
  * A receiver without RX buffers drops the frame and counts it: the sender's queue never waits on a receiver.
  *
  * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
- * MTU and offloads come with the next issue: the header is parsed in one place (virtio-net-hdr.ts) for that.
+ *
+ * Offloads (issue 3 §2): CSUM/HOST_TSO4/6 let the guest send partial checksums and TCP frames up to 64 KiB;
+ * processTx parses the TX header once into the Frame. deliver() passes the header on to a port that negotiated
+ * the same offload (GUEST_CSUM, GUEST_TSO4/6); for one that did not, the slow path (SoftOffload, offload.ts)
+ * completes the checksum or segments the frame in a preallocated scratch, and each result is filled into RX
+ * chains as a plain frame (DATA_VALID when the port has GUEST_CSUM). Frames without offloads take the old path.
  */
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
-import { SgList, sgCopyIn } from '../memory/sg-list.js';
+import { SgList, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
 import {
   VIRTIO_F_VERSION_1,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_MAC,
   VIRTIO_NET_F_MTU,
   VIRTIO_NET_F_MRG_RXBUF,
@@ -30,7 +41,19 @@ import { Frame, frameCopyTo } from './frame.js';
 import { formatMac, parseMac } from './mac.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import type { Switch } from './switch.js';
-import { NUM_BUFFERS_OFFSET, VIRTIO_NET_CONFIG_LEN, VIRTIO_NET_S_LINK_UP, netHdrLen } from './virtio-net-hdr.js';
+import { OFFLOAD_DROP, SoftOffload, gsoHeaderEnd } from './offload.js';
+import {
+  NUM_BUFFERS_OFFSET,
+  VIRTIO_NET_CONFIG_LEN,
+  VIRTIO_NET_HDR_F_DATA_VALID,
+  VIRTIO_NET_HDR_F_NEEDS_CSUM,
+  VIRTIO_NET_HDR_GSO_ECN,
+  VIRTIO_NET_HDR_GSO_NONE,
+  VIRTIO_NET_HDR_GSO_TCPV4,
+  VIRTIO_NET_HDR_GSO_TCPV6,
+  VIRTIO_NET_S_LINK_UP,
+  netHdrLen,
+} from './virtio-net-hdr.js';
 
 /** Chains processed per TX run before yielding to the event loop (fairness between ports). */
 const TX_BUDGET = 256;
@@ -57,6 +80,12 @@ export interface NetCounters {
   /** The guest's RX buffers were too small for the frame. */
   rxBufferTooSmall: number;
   rxBadChain: number;
+  /** TX frames with an offload header vhostd cannot process (malformed, unsupported GSO type): dropped. */
+  txBadOffload: number;
+  /** Egress frames whose software checksum/segmentation failed (malformed headers): dropped. */
+  rxBadOffload: number;
+  /** Egress frames completed (checksum) or segmented in software for this port. */
+  rxSoftOffload: number;
 }
 
 export interface NetDeviceOptions {
@@ -81,6 +110,7 @@ export class NetDevice implements VirtioDevice, Port {
   readonly mac: string;
   readonly counters: NetCounters = {
     txFrames: 0, txBytes: 0, txBadChain: 0, rxFrames: 0, rxBytes: 0, rxNoBuffer: 0, rxBufferTooSmall: 0, rxBadChain: 0,
+    txBadOffload: 0, rxBadOffload: 0, rxSoftOffload: 0,
   };
   /** Negotiated virtio features (for status output). */
   acked = 0n;
@@ -103,6 +133,18 @@ export class NetDevice implements VirtioDevice, Port {
   private txChainSize = 256;
   private readonly rxHdr = new Uint8Array(12);
   private readonly txFrame = new Frame(new SgList(1));
+  /** TX: the sender's header bytes (10: num_buffers is not read). */
+  private readonly txHdr = new Uint8Array(10);
+  /** Offloads the guest negotiated: it sends partial checksums / TSO frames (TX), takes them (RX). */
+  private txCsum = false;
+  private txTso4 = false;
+  private txTso6 = false;
+  private rxCsum = false;
+  private rxTso4 = false;
+  private rxTso6 = false;
+  /** Software offload scratch, made on first use (64 KiB × 2, only for ports that ever need it). */
+  private soft: SoftOffload | null = null;
+  private readonly softFrame = new Frame(new SgList(1));
 
   constructor(opts: NetDeviceOptions) {
     this.name = opts.name;
@@ -123,7 +165,13 @@ export class NetDevice implements VirtioDevice, Port {
       bit(VIRTIO_RING_F_EVENT_IDX) |
       bit(VIRTIO_NET_F_MAC) |
       bit(VIRTIO_NET_F_STATUS) |
-      bit(VIRTIO_NET_F_MTU)
+      bit(VIRTIO_NET_F_MTU) |
+      bit(VIRTIO_NET_F_CSUM) |
+      bit(VIRTIO_NET_F_GUEST_CSUM) |
+      bit(VIRTIO_NET_F_HOST_TSO4) |
+      bit(VIRTIO_NET_F_HOST_TSO6) |
+      bit(VIRTIO_NET_F_GUEST_TSO4) |
+      bit(VIRTIO_NET_F_GUEST_TSO6)
     );
   }
 
@@ -135,6 +183,16 @@ export class NetDevice implements VirtioDevice, Port {
     this.acked = acked;
     this.mrg = hasBit(acked, VIRTIO_NET_F_MRG_RXBUF);
     this.hdrLen = netHdrLen(hasBit(acked, VIRTIO_F_VERSION_1), this.mrg);
+    // TSO needs the matching checksum offload (VIRTIO 1.2 §5.1.3.1); a driver that acks one without the other
+    // gets the TSO bit ignored.
+    this.txCsum = hasBit(acked, VIRTIO_NET_F_CSUM);
+    this.txTso4 = this.txCsum && hasBit(acked, VIRTIO_NET_F_HOST_TSO4);
+    this.txTso6 = this.txCsum && hasBit(acked, VIRTIO_NET_F_HOST_TSO6);
+    this.rxCsum = hasBit(acked, VIRTIO_NET_F_GUEST_CSUM);
+    this.rxTso4 = this.rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO4);
+    this.rxTso6 = this.rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO6);
+    const f = this.txFrame; // a guest without CSUM sends plain frames: no stale offload fields
+    f.vnetFlags = f.gsoType = f.gsoSize = f.hdrLen = f.csumStart = f.csumOffset = f.gsoHdrEnd = 0;
     // QEMU sends NET_SET_MTU just before SET_FEATURES when the guest accepted F_MTU (vhost-user.md §3.1); a
     // guest that did not (OpenBSD vio(4) renegotiating above 65435) runs at the switch MTU.
     if (!hasBit(acked, VIRTIO_NET_F_MTU)) this.mtu = this.sw.mtu;
@@ -203,6 +261,7 @@ export class NetDevice implements VirtioDevice, Port {
     this.txQ = null;
     this.rxPending = false;
     this.acked = 0n;
+    this.txCsum = this.txTso4 = this.txTso6 = this.rxCsum = this.rxTso4 = this.rxTso6 = false;
     // The guest is gone: forget where its MACs were.
     this.sw.macTable.remove(this.id);
     this.onLinkChange?.(false);
@@ -246,7 +305,7 @@ export class NetDevice implements VirtioDevice, Port {
           frame.length = len;
           this.counters.txFrames++;
           this.counters.txBytes += len;
-          this.sw.forward(this, frame);
+          if (this.txCsum ? this.parseTxHdr(frame) : true) this.sw.forward(this, frame);
         }
         vq.addUsed(chain.head, 0);
       }
@@ -271,6 +330,39 @@ export class NetDevice implements VirtioDevice, Port {
     }
   }
 
+  /**
+   * Read the sender's virtio-net header into the frame's offload fields (only for a guest that negotiated CSUM).
+   * False: an offload vhostd cannot honour (GSO type not negotiated or unknown): dropped and counted.
+   */
+  private parseTxHdr(frame: Frame): boolean {
+    const h = this.txHdr;
+    sgCopyOut(frame.sg, 0, h, 0, 10);
+    const flags = h[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    const gsoType = h[1];
+    frame.vnetFlags = flags;
+    frame.gsoType = gsoType;
+    frame.gsoHdrEnd = 0;
+    if ((flags | gsoType) === 0) {
+      frame.gsoSize = frame.hdrLen = frame.csumStart = frame.csumOffset = 0;
+      return true;
+    }
+    frame.hdrLen = h[2] | (h[3] << 8);
+    frame.gsoSize = h[4] | (h[5] << 8);
+    frame.csumStart = h[6] | (h[7] << 8);
+    frame.csumOffset = h[8] | (h[9] << 8);
+    if (gsoType === VIRTIO_NET_HDR_GSO_NONE) return true;
+    const base = gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
+    const ok =
+      (base === VIRTIO_NET_HDR_GSO_TCPV4 && this.txTso4) || (base === VIRTIO_NET_HDR_GSO_TCPV6 && this.txTso6);
+    if (!ok || flags === 0 || frame.gsoSize === 0) {
+      this.counters.txBadOffload++;
+      this.guestErrors.warn('tx-gso', { gsoType, gsoSize: frame.gsoSize, flags }, 'TX frame with an unsupported GSO header dropped');
+      return false;
+    }
+    frame.gsoHdrEnd = gsoHeaderEnd(frame.sg, frame.offset, frame.csumStart);
+    return true;
+  }
+
   private scheduleTx(): void {
     if (this.txScheduled) return;
     this.txScheduled = true;
@@ -283,6 +375,61 @@ export class NetDevice implements VirtioDevice, Port {
   // ---------------------------------------------------------------- RX: switch → guest
 
   deliver(frame: Frame): boolean {
+    if ((frame.vnetFlags | frame.gsoType) === 0) return this.fill(frame);
+    const shift = SoftOffload.shift(frame);
+    const gso = frame.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
+    const pass =
+      gso === VIRTIO_NET_HDR_GSO_NONE ? this.rxCsum : gso === VIRTIO_NET_HDR_GSO_TCPV4 ? this.rxTso4 : gso === VIRTIO_NET_HDR_GSO_TCPV6 && this.rxTso6;
+    if (pass) {
+      // The receiver takes the offload: the sender's header travels with the frame (a 64 KiB TSO frame is one frame).
+      const h = this.rxHdr;
+      const hdrLen = frame.hdrLen === 0 ? 0 : frame.hdrLen + shift;
+      const csumStart = frame.csumStart + shift;
+      h[0] = frame.vnetFlags;
+      h[1] = frame.gsoType;
+      h[2] = hdrLen & 0xff;
+      h[3] = (hdrLen >> 8) & 0xff;
+      h[4] = frame.gsoSize & 0xff;
+      h[5] = frame.gsoSize >> 8;
+      h[6] = csumStart & 0xff;
+      h[7] = (csumStart >> 8) & 0xff;
+      h[8] = frame.csumOffset & 0xff;
+      h[9] = frame.csumOffset >> 8;
+      const ok = this.fill(frame);
+      h.fill(0, 0, 10);
+      return ok;
+    }
+    return this.deliverSoft(frame);
+  }
+
+  /** Slow path: complete the checksum / segment in the scratch, then fill each result as a plain frame. */
+  private deliverSoft(frame: Frame): boolean {
+    const soft = (this.soft ??= new SoftOffload());
+    const n = soft.prepare(frame);
+    if (n === OFFLOAD_DROP) {
+      this.counters.rxBadOffload++;
+      this.guestErrors.warn('rx-offload', { flags: frame.vnetFlags, gsoType: frame.gsoType, csumStart: frame.csumStart, len: frame.length }, 'frame with malformed offload headers dropped');
+      return false;
+    }
+    this.counters.rxSoftOffload++;
+    const sf = this.softFrame;
+    const h = this.rxHdr;
+    if (this.rxCsum) h[0] = VIRTIO_NET_HDR_F_DATA_VALID; // vhostd computed every checksum itself
+    let all = true;
+    for (let i = 0; i < n; i++) {
+      const len = soft.output(i);
+      sf.sg.reset();
+      sf.sg.push(soft.out, 0, len);
+      sf.offset = 0;
+      sf.length = len;
+      if (!this.fill(sf)) all = false;
+    }
+    h[0] = 0;
+    return all;
+  }
+
+  /** Pop RX chains for `frame`, write this.rxHdr (num_buffers set here) and copy the frame once. */
+  private fill(frame: Frame): boolean {
     const q = this.rxQ;
     if (!q) {
       this.counters.rxNoBuffer++;
@@ -332,7 +479,7 @@ export class NetDevice implements VirtioDevice, Port {
       }
       return false;
     }
-    // Header: all zero (no offloads yet) but num_buffers.
+    // Header: all zero but num_buffers, unless deliver() set the offload fields for this frame.
     const hdr = this.rxHdr;
     hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
     hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;

@@ -649,7 +649,7 @@ export class Switch {
     for (let i = 0; i < ss.length; i++) {
       const tp = ss[i];
       const limit = tp.port.mtu + ETHER_HDR_LEN + 4;
-      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > limit - 4 + vlanTagLen(frame)) {
+      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && overMtu(frame, frame.length, limit - 4 + vlanTagLen(frame))) {
         tp.counters.dropMtu++;
         continue;
       }
@@ -754,7 +754,7 @@ export class Switch {
       return;
     }
     if (!this.vlanAware) {
-      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && frame.length > tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame)) {
+      if (frame.length > tp.port.mtu + ETHER_HDR_LEN && overMtu(frame, frame.length, tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame))) {
         tp.counters.dropMtu++; // issue 3 §1: dropped and counted, never truncated
         return;
       }
@@ -776,7 +776,7 @@ export class Switch {
       frame.vlanTag = this.fPcp | this.fVid;
       len += 4;
     }
-    if (len > tp.port.mtu + ETHER_HDR_LEN + (outTagged ? 4 : 0)) {
+    if (overMtu(frame, len, tp.port.mtu + ETHER_HDR_LEN + (outTagged ? 4 : 0))) {
       tp.counters.dropMtu++;
     } else {
       this.send(tp, frame, len);
@@ -822,6 +822,17 @@ const ETHERTYPE_VLAN = 0x8100;
 /** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
 function vlanTagLen(frame: Frame): number {
   return u16At(frame.sg, frame.offset + 12) === ETHERTYPE_VLAN ? 4 : 0;
+}
+
+/**
+ * Egress MTU check (issue 3 §1, §2): true when the frame, `len` bytes as sent, is too long for `limit`. A TCP GSO
+ * frame is checked by its largest segment (headers + gso_size): the egress port takes it whole (GSO negotiated)
+ * or segments it in software into frames of that size.
+ */
+function overMtu(frame: Frame, len: number, limit: number): boolean {
+  if (len <= limit) return false;
+  if (frame.gsoHdrEnd === 0) return true;
+  return frame.gsoHdrEnd + (len - frame.length) + frame.gsoSize > limit;
 }
 
 /** Read destination and source MACs into the frame; false if the sg list is shorter than the header. */

@@ -11,9 +11,9 @@
  * (each write is already a complete delivery). Nothing is allocated per frame.
  *
  * Checksums: the tap is opened without IFF_VNET_HDR and without offloads, so the kernel expects every frame it gets
- * from the tap to carry complete checksums. Frames from guests cannot carry partial checksums today, because vhostd
- * does not offer VIRTIO_NET_F_CSUM/GUEST_CSUM (nor GSO) yet. When it does, deliver() must complete a partial checksum
- * (and segment GSO frames) before the write: see completeOffloads() below, the one hook for it.
+ * from the tap to carry complete checksums. A guest frame with offloads (partial checksum, TSO: Frame.vnetFlags /
+ * gsoType, issue 3 §2) goes through the software path (deliverSoft, offload.ts): the checksum is completed and a TSO
+ * frame is segmented into MTU-sized frames, one write() each, before the host stack sees them.
  */
 import { loadNative } from '../native/binding.js';
 import type { FdWatcher, NativeBinding } from '../native/types.js';
@@ -23,6 +23,7 @@ import { VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
 import { Frame } from './frame.js';
+import { OFFLOAD_DROP, SoftOffload } from './offload.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import type { Switch } from './switch.js';
 
@@ -55,6 +56,10 @@ export interface TapCounters {
   rxDropDown: number;
   /** Dropped: write() failed otherwise (logged, rate-limited). */
   rxDropError: number;
+  /** Guest frames whose checksum was completed / that were segmented in software before the write. */
+  rxSoftOffload: number;
+  /** Dropped: malformed offload headers (the checksum could not be completed or the frame segmented). */
+  rxBadOffload: number;
 }
 
 export interface TapPortOptions {
@@ -74,6 +79,7 @@ export class TapPort implements Port {
   readonly mtu: number;
   readonly counters: TapCounters = {
     txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, rxDropFull: 0, rxDropTooBig: 0, rxDropDown: 0, rxDropError: 0,
+    rxSoftOffload: 0, rxBadOffload: 0,
   };
   private fd: number;
   private readonly sw: Switch;
@@ -84,6 +90,8 @@ export class TapPort implements Port {
   private readonly rxBuf = new Uint8Array(RX_BUF_SIZE);
   private readonly rxFrame = new Frame(new SgList(1));
   private readonly txBuf: Uint8Array;
+  /** Software offload scratch, made on the first guest frame with offloads. */
+  private soft: SoftOffload | null = null;
 
   constructor(opts: TapPortOptions) {
     this.fd = opts.fd;
@@ -149,6 +157,7 @@ export class TapPort implements Port {
   // ---------------------------------------------------------------- switch → host
 
   deliver(frame: Frame): boolean {
+    if ((frame.vnetFlags | frame.gsoType) !== 0) return this.deliverSoft(frame);
     const len = frame.length;
     if (len > this.txBuf.length) {
       this.counters.rxDropTooBig++;
@@ -159,13 +168,43 @@ export class TapPort implements Port {
       return false;
     }
     sgCopyOut(frame.sg, frame.offset, this.txBuf, 0, len);
-    if (!this.completeOffloads(this.txBuf, len)) {
+    return this.write(this.txBuf, len);
+  }
+
+  /**
+   * A guest frame with a partial checksum or TSO: the tap takes neither, so complete the checksum / segment it in
+   * the scratch (the VLAN rewrite applied by the copy) and write each resulting frame.
+   */
+  private deliverSoft(frame: Frame): boolean {
+    if (this.fd < 0) {
       this.counters.rxDropError++;
       return false;
     }
+    const soft = (this.soft ??= new SoftOffload());
+    const n = soft.prepare(frame);
+    if (n === OFFLOAD_DROP) {
+      this.counters.rxBadOffload++;
+      return false;
+    }
+    this.counters.rxSoftOffload++;
+    let all = true;
+    for (let i = 0; i < n; i++) {
+      const len = soft.output(i);
+      if (len > this.txBuf.length) {
+        this.counters.rxDropTooBig++;
+        all = false;
+      } else if (!this.write(soft.out, len)) {
+        all = false;
+      }
+    }
+    return all;
+  }
+
+  /** One write() of one frame to the tap; counts the outcome. */
+  private write(buf: Uint8Array, len: number): boolean {
     let n: number;
     try {
-      n = this.native.write(this.fd, this.txBuf, 0, len);
+      n = this.native.write(this.fd, buf, 0, len);
     } catch (err) {
       // A tap that is down refuses writes with EIO: an operator state, not an error (the kernel counts nothing).
       if ((err as { code?: string }).code === 'EIO') {
@@ -182,19 +221,6 @@ export class TapPort implements Port {
     }
     this.counters.rxFrames++;
     this.counters.rxBytes += len;
-    return true;
-  }
-
-  /**
-   * Hook: make the frame acceptable to a tap without offloads (complete a partial checksum, segment GSO). Today no
-   * frame needs it: vhostd offers no checksum or GSO feature to guests, so every guest frame arrives complete.
-   * When VIRTIO_NET_F_CSUM is offered, Frame must carry the virtio-net header's NEEDS_CSUM/csum_start/csum_offset
-   * and this completes the checksum in `buf` (unless the tap is opened with IFF_VNET_HDR + TUNSETOFFLOAD).
-   * Returns false to drop the frame.
-   */
-  private completeOffloads(buf: Uint8Array, len: number): boolean {
-    void buf;
-    void len;
     return true;
   }
 

@@ -8,7 +8,12 @@
 export const VIRTIO_NET_HDR_LEN = 12;
 export const VIRTIO_NET_HDR_LEN_LEGACY = 10;
 export const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+export const VIRTIO_NET_HDR_F_DATA_VALID = 2;
 export const VIRTIO_NET_HDR_GSO_NONE = 0;
+export const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+export const VIRTIO_NET_HDR_GSO_UDP = 3;
+export const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
+export const VIRTIO_NET_HDR_GSO_ECN = 0x80;
 /** Offset of num_buffers in the 12-byte header. */
 export const NUM_BUFFERS_OFFSET = 10;
 

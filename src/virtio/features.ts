@@ -24,13 +24,17 @@ export const VIRTIO_NET_F_CSUM = 0;
 export const VIRTIO_NET_F_GUEST_CSUM = 1;
 export const VIRTIO_NET_F_MTU = 3;
 export const VIRTIO_NET_F_MAC = 5;
+export const VIRTIO_NET_F_GUEST_TSO4 = 7;
+export const VIRTIO_NET_F_GUEST_TSO6 = 8;
+export const VIRTIO_NET_F_HOST_TSO4 = 11;
+export const VIRTIO_NET_F_HOST_TSO6 = 12;
 export const VIRTIO_NET_F_MRG_RXBUF = 15;
 export const VIRTIO_NET_F_STATUS = 16;
 export const VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
 export const VIRTIO_NET_F_MQ = 22;
 
 const virtioNames: Record<number, string> = {
-  0: 'CSUM', 1: 'GUEST_CSUM', 3: 'MTU', 5: 'MAC', 15: 'MRG_RXBUF', 16: 'STATUS', 21: 'GUEST_ANNOUNCE', 22: 'MQ',
+  0: 'CSUM', 1: 'GUEST_CSUM', 3: 'MTU', 5: 'MAC', 7: 'GUEST_TSO4', 8: 'GUEST_TSO6', 11: 'HOST_TSO4', 12: 'HOST_TSO6', 15: 'MRG_RXBUF', 16: 'STATUS', 21: 'GUEST_ANNOUNCE', 22: 'MQ',
   24: 'NOTIFY_ON_EMPTY', 26: 'LOG_ALL', 27: 'ANY_LAYOUT', 28: 'INDIRECT_DESC', 29: 'EVENT_IDX',
   30: 'PROTOCOL_FEATURES', 32: 'VERSION_1', 33: 'ACCESS_PLATFORM', 34: 'RING_PACKED', 35: 'IN_ORDER',
 };

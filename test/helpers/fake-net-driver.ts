@@ -53,6 +53,26 @@ export interface FakeNetDriverOptions {
    * makes start() fail, as QEMU refuses to start the device.
    */
   mtu?: number;
+  /**
+   * Extra feature bits to accept when offered, e.g. the offloads (issue 3 §2): bit(VIRTIO_NET_F_CSUM) |
+   * bit(VIRTIO_NET_F_HOST_TSO4) ... Default none.
+   */
+  features?: bigint;
+}
+
+/** A virtio-net header's fields (num_buffers excluded), for send() and header(). */
+export interface VnetHdr {
+  flags: number;
+  gsoType: number;
+  hdrLen: number;
+  gsoSize: number;
+  csumStart: number;
+  csumOffset: number;
+}
+
+export function parseVnetHdr(b: Uint8Array): VnetHdr {
+  const u16 = (o: number) => b[o] | (b[o + 1] << 8);
+  return { flags: b[0], gsoType: b[1], hdrLen: u16(2), gsoSize: u16(4), csumStart: u16(6), csumOffset: u16(8) };
 }
 
 const HDR = 12;
@@ -65,7 +85,10 @@ export class FakeNetDriver {
   readonly tx: DriverSplitQueue;
   readonly kickFds: number[];
   readonly callFds: number[];
-  readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize' | 'mtu'>>;
+  readonly opts: Required<Omit<FakeNetDriverOptions, 'socket' | 'seed' | 'regionSize' | 'mtu' | 'features'>>;
+  readonly extraFeatures: bigint;
+  /** The virtio-net header each received frame came with (see header()). */
+  private readonly hdrs = new WeakMap<Uint8Array, VnetHdr>();
   readonly mtu: number | undefined;
   /** GPA of the fixed buffer behind each descriptor. */
   readonly rxBuf: number[] = [];
@@ -94,6 +117,7 @@ export class FakeNetDriver {
       noRxBuffers: o.noRxBuffers ?? false,
     };
     this.mtu = o.mtu;
+    this.extraFeatures = o.features ?? 0n;
     this.fe = FakeFrontend.connect(o.socket);
     this.native = this.fe.native;
     this.ram = new GuestRam({
@@ -122,6 +146,7 @@ export class FakeNetDriver {
     if (this.opts.mrgRxbuf) want |= bit(VIRTIO_NET_F_MRG_RXBUF);
     if (this.opts.eventIdx) want |= bit(VIRTIO_RING_F_EVENT_IDX);
     if (this.mtu !== undefined) want |= bit(VIRTIO_NET_F_MTU);
+    want |= this.extraFeatures;
     return offered & want;
   }
 
@@ -235,13 +260,26 @@ export class FakeNetDriver {
   private rxPosted = 0;
 
   /** Queue one frame for transmission; false when the TX ring is full (reap completions first). */
-  send(frame: Uint8Array, opts: { kick?: boolean } = {}): boolean {
+  send(frame: Uint8Array, opts: { kick?: boolean; hdr?: Partial<VnetHdr> } = {}): boolean {
     this.reapTx();
     const d = this.txFree.pop();
     if (d === undefined) return false;
     const gpa = this.txBuf[d];
     const hdr = new Uint8Array(HDR + frame.length);
     hdr.set(frame, HDR);
+    if (opts.hdr) {
+      const h = opts.hdr;
+      const put16 = (o: number, v = 0) => {
+        hdr[o] = v & 0xff;
+        hdr[o + 1] = v >> 8;
+      };
+      hdr[0] = h.flags ?? 0;
+      hdr[1] = h.gsoType ?? 0;
+      put16(2, h.hdrLen);
+      put16(4, h.gsoSize);
+      put16(6, h.csumStart);
+      put16(8, h.csumOffset);
+    }
     this.rx.dm.write(gpa, hdr);
     if (this.opts.splitTxHeader) {
       this.tx.writeDesc(d, gpa, HDR, VIRTQ_DESC_F_NEXT, d + 1);
@@ -286,6 +324,7 @@ export class FakeNetDriver {
       if (this.pendingRxLeft === 0) {
         if (e.len < HDR) continue; // returned unused
         const numBuffers = this.opts.mrgRxbuf ? bytes[10] | (bytes[11] << 8) : 1;
+        this.pendingHdr = parseVnetHdr(bytes);
         this.pendingRx = [bytes.subarray(HDR)];
         this.pendingRxLeft = numBuffers - 1;
       } else {
@@ -300,6 +339,7 @@ export class FakeNetDriver {
           frame.set(p, o);
           o += p.length;
         }
+        this.hdrs.set(frame, this.pendingHdr!);
         this.received.push(frame);
         n++;
       }
@@ -312,6 +352,14 @@ export class FakeNetDriver {
     return n;
   }
   private rxReaped = 0;
+  private pendingHdr: VnetHdr | null = null;
+
+  /** The virtio-net header a received frame (from waitRx/received) arrived with. */
+  header(frame: Uint8Array): VnetHdr {
+    const h = this.hdrs.get(frame);
+    if (!h) throw new Error('not a frame this driver received');
+    return h;
+  }
 
   /** Wait (event-driven: woken by the call eventfd) until `count` frames have been received. */
   async waitRx(count: number, timeoutMs = 10_000): Promise<Uint8Array[]> {

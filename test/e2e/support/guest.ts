@@ -225,6 +225,8 @@ export interface GuestNetdev {
   mac?: string; // default 52:54:00:00:<guest idx>:<n>
   hostMtu?: number;
   queues?: number; // vhost-user queue pairs (adds mq=on,vectors=0)
+  /** Extra virtio-net-pci properties appended to -device, e.g. 'csum=off,guest_csum=off'. */
+  deviceProps?: string;
 }
 export interface GuestDisk {
   socket: string;
@@ -286,6 +288,7 @@ export function qemuArgs(o: GuestOptions): string[] {
     if (n.hostMtu) dev += `,host_mtu=${n.hostMtu}`;
     if (n.queues && n.queues > 1) dev += ',mq=on';
     if (!o.optionRom) dev += ',romfile=';
+    if (n.deviceProps) dev += `,${n.deviceProps}`;
     args.push('-device', dev);
   });
   (o.disks ?? []).forEach((d, i) => {

@@ -1,0 +1,251 @@
+/**
+ * Switch.forward + endBatch (src/net/switch.ts) with 2, 8 and 16 fake ports, unicast (every MAC learned first) and
+ * flood (broadcast), 64- and 1500-byte frames, batches of 32 frames from one ingress port (as a TX queue hands
+ * them over). The fake port does what a real one must: one copy (sgCopyOut into a preallocated buffer) and a count;
+ * flush() counts. Unicast frames of a batch cycle over the other ports; ingress rotates per batch.
+ * Asserted per sample: deliveries per port exactly as the traffic pattern says (unicast: one per frame, flood:
+ * ports-1 per frame), flushes per batch, the last copied frame's bytes; per case: no switch drop counter moved.
+ * Then, untimed, the allocation of 2^20 frames (v8.GCProfiler), with the copy and without it (count only), to
+ * check issue 3 §5 "no allocation per frame".
+ */
+import { sgCopyOut, SgList } from '../../src/memory/sg-list.js';
+import { Frame } from '../../src/net/frame.js';
+import { BROADCAST, macKeyAt } from '../../src/net/mac.js';
+import { NO_PORT, type Port } from '../../src/net/port.js';
+import { PORT_COUNTER_NAMES, Switch } from '../../src/net/switch.js';
+import { allocation, measure, round, table, type Allocation, type Stats } from '../support/harness.js';
+import { report, type BenchRow } from '../support/report.js';
+
+const PORT_COUNTS = [2, 8, 16];
+const FRAME_LENS = [64, 1500];
+const MODES = ['unicast', 'flood'] as const;
+type Mode = (typeof MODES)[number];
+const BATCH = 32;
+const BATCHES_PER_SAMPLE = 512;
+const ALLOC_FRAMES = 1 << 20;
+const MTU = 1500;
+/** virtio-net header in front of the Ethernet frame in the sender's buffer (frame.offset). */
+const HDR = 12;
+
+class BenchPort implements Port {
+  id = NO_PORT;
+  /** false: count only, no copy (allocation control run). */
+  copy = true;
+  delivered = 0;
+  bytes = 0;
+  shortCopies = 0;
+  flushes = 0;
+  readonly buf = new Uint8Array(2048);
+  constructor(
+    readonly name: string,
+    readonly mtu: number,
+    readonly mac: number,
+  ) {}
+  deliver(frame: Frame): boolean {
+    if (this.copy && sgCopyOut(frame.sg, frame.offset, this.buf, 0, frame.length) !== frame.length) this.shortCopies++;
+    this.delivered++;
+    this.bytes += frame.length;
+    return true;
+  }
+  flush(): void {
+    this.flushes++;
+  }
+  reset(): void {
+    this.delivered = this.bytes = this.shortCopies = this.flushes = 0;
+    this.buf.fill(0, 0, 16);
+  }
+}
+
+function macOf(k: number): number {
+  return 0x0200_0000_0000 + k + 1;
+}
+
+/** Sender buffer: 12-byte virtio-net header, then dst, src, ethertype IPv4, payload. */
+function frameSg(dst: number, src: number, len: number): SgList {
+  const b = new Uint8Array(HDR + len);
+  for (let i = 0; i < 6; i++) {
+    b[HDR + i] = Math.floor(dst / 2 ** (40 - 8 * i)) & 0xff;
+    b[HDR + 6 + i] = Math.floor(src / 2 ** (40 - 8 * i)) & 0xff;
+  }
+  b[HDR + 12] = 0x08;
+  for (let i = HDR + 14; i < b.length; i++) b[i] = i & 0xff;
+  const sg = new SgList(4);
+  sg.push(b, 0, b.length);
+  return sg;
+}
+
+interface Env {
+  sw: Switch;
+  ports: BenchPort[];
+  /** One Frame per ingress port, reused for every frame (as NetDevice does). */
+  frames: Frame[];
+  /** Per ingress port, the sender buffers its frames cycle over (unicast: one per other port; flood: one). */
+  sgs: SgList[][];
+  /** Expected egress port of sgs[k][j] (unicast), for the per-port assertion. */
+  dstOf: number[][];
+}
+
+function makeEnv(nPorts: number, mode: Mode, len: number): Env {
+  const sw = new Switch('bench', { mtu: MTU });
+  const ports = Array.from({ length: nPorts }, (_, k) => new BenchPort(`p${k}`, MTU, macOf(k)));
+  for (const p of ports) sw.addPort(p);
+  const sgs: SgList[][] = [];
+  const dstOf: number[][] = [];
+  for (let k = 0; k < nPorts; k++) {
+    const others = ports.map((_, d) => d).filter((d) => d !== k);
+    dstOf.push(mode === 'unicast' ? others : [-1]);
+    sgs.push(mode === 'unicast' ? others.map((d) => frameSg(macOf(d), macOf(k), len)) : [frameSg(BROADCAST, macOf(k), len)]);
+  }
+  const frames = ports.map((_, k) => new Frame(sgs[k][0]));
+  for (const f of frames) {
+    f.offset = HDR;
+    f.length = len;
+  }
+  // Learn every MAC first: one broadcast from each port.
+  for (let k = 0; k < nPorts; k++) {
+    const f = new Frame(frameSg(BROADCAST, macOf(k), 64));
+    f.offset = HDR;
+    f.length = 64;
+    sw.forward(ports[k], f);
+    sw.endBatch();
+  }
+  if (sw.macTable.size !== nPorts) throw new Error(`learned ${sw.macTable.size} MACs, expected ${nPorts}`);
+  return { sw, ports, frames, sgs, dstOf };
+}
+
+/** The timed body: `batches` batches of 32 frames; batch b comes from port b % n. Returns frames forwarded. */
+function run(env: Env, batches: number): number {
+  const { sw, ports, frames, sgs } = env;
+  const n = ports.length;
+  for (let b = 0; b < batches; b++) {
+    const k = b % n;
+    const ingress = ports[k];
+    const frame = frames[k];
+    const mine = sgs[k];
+    const m = mine.length;
+    for (let j = 0; j < BATCH; j++) {
+      frame.sg = mine[j % m];
+      sw.forward(ingress, frame);
+    }
+    sw.endBatch();
+  }
+  return batches * BATCH;
+}
+
+/** Per-port deliveries and flushes the pattern of run(env, batches) must produce, after a reset. */
+function verify(env: Env, mode: Mode, len: number, batches: number): void {
+  const n = env.ports.length;
+  const want = new Array<number>(n).fill(0);
+  const wantFlush = new Array<number>(n).fill(0);
+  for (let b = 0; b < batches; b++) {
+    const k = b % n;
+    const touched = new Set<number>();
+    for (let j = 0; j < BATCH; j++) {
+      const targets = mode === 'unicast' ? [env.dstOf[k][j % env.dstOf[k].length]] : env.dstOf.map((_, d) => d).filter((d) => d !== k);
+      for (const d of targets) {
+        want[d]++;
+        touched.add(d);
+      }
+    }
+    for (const d of touched) wantFlush[d]++;
+  }
+  const frames = batches * BATCH;
+  const total = env.ports.reduce((a, p) => a + p.delivered, 0);
+  const perFrame = mode === 'unicast' ? 1 : n - 1;
+  const where = `ports=${n} ${mode} frame=${len}`;
+  if (total !== frames * perFrame) throw new Error(`${where}: ${total} deliveries for ${frames} frames, expected ${frames * perFrame}`);
+  env.ports.forEach((p, d) => {
+    if (p.delivered !== want[d] || p.flushes !== wantFlush[d] || p.bytes !== want[d] * len || p.shortCopies !== 0) {
+      throw new Error(`${where}: port ${d} delivered ${p.delivered}/${want[d]}, flushed ${p.flushes}/${wantFlush[d]}, short copies ${p.shortCopies}`);
+    }
+    // The last frame copied to this port is addressed to it (or broadcast) and has the IPv4 ethertype.
+    const dst = macKeyAt(p.buf, 0);
+    if (p.copy && want[d] > 0 && (dst !== (mode === 'unicast' ? p.mac : BROADCAST) || p.buf[12] !== 0x08 || p.buf[13] !== 0)) {
+      throw new Error(`${where}: port ${d} got a frame for ${dst.toString(16)}`);
+    }
+  });
+}
+
+/** No drop counter of any port moved, and the switch's tx count matches the ports'. */
+function verifyCounters(env: Env, where: string): void {
+  const t = env.sw.totals();
+  for (const c of PORT_COUNTER_NAMES) if (c.startsWith('drop') && t[c] !== 0) throw new Error(`${where}: switch counted ${c}=${t[c]}`);
+  if (t.learnTableFull !== 0 || t.macMoves !== 0 || t.dropNotMember !== 0) throw new Error(`${where}: unexpected learning/membership counts`);
+}
+
+const rows: BenchRow[] = [];
+const printed: (string | number)[][] = [];
+const allocRows: (string | number)[][] = [];
+const perMillion = (a: Allocation, frames: number) => round((a.gcs * 1e6) / frames, 1);
+
+for (const nPorts of PORT_COUNTS) {
+  for (const mode of MODES) {
+    for (const len of FRAME_LENS) {
+      const where = `ports=${nPorts} ${mode} frame=${len}`;
+      const env = makeEnv(nPorts, mode, len);
+      const s: Stats = measure({
+        setup: () => {
+          for (const p of env.ports) p.reset();
+          return env;
+        },
+        run: (e) => run(e, BATCHES_PER_SAMPLE),
+        check: (e) => verify(e, mode, len, BATCHES_PER_SAMPLE),
+        warmup: 10,
+        samples: 30,
+      });
+      verifyCounters(env, where);
+
+      // Allocation, untimed: 2^20 frames with the copy, then with count-only ports (the switch's own share).
+      const batches = ALLOC_FRAMES / BATCH;
+      const withCopy = allocation(() => run(env, batches));
+      for (const p of env.ports) p.copy = false;
+      run(env, 64); // settle any deopt from the changed branch before measuring
+      const noCopy = allocation(() => run(env, batches));
+      for (const p of env.ports) p.copy = true;
+      verifyCounters(env, where);
+
+      const deliveries = mode === 'unicast' ? 1 : nPorts - 1;
+      rows.push({
+        bench: 'net/switch-forward',
+        case: `ports=${nPorts} ${mode} frame=${len} batch=${BATCH}`,
+        unit: 'ns/frame',
+        value: round(s.median),
+        median: round(s.median),
+        p99: round(s.p99),
+        mpps: round(1e3 / s.median, 3),
+        deliveriesPerFrame: deliveries,
+        nsPerDelivery: round(s.median / deliveries),
+        gcPer1e6Frames: perMillion(withCopy, withCopy.ops),
+        bytesPerFrame: round(withCopy.bytes / withCopy.ops, 1),
+        gcPer1e6FramesNoCopy: perMillion(noCopy, noCopy.ops),
+        bytesPerFrameNoCopy: round(noCopy.bytes / noCopy.ops, 1),
+        samples: s.samples,
+      });
+      printed.push([nPorts, mode, len, round(s.median, 1), round(s.p99, 1), round(1e3 / s.median, 2), round(s.median / deliveries, 1)]);
+      allocRows.push([
+        nPorts,
+        mode,
+        len,
+        perMillion(withCopy, withCopy.ops),
+        round(withCopy.bytes / withCopy.ops, 1),
+        perMillion(noCopy, noCopy.ops),
+        round(noCopy.bytes / noCopy.ops, 1),
+        withCopy.majorGcs + noCopy.majorGcs,
+      ]);
+    }
+  }
+}
+
+report(rows);
+process.stderr.write(
+  table(
+    `net/switch-forward: Switch.forward + endBatch, batches of ${BATCH}, ${BATCHES_PER_SAMPLE * BATCH} frames per sample, ns per ingress frame`,
+    ['ports', 'mode', 'frame', 'median ns', 'p99 ns', 'Mpps', 'ns/delivery'],
+    printed,
+  ) +
+    table(
+      `net/switch-forward allocation over ${ALLOC_FRAMES} frames (v8.GCProfiler; bytes = heap growth + bytes freed by GCs)`,
+      ['ports', 'mode', 'frame', 'GCs/1e6 frames', 'B/frame', 'GCs/1e6 (no copy)', 'B/frame (no copy)', 'major GCs'],
+      allocRows,
+    ),
+);
