@@ -17,6 +17,7 @@
  */
 import { isMulticast, isZero, type MacKey } from './mac.js';
 import { NO_PORT, type PortId } from './port.js';
+import { MacMap } from './mac-map.js';
 
 /** learn() result: source already known on this port (refreshed). */
 export const LEARN_KNOWN = 0;
@@ -85,15 +86,16 @@ export class MacTable {
   readonly moveDampCount: number;
   readonly moveDampSec: number;
 
-  private main = new Map<MacKey, PortId>();
-  private shadow = new Map<MacKey, PortId>();
+  // MacMap, not Map: a 48-bit key would be boxed on every Map operation (an allocation per frame).
+  private main = new MacMap<PortId>();
+  private shadow = new MacMap<PortId>();
   /** Static entries: consulted before `main` by lookup(), never replaced by learn(), never aged or evicted. */
-  private readonly statics = new Map<MacKey, PortId>();
+  private readonly statics = new MacMap<PortId>();
   /** Dynamic entries (in `main`) per port, and per-port learn limits; indexed by PortId, grown on demand. */
   private counts = new Int32Array(8);
   private limits = new Int32Array(8);
   /** Recent moves per MAC: windowStartSec * MOVE_PACK + moves in the window. Pruned on tick(). */
-  private readonly moveWin = new Map<MacKey, number>();
+  private readonly moveWin = new MacMap<number>();
   /** Time of the last rotation (set by the first tick()); NaN until then. */
   private lastRotateSec = NaN;
   /** Coarse clock: the last tick() time (0 before the first); damping windows use it. */
@@ -286,8 +288,8 @@ export class MacTable {
   }
 
   /**
-   * Evict the oldest dynamic entry of `port` (first in `main`'s order: after a rotation `main` is ordered by
-   * first sighting in the previous generation). False if it has none.
+   * Evict the oldest dynamic entry of `port` (first in `main`'s iteration order: after a rotation it follows first
+   * sighting in the previous generation, grouped by the address's upper 24 bits, see MacMap). False if it has none.
    */
   private evictOldest(port: PortId): boolean {
     if (port < 0 || port >= this.counts.length || this.counts[port] === 0) return false;
@@ -317,7 +319,7 @@ export class MacTable {
 
   private recount(): void {
     this.counts.fill(0);
-    for (const p of this.main.values()) this.counts[p]++;
+    for (const [, p] of this.main) this.counts[p]++;
   }
 
   /** Start a new generation: entries not seen since the previous rotation are dropped. */
