@@ -1,0 +1,31 @@
+/**
+ * ImageError: failures of image formats (house style §3.5). Callers branch on `kind`, never on the message text.
+ * - Io: the host file failed (read, write, sync).
+ * - InvalidFormat: not a valid image (bad magic, bad header field, bad backing file).
+ * - UnsupportedFeature: a valid image using a feature vhostd does not implement (named in the message).
+ * - CorruptImage: metadata points where it must not (past EOF, into other metadata, refcount overflow).
+ * - OutOfBounds: a request outside the virtual disk.
+ * - ReadOnly: a write to an image opened read-only.
+ */
+export type ImageErrorKind = 'Io' | 'InvalidFormat' | 'UnsupportedFeature' | 'CorruptImage' | 'OutOfBounds' | 'ReadOnly';
+
+export interface ImageErrorContext {
+  path?: string;
+  /** Guest or host offset involved, when there is one. */
+  offset?: number;
+  op?: string;
+  /** The unsupported feature, for UnsupportedFeature. */
+  feature?: string;
+}
+
+export class ImageError extends Error {
+  readonly code = 'ERR_IMAGE';
+  readonly kind: ImageErrorKind;
+  readonly context: ImageErrorContext;
+  constructor(kind: ImageErrorKind, message: string, context: ImageErrorContext = {}, options?: { cause?: unknown }) {
+    super(context.path ? `${context.path}: ${message}` : message, options);
+    this.name = 'ImageError';
+    this.kind = kind;
+    this.context = context;
+  }
+}

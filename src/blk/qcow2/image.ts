@@ -1,0 +1,892 @@
+/**
+ * Qcow2Image: a qcow2 (v2/v3) image as a Disk (reference/qcow2-and-virtio-blk.md).
+ *
+ * Data goes straight between the file and the caller's buffers; only copy-on-write fills of partial clusters and
+ * compressed clusters go through temporary buffers. Metadata lives in memory: the whole active L1, the refcount
+ * table, loaded refblocks, and an LRU cache of L2 tables. Dirty metadata is written back on flush() (or when the L2
+ * cache overflows) in QEMU's crash-safe order:
+ *   refblocks (+ refcount table) → fdatasync → L2 tables → fdatasync → L1 entries → fdatasync
+ *   → refcount decrements of replaced clusters → fdatasync.
+ * Data of allocating writes is written before any of that, so a crash leaves at most leaked clusters.
+ *
+ * Allocation appends at the end of the file; clusters freed in this session are not reused (spec-legal: they stay
+ * free, refcount 0, and qemu-img check reports nothing).
+ *
+ * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together; anything that
+ * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
+ */
+import { open as fsOpen, realpath, type FileHandle } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { inflateRawSync } from 'node:zlib';
+import type { Disk } from '../disk.js';
+import { ImageError } from './errors.js';
+import { parseHeader, QCOW2_MAGIC, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import {
+  classify,
+  compressedLocation,
+  COPIED_HI,
+  entryOffset,
+  getRefcount,
+  makeEntry,
+  maxRefcount,
+  readHi,
+  readLo,
+  reftableOffset,
+  setRefcount,
+  writeEntry,
+  ZERO_LO,
+} from './entries.js';
+import {
+  copyInto,
+  fillZero,
+  IovCursor,
+  preadvFull,
+  pwritevFull,
+  RawBacking,
+  readBacking,
+  RwLock,
+  totalLength,
+  type BackingImage,
+} from './io.js';
+
+export interface Qcow2OpenOptions {
+  readOnly: boolean;
+  log?: { warn(o: object, m: string): void };
+  /** Bytes of L2 tables kept in memory (default 32 MiB: a whole 256 GiB disk at 64 KiB clusters). */
+  l2CacheBytes?: number;
+}
+
+/** Longest backing chain accepted below an image. */
+export const MAX_BACKING_DEPTH = 16;
+const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+
+interface ChainState {
+  depth: number;
+  seen: Set<string>;
+}
+
+interface L2Table {
+  buf: Buffer;
+  dirty: boolean;
+}
+
+/** One piece of a request after translation. */
+type Extent =
+  | { kind: 'data'; host: number; len: number }
+  | { kind: 'zero'; len: number }
+  | { kind: 'backing'; guest: number; len: number }
+  | { kind: 'compressed'; hi: number; lo: number; intra: number; len: number };
+
+export class Qcow2Image implements Disk, BackingImage {
+  readonly format = 'qcow2';
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly path: string;
+  /** The parsed header (for status and tests). */
+  readonly header: Qcow2Header;
+  readonly backing: BackingImage | null;
+
+  private readonly fh: FileHandle;
+  private readonly log: Qcow2OpenOptions['log'];
+  private readonly cs: number;
+  private readonly cb: number;
+  private readonly l2Entries: number;
+  private readonly refBits: number;
+  private readonly rbEntries: number;
+  private readonly l1: Buffer;
+  private readonly l1Dirty = new Set<number>();
+  private reftable: Buffer;
+  private readonly reftableDirty = new Set<number>();
+  /** Set when the refcount table moved (grew): flush writes it whole and then switches the header. */
+  private reftableMoved: { oldOffset: number; oldClusters: number } | null = null;
+  private reftableOffset: number;
+  private readonly refblocks = new Map<number, Buffer>();
+  private readonly refblockDirty = new Set<number>();
+  private readonly l2Cache = new Map<number, L2Table>();
+  private readonly l2Loading = new Map<number, Promise<L2Table>>();
+  private readonly l2CacheMax: number;
+  /** Cluster indices of header, L1, refcount table, refblocks and snapshot table: never written with data. */
+  private readonly fixedMeta = new Set<number>();
+  /** Cluster indices of L2 tables reachable from the active L1. */
+  private readonly l2Clusters = new Set<number>();
+  private fileEnd: number;
+  private pendingDecrements: Array<{ offset: number; len: number }> = [];
+  private unsynced = false;
+  private readonly lock = new RwLock();
+  private lastInflated: { offset: number; data: Buffer } | null = null;
+  private closed = false;
+
+  private constructor(init: {
+    fh: FileHandle;
+    path: string;
+    readOnly: boolean;
+    header: Qcow2Header;
+    fileSize: number;
+    l1: Buffer;
+    reftable: Buffer;
+    backing: BackingImage | null;
+    opts: Qcow2OpenOptions;
+  }) {
+    const h = init.header;
+    this.fh = init.fh;
+    this.path = init.path;
+    this.readOnly = init.readOnly;
+    this.header = h;
+    this.size = h.size;
+    this.backing = init.backing;
+    this.log = init.opts.log;
+    this.cb = h.clusterBits;
+    this.cs = 2 ** h.clusterBits;
+    this.l2Entries = this.cs / 8;
+    this.refBits = 2 ** h.refcountOrder;
+    this.rbEntries = (this.cs * 8) / this.refBits;
+    this.l1 = init.l1;
+    this.reftable = init.reftable;
+    this.reftableOffset = h.refcountTableOffset;
+    this.fileEnd = Math.ceil(init.fileSize / this.cs) * this.cs;
+    this.l2CacheMax = Math.max(4, Math.floor((init.opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / this.cs));
+  }
+
+  /** Open a qcow2 image; its backing chain is opened read-only. */
+  static async open(path: string, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
+    return Qcow2Image.openChain(path, opts, { depth: 0, seen: new Set() });
+  }
+
+  private static async openChain(path: string, opts: Qcow2OpenOptions, chain: ChainState): Promise<Qcow2Image> {
+    const fh = await openRegular(path, opts.readOnly);
+    try {
+      const st = await fh.stat();
+      const id = `${st.dev}:${st.ino}`;
+      if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to this image', { path, op: 'open' });
+      chain.seen.add(id);
+      const fileSize = st.size;
+      const first = Buffer.alloc(Math.min(fileSize, 104));
+      await preadvFull(fh, [first], 0, path);
+      if (first.length < 24) throw new ImageError('InvalidFormat', 'file too small for a qcow2 header', { path, op: 'open' });
+      const cb = first.readUInt32BE(20);
+      const head = Buffer.alloc(Math.min(fileSize, cb >= 9 && cb <= 21 ? 2 ** cb : 104));
+      await preadvFull(fh, [head], 0, path);
+      const h = parseHeader(head, fileSize, path);
+      if (!opts.readOnly) {
+        if (h.incompatibleFeatures & INCOMPAT_CORRUPT)
+          throw new ImageError('CorruptImage', 'image is marked corrupt; open it read-only or repair it with qemu-img check -r all', { path, op: 'open' });
+        if (h.incompatibleFeatures & INCOMPAT_DIRTY)
+          throw new ImageError('UnsupportedFeature', 'image is dirty (lazy refcounts not rebuilt); repair it with qemu-img check -r all', { path, op: 'open', feature: 'dirty' });
+      }
+      const l1 = Buffer.alloc(h.l1Size * 8);
+      if (l1.length) await preadvFull(fh, [l1], h.l1TableOffset, path);
+      const reftable = Buffer.alloc(h.refcountTableClusters * 2 ** h.clusterBits);
+      await preadvFull(fh, [reftable], h.refcountTableOffset, path);
+      let backing: BackingImage | null = null;
+      if (h.backingFile !== null) backing = await openBacking(path, h, opts, chain);
+      const img = new Qcow2Image({ fh, path, readOnly: opts.readOnly, header: h, fileSize, l1, reftable, backing, opts });
+      try {
+        img.validateTables();
+        if (!opts.readOnly && h.version === 3 && h.autoclearFeatures !== 0n) {
+          // A writer that does not maintain what autoclear bits describe must clear them before writing.
+          const z = Buffer.alloc(8);
+          await pwritevFull(fh, [z], 88, path);
+          await fh.datasync();
+          h.autoclearFeatures = 0n;
+        }
+      } catch (err) {
+        await backing?.close();
+        throw err;
+      }
+      return img;
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /** Check every active L1 and refcount table entry: aligned, inside the file, not on top of fixed metadata. */
+  private validateTables(): void {
+    const cs = this.cs;
+    const h = this.header;
+    const addRange = (set: Set<number>, off: number, bytes: number): void => {
+      for (let c = off / cs; c < (off + bytes) / cs; c++) set.add(c);
+    };
+    addRange(this.fixedMeta, 0, cs);
+    addRange(this.fixedMeta, h.l1TableOffset, Math.ceil((h.l1Size * 8) / cs) * cs);
+    addRange(this.fixedMeta, h.refcountTableOffset, h.refcountTableClusters * cs);
+    if (h.nbSnapshots > 0) this.fixedMeta.add(h.snapshotsOffset / cs);
+    const corrupt = (m: string): never => {
+      throw new ImageError('CorruptImage', m, { path: this.path, op: 'open' });
+    };
+    const rtEntries = this.reftable.length / 8;
+    for (let i = 0; i < rtEntries; i++) {
+      const off = reftableOffset(readHi(this.reftable, i), readLo(this.reftable, i));
+      if (off === 0) continue;
+      if (off % cs !== 0) corrupt(`refcount block ${i} offset 0x${off.toString(16)} is not cluster-aligned`);
+      if (off + cs > this.fileEnd) corrupt(`refcount block ${i} (0x${off.toString(16)}) lies past the end of the file`);
+      if (this.fixedMeta.has(off / cs)) corrupt(`refcount block ${i} overlaps the header or another table`);
+      this.fixedMeta.add(off / cs);
+    }
+    for (let i = 0; i < h.l1Size; i++) {
+      const hi = readHi(this.l1, i);
+      const lo = readLo(this.l1, i);
+      const off = entryOffset(hi, lo);
+      if (off === 0) continue;
+      if (hi & 0x7f00_0000) corrupt(`L1 entry ${i} has reserved bits set`);
+      if (off % cs !== 0) corrupt(`L2 table ${i} offset 0x${off.toString(16)} is not cluster-aligned`);
+      if (off + cs > this.fileEnd) corrupt(`L2 table ${i} (0x${off.toString(16)}) lies past the end of the file`);
+      if (this.fixedMeta.has(off / cs)) corrupt(`L2 table ${i} overlaps the header, L1, refcount table or a refcount block`);
+      this.l2Clusters.add(off / cs);
+    }
+  }
+
+  // ---------------------------------------------------------------- public Disk API
+
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const len = totalLength(bufs);
+    this.checkRange(offset, len, 'read');
+    if (len === 0) return;
+    await this.lock.shared();
+    try {
+      const extents = await this.translate(offset, len);
+      const cur = new IovCursor(bufs);
+      const jobs: Promise<void>[] = [];
+      let guest = offset;
+      for (const e of extents) {
+        const views = cur.take(e.len);
+        if (e.kind === 'data') jobs.push(preadvFull(this.fh, views, e.host, this.path));
+        else if (e.kind === 'zero') fillZero(views);
+        else if (e.kind === 'backing') jobs.push(readBacking(this.backing, e.guest, views));
+        else {
+          const data = await this.inflate(e.hi, e.lo, guest);
+          copyInto(data.subarray(e.intra, e.intra + e.len), views);
+        }
+        guest += e.len;
+      }
+      await Promise.all(jobs);
+    } finally {
+      this.lock.releaseShared();
+    }
+  }
+
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    this.checkWritable('write', offset);
+    const len = totalLength(bufs);
+    this.checkRange(offset, len, 'write');
+    if (len === 0) return;
+    // Fast path: every cluster already allocated with COPIED → in-place writes under the shared lock.
+    await this.lock.shared();
+    try {
+      const hosts = await this.inPlaceHosts(offset, len);
+      if (hosts !== null) {
+        const cur = new IovCursor(bufs);
+        await Promise.all(hosts.map((e) => pwritevFull(this.fh, cur.take(e.len), e.host, this.path)));
+        this.unsynced = true;
+        return;
+      }
+    } finally {
+      this.lock.releaseShared();
+    }
+    await this.lock.exclusive();
+    try {
+      await this.writeLocked(offset, bufs);
+      await this.maybeWriteBack();
+    } finally {
+      this.lock.releaseExclusive();
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.lock.exclusive();
+    try {
+      await this.writeBack();
+    } finally {
+      this.lock.releaseExclusive();
+    }
+  }
+
+  async discard(offset: number, len: number): Promise<void> {
+    this.checkWritable('discard', offset);
+    this.checkRange(offset, len, 'discard');
+    await this.lock.exclusive();
+    try {
+      // Only whole clusters are deallocated; partial clusters keep their data (allowed for discard).
+      const [first, end] = this.wholeClusters(offset, len);
+      for (let c = first; c < end; c++) await this.unmapCluster(c, 'discard');
+      await this.maybeWriteBack();
+    } finally {
+      this.lock.releaseExclusive();
+    }
+  }
+
+  async writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> {
+    this.checkWritable('write-zeroes', offset);
+    this.checkRange(offset, len, 'write-zeroes');
+    if (len === 0) return;
+    await this.lock.exclusive();
+    try {
+      const cs = this.cs;
+      const [first, end] = this.wholeClusters(offset, len);
+      const zeroBuf = Buffer.alloc(Math.min(cs, len));
+      const writeZeros = async (from: number, to: number): Promise<void> => {
+        for (let o = from; o < to; o += zeroBuf.length) await this.writeLocked(o, [zeroBuf.subarray(0, Math.min(zeroBuf.length, to - o))]);
+      };
+      if (first >= end) {
+        await writeZeros(offset, offset + len);
+      } else {
+        await writeZeros(offset, first * cs);
+        for (let c = first; c < end; c++) {
+          if (!(await this.unmapCluster(c, unmap ? 'zero-unmap' : 'zero'))) await writeZeros(c * cs, Math.min((c + 1) * cs, this.size));
+        }
+        await writeZeros(Math.min(end * cs, this.size), offset + len);
+      }
+      await this.maybeWriteBack();
+    } finally {
+      this.lock.releaseExclusive();
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.readOnly) await this.flush();
+    this.closed = true;
+    await this.fh.close();
+    await this.backing?.close();
+  }
+
+  // ---------------------------------------------------------------- translation
+
+  private checkRange(offset: number, len: number, op: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(len) || offset < 0 || len < 0 || offset + len > this.size)
+      throw new ImageError('OutOfBounds', `${op} [${offset}, +${len}) outside the ${this.size}-byte disk`, { path: this.path, offset, op });
+  }
+
+  private checkWritable(op: string, offset: number): void {
+    if (this.readOnly) throw new ImageError('ReadOnly', `${op} on an image opened read-only`, { path: this.path, offset, op });
+  }
+
+  private corrupt(m: string, offset: number, op: string): ImageError {
+    this.log?.warn({ path: this.path, offset, op }, `qcow2 corruption: ${m}`);
+    return new ImageError('CorruptImage', m, { path: this.path, offset, op });
+  }
+
+  /** Guest clusters [first, end) wholly inside [offset, offset+len) (the final partial cluster counts if the range reaches the disk end). */
+  private wholeClusters(offset: number, len: number): [number, number] {
+    const cs = this.cs;
+    const first = Math.ceil(offset / cs);
+    const endByte = offset + len;
+    const end = endByte === this.size ? Math.ceil(endByte / cs) : Math.floor(endByte / cs);
+    return [first, Math.max(first, end)];
+  }
+
+  /** L2 table for guest cluster `gc`, or null when the L1 entry is empty. */
+  private async l2For(gc: number, op: string): Promise<{ table: L2Table; l1i: number } | null> {
+    const l1i = Math.floor(gc / this.l2Entries);
+    if (l1i >= this.header.l1Size) throw this.corrupt(`guest cluster ${gc} beyond the L1 table`, gc * this.cs, op);
+    const off = entryOffset(readHi(this.l1, l1i), readLo(this.l1, l1i));
+    if (off === 0) return null;
+    return { table: await this.loadL2(off), l1i };
+  }
+
+  private async loadL2(off: number): Promise<L2Table> {
+    const hit = this.l2Cache.get(off);
+    if (hit) {
+      this.l2Cache.delete(off); // LRU: move to the back
+      this.l2Cache.set(off, hit);
+      return hit;
+    }
+    const pending = this.l2Loading.get(off);
+    if (pending) return pending;
+    const p = (async () => {
+      const buf = Buffer.alloc(this.cs);
+      await preadvFull(this.fh, [buf], off, this.path);
+      const t: L2Table = { buf, dirty: false };
+      this.l2Cache.set(off, t);
+      this.evictClean();
+      return t;
+    })();
+    this.l2Loading.set(off, p);
+    try {
+      return await p;
+    } finally {
+      this.l2Loading.delete(off);
+    }
+  }
+
+  /** Drop least-recently-used clean tables above the cache size (dirty ones wait for write-back). */
+  private evictClean(): void {
+    if (this.l2Cache.size <= this.l2CacheMax) return;
+    for (const [off, t] of this.l2Cache) {
+      if (this.l2Cache.size <= this.l2CacheMax) break;
+      if (!t.dirty) this.l2Cache.delete(off);
+    }
+  }
+
+  /** Check a data cluster's host offset before it is used. */
+  private checkDataCluster(host: number, gc: number, op: string, writing: boolean): void {
+    if (host % this.cs !== 0) throw this.corrupt(`L2 entry of guest cluster ${gc} has an unaligned offset 0x${host.toString(16)}`, gc * this.cs, op);
+    if (host + this.cs > this.fileEnd) throw this.corrupt(`guest cluster ${gc} maps past the end of the file (0x${host.toString(16)})`, gc * this.cs, op);
+    const hc = host / this.cs;
+    if (writing && (this.fixedMeta.has(hc) || this.l2Clusters.has(hc)))
+      throw this.corrupt(`guest cluster ${gc} maps onto image metadata (0x${host.toString(16)})`, gc * this.cs, op);
+  }
+
+  private async translate(offset: number, len: number): Promise<Extent[]> {
+    const cs = this.cs;
+    const out: Extent[] = [];
+    const push = (e: Extent): void => {
+      const last = out[out.length - 1];
+      if (last && last.kind === e.kind) {
+        if (e.kind === 'zero') return void (last.len += e.len);
+        if (e.kind === 'data' && (last as { host: number }).host + last.len === e.host) return void (last.len += e.len);
+        if (e.kind === 'backing') return void (last.len += e.len);
+      }
+      out.push(e);
+    };
+    let pos = offset;
+    const end = offset + len;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const intra = pos - gc * cs;
+      const n = Math.min(cs - intra, end - pos);
+      const t = await this.l2For(gc, 'read');
+      if (t === null) {
+        push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
+      } else {
+        const i = gc % this.l2Entries;
+        const hi = readHi(t.table.buf, i);
+        const lo = readLo(t.table.buf, i);
+        const k = classify(hi, lo, this.header.version);
+        if (k === 'normal') {
+          const host = entryOffset(hi, lo);
+          this.checkDataCluster(host, gc, 'read', false);
+          push({ kind: 'data', host: host + intra, len: n });
+        } else if (k === 'unallocated') push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
+        else if (k === 'compressed') push({ kind: 'compressed', hi, lo, intra, len: n });
+        else push({ kind: 'zero', len: n });
+      }
+      pos += n;
+    }
+    return out;
+  }
+
+  /** Host extents for an in-place write, or null if any cluster needs allocation or copy-on-write. */
+  private async inPlaceHosts(offset: number, len: number): Promise<Array<{ host: number; len: number }> | null> {
+    const cs = this.cs;
+    const out: Array<{ host: number; len: number }> = [];
+    let pos = offset;
+    const end = offset + len;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const intra = pos - gc * cs;
+      const n = Math.min(cs - intra, end - pos);
+      const l1i = Math.floor(gc / this.l2Entries);
+      if (!(readHi(this.l1, l1i) & COPIED_HI)) return null;
+      const t = await this.l2For(gc, 'write');
+      if (t === null) return null;
+      const i = gc % this.l2Entries;
+      const hi = readHi(t.table.buf, i);
+      const lo = readLo(t.table.buf, i);
+      if (!(hi & COPIED_HI) || classify(hi, lo, this.header.version) !== 'normal') return null;
+      const host = entryOffset(hi, lo);
+      this.checkDataCluster(host, gc, 'write', true);
+      const last = out[out.length - 1];
+      if (last && last.host + last.len === host + intra) last.len += n;
+      else out.push({ host: host + intra, len: n });
+      pos += n;
+    }
+    return out;
+  }
+
+  /** Decompress the compressed cluster of an L2 entry (the last one is kept for sequential reads). */
+  private async inflate(hi: number, lo: number, guest: number): Promise<Buffer> {
+    const loc = compressedLocation(hi, lo, this.cb);
+    if (this.lastInflated?.offset === loc.offset) return this.lastInflated.data;
+    if (loc.offset < this.cs || loc.offset >= this.fileEnd) throw this.corrupt(`compressed cluster at 0x${loc.offset.toString(16)} outside the file`, guest, 'read');
+    const size = Math.min(loc.size, this.fileEnd - loc.offset);
+    const src = Buffer.alloc(size);
+    await preadvFull(this.fh, [src], loc.offset, this.path);
+    let data: Buffer;
+    try {
+      data = inflateRawSync(src, { finishFlush: 2 /* Z_SYNC_FLUSH: tolerate trailing bytes */, maxOutputLength: this.cs });
+    } catch (err) {
+      // maxOutputLength overflow means the stream holds more than one cluster: keep the first cluster only.
+      if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw this.corrupt('compressed cluster inflates past the cluster size', guest, 'read');
+      throw new ImageError('CorruptImage', `compressed cluster at 0x${loc.offset.toString(16)} does not inflate: ${(err as Error).message}`, { path: this.path, offset: guest, op: 'read' }, { cause: err });
+    }
+    if (data.length !== this.cs) throw this.corrupt(`compressed cluster inflates to ${data.length} bytes, not ${this.cs}`, guest, 'read');
+    this.lastInflated = { offset: loc.offset, data };
+    return data;
+  }
+
+  // ---------------------------------------------------------------- refcounts and allocation
+
+  private rtEntries(): number {
+    return this.reftable.length / 8;
+  }
+
+  private async refblock(rt: number, create: boolean): Promise<Buffer | null> {
+    const hit = this.refblocks.get(rt);
+    if (hit) return hit;
+    if (rt >= this.rtEntries()) {
+      if (!create) return null;
+      await this.growReftable(rt);
+      const made = this.refblocks.get(rt); // growing may already have created this very block
+      if (made) return made;
+    }
+    const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
+    if (off === 0) {
+      if (!create) return null;
+      // New refblock placed at the end of the file; it is counted by itself or by an existing refblock.
+      const at = this.fileEnd;
+      this.fileEnd += this.cs;
+      const rb = Buffer.alloc(this.cs);
+      this.refblocks.set(rt, rb);
+      this.refblockDirty.add(rt);
+      const [hi, lo] = makeEntry(at, false);
+      writeEntry(this.reftable, rt, hi, lo);
+      this.reftableDirty.add(rt);
+      this.fixedMeta.add(at / this.cs);
+      await this.adjustRefcount(at, 1);
+      return rb;
+    }
+    const rb = Buffer.alloc(this.cs);
+    await preadvFull(this.fh, [rb], off, this.path);
+    this.refblocks.set(rt, rb);
+    return rb;
+  }
+
+  /** Grow the refcount table so that index `rt` exists: new table at the end of the file, header switched on flush. */
+  private async growReftable(rt: number): Promise<void> {
+    const cs = this.cs;
+    const oldEntries = this.rtEntries();
+    const wantEntries = Math.max(oldEntries * 2, rt + 1 + 64);
+    const clusters = Math.ceil((wantEntries * 8) / cs);
+    if (clusters * cs > 8 * 1024 * 1024) throw new ImageError('CorruptImage', 'refcount table would exceed 8 MiB', { path: this.path, op: 'allocate' });
+    const at = this.fileEnd;
+    this.fileEnd += clusters * cs;
+    const table = Buffer.alloc(clusters * cs);
+    this.reftable.copy(table);
+    if (!this.reftableMoved) this.reftableMoved = { oldOffset: this.reftableOffset, oldClusters: oldEntries / (cs / 8) };
+    else this.pendingDecrements.push({ offset: this.reftableOffset, len: this.reftable.length });
+    this.reftable = table;
+    this.reftableOffset = at;
+    for (let c = 0; c < clusters; c++) {
+      this.fixedMeta.add(at / cs + c);
+      await this.adjustRefcount(at + c * cs, 1);
+    }
+  }
+
+  private async adjustRefcount(host: number, delta: number): Promise<number> {
+    const hc = Math.floor(host / this.cs);
+    const rt = Math.floor(hc / this.rbEntries);
+    const rb = await this.refblock(rt, true);
+    const i = hc % this.rbEntries;
+    const v = getRefcount(rb!, i, this.refBits) + delta;
+    if (v < 0) throw this.corrupt(`refcount of host cluster ${hc} would drop below 0`, host, 'refcount');
+    if (v > maxRefcount(this.refBits)) throw this.corrupt(`refcount of host cluster ${hc} overflows ${this.refBits} bits`, host, 'refcount');
+    setRefcount(rb!, i, this.refBits, v);
+    this.refblockDirty.add(rt);
+    return v;
+  }
+
+  private async refcountOf(host: number): Promise<number> {
+    const hc = Math.floor(host / this.cs);
+    const rt = Math.floor(hc / this.rbEntries);
+    const rb = await this.refblock(rt, false);
+    return rb === null ? 0 : getRefcount(rb, hc % this.rbEntries, this.refBits);
+  }
+
+  /** Allocate one cluster at the end of the file with refcount 1. */
+  private async allocCluster(): Promise<number> {
+    for (let tries = 0; tries < 1 << 20; tries++) {
+      const at = this.fileEnd;
+      // Make sure the refblock exists first (it may itself take the cluster at the end).
+      await this.refblock(Math.floor(at / this.cs / this.rbEntries), true);
+      if (at !== this.fileEnd) continue;
+      this.fileEnd += this.cs;
+      if ((await this.refcountOf(at)) !== 0) continue; // counted but beyond EOF: leave it alone
+      await this.adjustRefcount(at, 1);
+      return at;
+    }
+    throw this.corrupt('no free cluster found at the end of the file', this.fileEnd, 'allocate');
+  }
+
+  /** Host clusters touched by a compressed cluster (each counted once per reference). */
+  private compressedRange(hi: number, lo: number): { offset: number; len: number } {
+    const loc = compressedLocation(hi, lo, this.cb);
+    const start = Math.floor(loc.offset / this.cs) * this.cs;
+    return { offset: start, len: loc.offset + loc.size - start };
+  }
+
+  /** L2 table of guest cluster `gc`, writable (allocated, or copied if shared with a snapshot). */
+  private async writableL2(gc: number): Promise<L2Table> {
+    const l1i = Math.floor(gc / this.l2Entries);
+    const hi = readHi(this.l1, l1i);
+    const lo = readLo(this.l1, l1i);
+    const old = entryOffset(hi, lo);
+    if (old !== 0 && hi & COPIED_HI) return (await this.l2For(gc, 'write'))!.table;
+    const at = await this.allocCluster();
+    const buf = Buffer.alloc(this.cs);
+    if (old !== 0) {
+      // Shared with a snapshot: copy it; the data clusters it points to keep their (shared) refcounts.
+      const src = await this.loadL2(old);
+      src.buf.copy(buf);
+      this.pendingDecrements.push({ offset: old, len: this.cs });
+    }
+    const t: L2Table = { buf, dirty: true };
+    this.l2Cache.set(at, t);
+    this.l2Clusters.add(at / this.cs);
+    const [nhi, nlo] = makeEntry(at, true);
+    writeEntry(this.l1, l1i, nhi, nlo);
+    this.l1Dirty.add(l1i);
+    return t;
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  private async writeLocked(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const cs = this.cs;
+    const len = totalLength(bufs);
+    const cur = new IovCursor(bufs);
+    const writes: Array<{ host: number; views: Uint8Array[] }> = [];
+    const updates: Array<{ t: L2Table; i: number; hi: number; lo: number; free: { offset: number; len: number } | null }> = [];
+    let pos = offset;
+    const end = offset + len;
+    while (pos < end) {
+      const gc = Math.floor(pos / cs);
+      const intra = pos - gc * cs;
+      const n = Math.min(cs - intra, end - pos);
+      const views = cur.take(n);
+      const t = await this.writableL2(gc);
+      const i = gc % this.l2Entries;
+      const hi = readHi(t.buf, i);
+      const lo = readLo(t.buf, i);
+      const kind = classify(hi, lo, this.header.version);
+      const old = entryOffset(hi, lo);
+      if (kind === 'normal' && hi & COPIED_HI) {
+        this.checkDataCluster(old, gc, 'write', true);
+        writes.push({ host: old + intra, views });
+        pos += n;
+        continue;
+      }
+      // Copy-on-write into a new cluster (or, for a preallocated zero cluster we own, in place).
+      let host: number;
+      let free: { offset: number; len: number } | null = null;
+      if (kind === 'zero-alloc' && hi & COPIED_HI) {
+        this.checkDataCluster(old, gc, 'write', true);
+        host = old;
+      } else {
+        host = await this.allocCluster();
+        if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: cs };
+        else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+      }
+      const tailLen = cs - intra - n;
+      let src: Buffer | null = null;
+      if (intra > 0 || tailLen > 0) {
+        src = Buffer.alloc(cs);
+        const gstart = gc * cs;
+        if (kind === 'normal') {
+          this.checkDataCluster(old, gc, 'write', false);
+          await preadvFull(this.fh, [src], old, this.path);
+        } else if (kind === 'compressed') (await this.inflate(hi, lo, gstart)).copy(src);
+        else if (kind === 'unallocated' && this.backing) await readBacking(this.backing, gstart, [src]);
+      }
+      const v: Uint8Array[] = [];
+      if (intra > 0) v.push(src!.subarray(0, intra));
+      v.push(...views);
+      if (tailLen > 0) v.push(src!.subarray(intra + n));
+      writes.push({ host, views: v });
+      const [nhi, nlo] = makeEntry(host, true);
+      updates.push({ t, i, hi: nhi, lo: nlo, free });
+      pos += n;
+    }
+    // Merge host-contiguous pieces into single pwritev calls, then write them all.
+    const merged: Array<{ host: number; views: Uint8Array[]; len: number }> = [];
+    for (const w of writes) {
+      const l = totalLength(w.views);
+      const last = merged[merged.length - 1];
+      if (last && last.host + last.len === w.host) {
+        last.views.push(...w.views);
+        last.len += l;
+      } else merged.push({ host: w.host, views: [...w.views], len: l });
+    }
+    await Promise.all(merged.map((m) => pwritevFull(this.fh, m.views, m.host, this.path)));
+    this.unsynced = true;
+    // Data is in the file: now point the (cached, written back on flush) L2 entries at it.
+    for (const u of updates) {
+      writeEntry(u.t.buf, u.i, u.hi, u.lo);
+      u.t.dirty = true;
+      if (u.free) this.pendingDecrements.push(u.free);
+    }
+    this.lastInflated = null;
+  }
+
+  /**
+   * Deallocate or zero whole guest cluster `gc` through its L2 entry. Returns false when the caller must write real
+   * zeros instead (v2 images, or write-zeroes without a zero flag available).
+   */
+  private async unmapCluster(gc: number, mode: 'discard' | 'zero' | 'zero-unmap'): Promise<boolean> {
+    const v3 = this.header.version >= 3;
+    const hasBacking = this.backing !== null;
+    if (mode === 'discard' && !v3 && hasBacking) return true; // cannot hide backing data in v2: leave the data
+    if (mode !== 'discard' && !v3 && (hasBacking || mode === 'zero')) return false;
+    const l1i = Math.floor(gc / this.l2Entries);
+    const l1off = entryOffset(readHi(this.l1, l1i), readLo(this.l1, l1i));
+    if (l1off === 0 && !hasBacking) return true; // already reads as zeros
+    const t = await this.writableL2(gc);
+    const i = gc % this.l2Entries;
+    const hi = readHi(t.buf, i);
+    const lo = readLo(t.buf, i);
+    const kind = classify(hi, lo, this.header.version);
+    const old = entryOffset(hi, lo);
+    let nhi = 0;
+    let nlo = hasBacking ? ZERO_LO : 0;
+    let free: { offset: number; len: number } | null = null;
+    if (mode === 'zero' && (kind === 'normal' || kind === 'zero-alloc') && hi & COPIED_HI) {
+      [nhi, nlo] = makeEntry(old, true, true); // keep the allocation, read as zeros
+    } else if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: this.cs };
+    else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+    if (mode !== 'discard' && v3) nlo |= ZERO_LO;
+    if (nhi === hi && nlo === lo) return true;
+    writeEntry(t.buf, i, nhi, nlo);
+    t.dirty = true;
+    if (free) this.pendingDecrements.push(free);
+    this.lastInflated = null;
+    return true;
+  }
+
+  // ---------------------------------------------------------------- write-back
+
+  private async maybeWriteBack(): Promise<void> {
+    if (this.l2Cache.size > this.l2CacheMax || this.pendingDecrements.length > 4096) {
+      await this.writeBack();
+      this.evictClean();
+    }
+  }
+
+  private async sync(): Promise<void> {
+    try {
+      await this.fh.datasync();
+    } catch (err) {
+      throw new ImageError('Io', `fdatasync failed: ${(err as Error).message}`, { path: this.path, op: 'flush' }, { cause: err });
+    }
+  }
+
+  private async writeRefcounts(): Promise<boolean> {
+    if (this.refblockDirty.size === 0 && this.reftableDirty.size === 0 && !this.reftableMoved) return false;
+    const jobs: Promise<void>[] = [];
+    for (const rt of this.refblockDirty) {
+      const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
+      jobs.push(pwritevFull(this.fh, [this.refblocks.get(rt)!], off, this.path));
+    }
+    await Promise.all(jobs);
+    this.refblockDirty.clear();
+    if (this.reftableMoved) {
+      // New table: blocks and table durable first, then the header switch (synced), then free the old table.
+      await pwritevFull(this.fh, [this.reftable], this.reftableOffset, this.path);
+      await this.sync();
+      const hdr = Buffer.alloc(12);
+      hdr.writeBigUInt64BE(BigInt(this.reftableOffset), 0);
+      hdr.writeUInt32BE(this.reftable.length / this.cs, 8);
+      await pwritevFull(this.fh, [hdr], 48, this.path);
+      this.pendingDecrements.push({ offset: this.reftableMoved.oldOffset, len: this.reftableMoved.oldClusters * this.cs });
+      this.reftableMoved = null;
+    } else {
+      await Promise.all([...this.reftableDirty].map((rt) => pwritevFull(this.fh, [this.reftable.subarray(rt * 8, rt * 8 + 8)], this.reftableOffset + rt * 8, this.path)));
+    }
+    this.reftableDirty.clear();
+    return true;
+  }
+
+  /** Write back all dirty metadata in crash-safe order and make it durable. Holds the exclusive lock. */
+  private async writeBack(): Promise<void> {
+    // 1. refcount increments (new clusters, new refblocks) together with the data written so far.
+    const wroteRef = await this.writeRefcounts();
+    if (wroteRef || this.unsynced) await this.sync();
+    this.unsynced = false;
+    // 2. L2 tables (new ones included) before the L1 entries that point to them.
+    const dirtyL2 = [...this.l2Cache].filter(([, t]) => t.dirty);
+    if (dirtyL2.length > 0) {
+      await Promise.all(dirtyL2.map(([off, t]) => pwritevFull(this.fh, [t.buf], off, this.path)));
+      for (const [, t] of dirtyL2) t.dirty = false;
+      await this.sync();
+    }
+    if (this.l1Dirty.size > 0) {
+      const off = this.header.l1TableOffset;
+      await Promise.all([...this.l1Dirty].map((i) => pwritevFull(this.fh, [this.l1.subarray(i * 8, i * 8 + 8)], off + i * 8, this.path)));
+      this.l1Dirty.clear();
+      await this.sync();
+    }
+    // 3. Decrements of replaced clusters only once nothing on disk points to them any more.
+    if (this.pendingDecrements.length > 0) {
+      const list = this.pendingDecrements;
+      this.pendingDecrements = [];
+      for (const d of list) {
+        for (let c = Math.floor(d.offset / this.cs); c * this.cs < d.offset + d.len; c++) {
+          if ((await this.refcountOf(c * this.cs)) === 0) {
+            this.log?.warn({ path: this.path, cluster: c }, 'qcow2: freeing a cluster whose refcount is already 0');
+            continue;
+          }
+          await this.adjustRefcount(c * this.cs, -1);
+        }
+      }
+      await this.writeRefcounts();
+      await this.sync();
+    }
+  }
+}
+
+/** Open a file that must be a regular file (never blocks on a FIFO or device). */
+async function openRegular(path: string, readOnly: boolean): Promise<FileHandle> {
+  let fh: FileHandle;
+  try {
+    fh = await fsOpen(path, (readOnly ? fsc.O_RDONLY : fsc.O_RDWR) | fsc.O_NONBLOCK);
+  } catch (err) {
+    throw new ImageError('Io', `cannot open: ${(err as Error).message}`, { path, op: 'open' }, { cause: err });
+  }
+  const st = await fh.stat();
+  if (!st.isFile()) {
+    await fh.close();
+    throw new ImageError('InvalidFormat', 'not a regular file', { path, op: 'open' });
+  }
+  return fh;
+}
+
+/** Open the backing image named by `h` (read-only), enforcing the chain rules of issue 4 §2. */
+async function openBacking(path: string, h: Qcow2Header, opts: Qcow2OpenOptions, chain: ChainState): Promise<BackingImage> {
+  const name = h.backingFile!;
+  const ctx = { path, op: 'open backing' };
+  if (name.length === 0) throw new ImageError('InvalidFormat', 'empty backing file name', ctx);
+  if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !isAbsolute(name))
+    throw new ImageError('UnsupportedFeature', `backing file "${name}" uses a protocol prefix; only plain file names are allowed`, { ...ctx, feature: 'backing protocol' });
+  if (chain.depth + 1 > MAX_BACKING_DEPTH) throw new ImageError('InvalidFormat', `backing chain deeper than ${MAX_BACKING_DEPTH}`, ctx);
+  const dir = dirname(await realpath(path).catch(() => path));
+  const target = isAbsolute(name) ? name : resolve(dir, name);
+  const fmt = h.backingFormat;
+  if (fmt !== null && fmt !== 'qcow2' && fmt !== 'raw')
+    throw new ImageError('UnsupportedFeature', `backing format "${fmt}" is not supported (qcow2 or raw)`, { ...ctx, feature: `backing format ${fmt}` });
+  const fh = await openRegular(target, true);
+  let keep = false;
+  try {
+    const magic = Buffer.alloc(4);
+    await preadvFull(fh, [magic], 0, target);
+    const isQcow2 = magic.readUInt32BE(0) === QCOW2_MAGIC;
+    const format = fmt ?? (isQcow2 ? 'qcow2' : null);
+    if (format === null)
+      throw new ImageError('InvalidFormat', `backing file ${target} has no stated format and is not qcow2 (probing raw is refused)`, ctx);
+    if (format === 'raw') {
+      const st = await fh.stat();
+      const id = `${st.dev}:${st.ino}`;
+      if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to an image in the chain', ctx);
+      keep = true;
+      return new RawBacking(fh, target, st.size);
+    }
+  } finally {
+    if (!keep) await fh.close();
+  }
+  // openChain is private to the class; this module-level helper is part of the same implementation.
+  return (Qcow2Image as unknown as { openChain(p: string, o: Qcow2OpenOptions, c: ChainState): Promise<Qcow2Image> }).openChain(
+    target,
+    { readOnly: true, log: opts.log, l2CacheBytes: opts.l2CacheBytes },
+    { depth: chain.depth + 1, seen: chain.seen },
+  );
+}
