@@ -24,6 +24,14 @@ export class Frame {
   /** Destination and source MAC as 48-bit integers (see mac.ts macKeyAt). */
   dst = 0;
   src = 0;
+  /**
+   * The same MACs as 24-bit halves (dst = dstHi * 2^24 + dstLo): small integers the hot path passes to the MAC
+   * table, because a 48-bit number passed to a call V8 did not inline is boxed (an allocation per frame).
+   */
+  dstHi = 0;
+  dstLo = 0;
+  srcHi = 0;
+  srcLo = 0;
   /** During deliver(): TCI (PCP/DEI/VID, 16 bits) of an 802.1Q tag to insert at byte 12, or NO_VLAN_TAG. */
   vlanTag = NO_VLAN_TAG;
   /** During deliver(): skip the source's 802.1Q tag (bytes 12..15). */

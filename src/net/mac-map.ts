@@ -6,7 +6,8 @@
  */
 import type { MacKey } from './mac.js';
 
-const HALF = 0x100_0000; // 2^24
+/** Keys are split at 2^24: hi = floor(key / HALF), lo = key % HALF. */
+export const HALF = 0x100_0000; // 2^24
 
 export class MacMap<V> {
   private readonly outer = new Map<number, Map<number, V>>();
@@ -17,32 +18,38 @@ export class MacMap<V> {
   }
 
   get(key: MacKey): V | undefined {
-    const inner = this.outer.get(Math.floor(key / HALF));
-    return inner === undefined ? undefined : inner.get(key % HALF);
+    const inner = this.outer.get((key / HALF) | 0);
+    return inner === undefined ? undefined : inner.get(key % HALF | 0);
+  }
+
+  /** get() by halves (hi = key / 2^24, lo = key % 2^24): small integers, so no boxing even across calls. */
+  getHL(hi: number, lo: number): V | undefined {
+    const inner = this.outer.get(hi);
+    return inner === undefined ? undefined : inner.get(lo);
   }
 
   has(key: MacKey): boolean {
-    const inner = this.outer.get(Math.floor(key / HALF));
-    return inner !== undefined && inner.has(key % HALF);
+    const inner = this.outer.get((key / HALF) | 0);
+    return inner !== undefined && inner.has(key % HALF | 0);
   }
 
   set(key: MacKey, value: V): this {
-    const hi = Math.floor(key / HALF);
+    const hi = (key / HALF) | 0;
     let inner = this.outer.get(hi);
     if (inner === undefined) {
       inner = new Map<number, V>();
       this.outer.set(hi, inner);
     }
-    const lo = key % HALF;
+    const lo = key % HALF | 0;
     if (!inner.has(lo)) this.count++;
     inner.set(lo, value);
     return this;
   }
 
   delete(key: MacKey): boolean {
-    const hi = Math.floor(key / HALF);
+    const hi = (key / HALF) | 0;
     const inner = this.outer.get(hi);
-    if (inner === undefined || !inner.delete(key % HALF)) return false;
+    if (inner === undefined || !inner.delete(key % HALF | 0)) return false;
     this.count--;
     if (inner.size === 0) this.outer.delete(hi);
     return true;

@@ -1,0 +1,79 @@
+/**
+ * Issue 3 §5: the switch adds no allocation per frame. Measured, not assumed: a million unicast and flood frames
+ * through Switch.forward (ports that only count) must not grow the heap or trigger collections in proportion.
+ * Guards two regressions found by bench/net/switch-forward.bench.ts: 48-bit MAC keys boxed on every Map call, and
+ * per-port counters left in V8's dictionary mode.
+ */
+import v8 from 'node:v8';
+import { describe, expect, test } from 'vitest';
+import { SgList } from '../../../src/memory/sg-list.js';
+import { Frame } from '../../../src/net/frame.js';
+import { NO_PORT, type Port } from '../../../src/net/port.js';
+import { Switch } from '../../../src/net/switch.js';
+
+class CountingPort implements Port {
+  id = NO_PORT;
+  mtu = 1500;
+  delivered = 0;
+  constructor(readonly name: string) {}
+  deliver(): boolean {
+    this.delivered++;
+    return true;
+  }
+  flush(): void {}
+}
+
+function frameOf(dst: number[], src: number[]): Frame {
+  const bytes = new Uint8Array(128);
+  bytes.set([...dst, ...src, 0x08, 0x00]);
+  const sg = new SgList(1);
+  sg.push(bytes, 0, 128);
+  const f = new Frame(sg);
+  f.length = 100;
+  return f;
+}
+
+/** Bytes allocated per call of `fn` over n calls (heap growth plus what collections freed). */
+function bytesPerOp(n: number, fn: () => void): number {
+  for (let i = 0; i < 200_000; i++) fn(); // warm up: optimized code, settled hidden classes
+  const prof = new v8.GCProfiler();
+  const before = process.memoryUsage().heapUsed;
+  prof.start();
+  for (let i = 0; i < n; i++) fn();
+  const stats = prof.stop();
+  const after = process.memoryUsage().heapUsed;
+  let freed = 0;
+  for (const s of stats.statistics) freed += s.beforeGC.heapStatistics.usedHeapSize - s.afterGC.heapStatistics.usedHeapSize;
+  return (after - before + freed) / n;
+}
+
+describe('switch hot path allocation', () => {
+  const A = [0xfe, 0xe1, 0xba, 0x00, 0x00, 0x01];
+  const B = [0xfe, 0xe1, 0xba, 0x00, 0x00, 0x02];
+  const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+  test('a million known-unicast and flood frames allocate less than one byte per frame', () => {
+    const sw = new Switch('alloc');
+    const pa = new CountingPort('a');
+    const pb = new CountingPort('b');
+    const pc = new CountingPort('c');
+    sw.addPort(pa);
+    sw.addPort(pb);
+    sw.addPort(pc);
+    sw.forward(pb, frameOf(BCAST, B)); // learn B on b
+    sw.endBatch();
+    const unicast = frameOf(B, A);
+    const flood = frameOf(BCAST, A);
+    const perUnicast = bytesPerOp(1_000_000, () => {
+      sw.forward(pa, unicast);
+      sw.endBatch();
+    });
+    const perFlood = bytesPerOp(1_000_000, () => {
+      sw.forward(pa, flood);
+      sw.endBatch();
+    });
+    expect(pb.delivered).toBeGreaterThan(2_000_000); // the frames really went through
+    expect(perUnicast).toBeLessThan(1);
+    expect(perFlood).toBeLessThan(1);
+  });
+});
