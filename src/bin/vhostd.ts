@@ -19,7 +19,7 @@ const usage = `usage: vhostd [-nv] [-f file]
   -v        verbose logging (debug; -vv for trace)
   -h        this help`;
 
-function main(): number {
+async function main(): Promise<number> {
   let values: { f?: string; n?: boolean; v?: boolean[]; h?: boolean };
   try {
     ({ values } = parseArgs({
@@ -55,6 +55,7 @@ function main(): number {
   let daemon: Daemon;
   try {
     daemon = new Daemon(config, loadNative(), log);
+    await daemon.openDisks();
     daemon.start();
   } catch (err) {
     log.fatal({ err }, 'vhostd failed to start');
@@ -70,14 +71,20 @@ function main(): number {
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'shutting down');
     logStats();
-    daemon.stop();
-    log.flush();
-    process.exit(0);
+    const exit = (): void => {
+      log.flush();
+      process.exit(0);
+    };
+    daemon.stop().then(exit, (err: unknown) => {
+      log.error({ err }, 'shutdown failed');
+      exit();
+    });
   };
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   return -1; // keep running
 }
 
-const rc = main();
-if (rc >= 0) process.exitCode = rc;
+void main().then((rc) => {
+  if (rc >= 0) process.exitCode = rc;
+});

@@ -81,9 +81,26 @@ export interface InterfaceConfig {
   pos: SourcePos;
 }
 
+/** `disk "PATH" [format qcow2|raw] [readonly]`. */
+export interface DiskConfig {
+  /** 0-based position among the vm's disks; also the N in `<vm>.disk<N>.sock`. */
+  index: number;
+  /** Absolute path of the image (checked at parse time: exists, readable, writable unless readonly). */
+  path: string;
+  /** Configured format; absent = detected from the file (qcow2 magic, else raw). */
+  format?: 'raw' | 'qcow2';
+  readOnly: boolean;
+  /** Absolute path of the vhost-user socket the daemon listens on. */
+  socketPath: string;
+  /** Position of the `disk` keyword. */
+  pos: SourcePos;
+}
+
 export interface VmConfig {
   name: string;
   interfaces: InterfaceConfig[];
+  /** Disks in file order (absent in configurations built by hand before disks existed = none). */
+  disks?: DiskConfig[];
   /** Position of the `vm` keyword. */
   pos: SourcePos;
 }

@@ -7,6 +7,7 @@
  *      are collected and thrown together (sorted by position) as one ConfigError.
  */
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { ConfigError, describeToken, tokenize, type Diagnostic, type Token } from './lexer.js';
 import {
@@ -24,6 +25,7 @@ import {
   type SourcePos,
   type SwitchConfig,
   type VmConfig,
+  type DiskConfig,
 } from './model.js';
 
 export interface ParseOptions {
@@ -66,6 +68,14 @@ interface RawVm {
   pos: SourcePos;
   name: Located<string>;
   interfaces: RawInterface[];
+  disks: RawDisk[];
+}
+
+interface RawDisk {
+  pos: SourcePos;
+  path: Located<string>;
+  format?: Located<'raw' | 'qcow2'>;
+  readOnly?: Located<boolean>;
 }
 
 interface RawInterface {
@@ -100,7 +110,7 @@ const TOP: KeywordTable<RawConfig> = {
     cfg.switches.push(sw);
   },
   vm: (p, cfg, kw) => {
-    const vm: RawVm = { pos: pos(kw), name: p.string('a vm name', '"vm1"'), interfaces: [] };
+    const vm: RawVm = { pos: pos(kw), name: p.string('a vm name', '"vm1"'), interfaces: [], disks: [] };
     p.block(VM, vm, `vm ${JSON.stringify(vm.name.value)}`, 'vm');
     cfg.vms.push(vm);
   },
@@ -177,6 +187,25 @@ const VM: KeywordTable<RawVm> = {
     const iface: RawInterface = { pos: pos(kw), brace: pos(p.peek()) };
     p.block(INTERFACE, iface, 'interface', 'interface');
     vm.interfaces.push(iface);
+  },
+  /** `disk "PATH" [format qcow2|raw] [readonly]` (options in any order). */
+  disk: (p, vm, kw) => {
+    const d: RawDisk = { pos: pos(kw), path: p.string('an image path', '"/var/vmm/vm13.qcow2"') };
+    for (;;) {
+      const t = p.peek();
+      if (t.kind !== 'word') break;
+      if (t.text === 'format' && !d.format) {
+        p.next();
+        const f = p.peek();
+        d.format = { value: p.oneOf(['qcow2', 'raw'], 'after format') as 'raw' | 'qcow2', pos: pos(f) };
+      } else if (t.text === 'readonly' && !d.readOnly) {
+        p.next();
+        d.readOnly = { value: true, pos: pos(t) };
+      } else {
+        p.fail(t, `expected format, readonly or the end of the disk statement, got ${describeToken(t)}`);
+      }
+    }
+    vm.disks.push(d);
   },
 };
 
@@ -456,6 +485,7 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
   const usedMacs = new Map<string, string>(); // canonical MAC -> who uses it (for messages)
   const needMac: InterfaceConfig[] = [];
   const portSwitch = new Map<string, string>(); // "<vm>.net<N>" -> switch name
+  const servedImages = new Map<string, string>(); // "dev:ino" of an image -> the disk serving it
   for (const vm of raw.vms) {
     const vmName = vm.name.value;
     checkName(p, 'vm', vm.name);
@@ -502,7 +532,10 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
       if (!ri.lladdr) needMac.push(iface);
       return iface;
     });
-    vms.push({ name: vmName, interfaces, pos: vm.pos });
+    const disks = vm.disks.map((rd, index) => validateDisk(p, rd, vmName, index, baseDir, socketDir, servedImages));
+    const vc: VmConfig = { name: vmName, interfaces, pos: vm.pos };
+    if (disks.length) vc.disks = disks;
+    vms.push(vc);
   }
 
   // Switch statics and rules name ports "<vm>.net<N>" of vms defined anywhere in the file.
@@ -545,6 +578,64 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
   }
 
   return { file, socketDir, switches, vms };
+}
+
+const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb]; // "QFI\xfb"
+
+/**
+ * One disk: the image must exist, be a regular file or block device, be readable (and writable unless readonly),
+ * and not be served by another disk (same device and inode, whatever the path); `format qcow2` needs the qcow2
+ * magic. Errors point at the path (or the format keyword).
+ */
+function validateDisk(p: Parser, rd: RawDisk, vmName: string, index: number, baseDir: string, socketDir: string, served: Map<string, string>): DiskConfig {
+  const socketPath = resolve(socketDir, `${vmName}.disk${index}.sock`);
+  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+    p.report(rd.pos, `expected a socket path of at most ${MAX_SOCKET_PATH_BYTES} bytes, got ${Buffer.byteLength(socketPath)} bytes (${socketPath}); use a shorter socket dir or vm name`);
+  }
+  const readOnly = rd.readOnly?.value ?? false;
+  const disk: DiskConfig = { index, path: '', readOnly, socketPath, pos: rd.pos };
+  if (rd.format) disk.format = rd.format.value;
+  if (rd.path.value === '' || rd.path.value.includes('\0')) {
+    p.report(rd.path.pos, 'expected a non-empty image path, got ""');
+    return disk;
+  }
+  const path = resolve(baseDir, rd.path.value);
+  disk.path = path;
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    p.report(rd.path.pos, `cannot use image ${path}: ${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (err as Error).message}`);
+    return disk;
+  }
+  if (!st.isFile() && !st.isBlockDevice()) {
+    p.report(rd.path.pos, `expected a disk image (a regular file or a block device), but ${path} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}`);
+    return disk;
+  }
+  let fd = -1;
+  try {
+    fd = fs.openSync(path, readOnly ? 'r' : 'r+');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'EACCES' || code === 'EPERM' || code === 'EROFS' ? (readOnly ? 'not readable' : 'not readable and writable (add readonly to serve it read-only)') : (err as Error).message;
+    p.report(rd.path.pos, `cannot use image ${path}: ${why}`);
+    return disk;
+  }
+  try {
+    if (rd.format?.value === 'qcow2') {
+      const magic = Buffer.alloc(4);
+      const n = fs.readSync(fd, magic, 0, 4, 0);
+      if (n !== 4 || QCOW2_MAGIC.some((b, i) => magic[i] !== b)) p.report(rd.format.pos, `format qcow2, but ${path} has no qcow2 header (use format raw or no format)`);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  const key = `${st.dev}:${st.ino}`;
+  const owner = served.get(key);
+  if (owner) p.report(rd.path.pos, `image ${path} is already served by ${owner}`);
+  else served.set(key, `vm ${JSON.stringify(vmName)} disk ${index} at ${at(rd.pos)}`);
+  return disk;
 }
 
 // ---------------------------------------------------------------------------------------------------

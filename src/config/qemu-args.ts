@@ -8,10 +8,11 @@
  * backend size.
  *
  * Per interface: a client chardev that connects (and reconnects) to vhostd's socket, a vhost-user
- * netdev on it, and a virtio-net-pci device with the configured MAC.
+ * netdev on it, and a virtio-net-pci device with the configured MAC. Per disk: a client chardev (reconnecting)
+ * and a vhost-user-blk-pci device on it (num-queues defaults to the vCPU count; vhostd serves up to 16).
  */
 import { VhostError } from '../util/errors.js';
-import { findSwitch, type Config, type InterfaceConfig, type VmConfig } from './model.js';
+import { findSwitch, type Config, type DiskConfig, type InterfaceConfig, type VmConfig } from './model.js';
 
 export interface QemuArgsOptions {
   /** QEMU 7.2 under TCG needs MSI-X off (`vectors=0`) on vhost-user PCI devices. Default false. */
@@ -59,9 +60,26 @@ export function qemuArgsForInterface(cfg: Config, vm: VmConfig, iface: Interface
   ];
 }
 
-/** Memory backend plus every interface of the vm, in interface order. */
+/** The id shared by the chardev and device of one disk, e.g. "vm13-disk0". */
+export function qemuDiskId(vm: VmConfig, disk: DiskConfig): string {
+  return `${vm.name}-disk${disk.index}`;
+}
+
+export function qemuArgsForDisk(vm: VmConfig, disk: DiskConfig, opts: QemuArgsOptions = {}): string[] {
+  const id = qemuDiskId(vm, disk);
+  return [
+    '-chardev', `socket,id=${id},path=${optValue(disk.socketPath)},reconnect=1`,
+    '-device', `vhost-user-blk-pci,chardev=${id}${opts.tcg ? ',vectors=0' : ''}`,
+  ];
+}
+
+/** Memory backend plus every interface of the vm, in interface order, then every disk. */
 export function qemuArgsForVm(cfg: Config, vm: VmConfig, opts: QemuArgsOptions = {}): string[] {
-  return [...qemuMemoryArgs(opts), ...vm.interfaces.flatMap((iface) => qemuArgsForInterface(cfg, vm, iface, opts))];
+  return [
+    ...qemuMemoryArgs(opts),
+    ...vm.interfaces.flatMap((iface) => qemuArgsForInterface(cfg, vm, iface, opts)),
+    ...(vm.disks ?? []).flatMap((d) => qemuArgsForDisk(vm, d, opts)),
+  ];
 }
 
 /**

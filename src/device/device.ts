@@ -10,6 +10,8 @@ export interface DeviceQueue {
   /** Virtqueue index (net: RX = 2q, TX = 2q+1). */
   readonly index: number;
   readonly queue: SplitQueue;
+  /** False once the ring was stopped or released (its queue is gone): late completions must be dropped. */
+  readonly hasQueue: boolean;
   /**
    * Publish the used entries added since the last call (one used.idx store) and signal the guest through the
    * call eventfd if it asked for it (EVENT_IDX / NO_INTERRUPT). Marks the ring broken (err eventfd) if the
@@ -30,8 +32,12 @@ export interface VirtioDevice {
   setFeatures(acked: bigint): void;
   /** The queue became started and enabled: serve it, and process what is already there (a kick may be lost). */
   queueStart(q: DeviceQueue): void;
-  /** The queue stopped or was disabled: stop touching it. */
-  queueStop(index: number): void;
+  /**
+   * The queue stopped or was disabled: take no more chains. A device with requests still in flight (blk) returns a
+   * promise that settles once they have all completed and been published; until then the queue stays usable for
+   * completions, and the vhost-user layer defers the GET_VRING_BASE reply (vhost-user.md §5.13).
+   */
+  queueStop(index: number): Promise<void> | void;
   /** The guest kicked the queue. */
   queueKick(index: number): void;
   /** GET_CONFIG: device config bytes [offset, offset+size), or null when the device has none. */

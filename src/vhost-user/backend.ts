@@ -59,7 +59,7 @@ export interface ReplySink {
   send(bytes: Uint8Array, fds?: number[]): void;
 }
 
-type Handler = (msg: Message) => Uint8Array | null;
+type Handler = (msg: Message) => Uint8Array | null | Promise<Uint8Array | null>;
 
 interface MappedRegion {
   desc: RegionDescriptor;
@@ -125,7 +125,11 @@ export class BackendSession {
     R.GET_INFLIGHT_FD, R.GET_STATUS, R.SET_LOG_BASE, R.IOTLB_MSG, R.POSTCOPY_LISTEN, R.POSTCOPY_END, R.POSTCOPY_ADVISE,
   ]);
 
-  handle(msg: Message): void {
+  /**
+   * Handle one request. Returns a promise only when the reply has to wait (GET_VRING_BASE while a blk queue still
+   * has requests in flight); the connection reads nothing more until it settles.
+   */
+  handle(msg: Message): void | Promise<void> {
     const needReply = (msg.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.replyAckAllowed();
     const handler = this.handlers.get(msg.request);
     if (!handler) {
@@ -133,29 +137,46 @@ export class BackendSession {
       if (BackendSession.alwaysReply.has(msg.request) || needReply) this.reply(msg.request, u64Payload(1));
       return;
     }
-    let body: Uint8Array | null;
+    let body: Uint8Array | null | Promise<Uint8Array | null>;
     try {
       body = handler(msg);
     } catch (err) {
-      if (err instanceof VhostError && err.code === 'ERR_VU_PROTOCOL') {
-        // A well-formed request we refuse: NACK it (when a reply is expected) and go on.
-        this.log.warn({ req: requestName(msg.request), reason: err.message }, 'request refused');
-        if (needReply) this.reply(msg.request, u64Payload(1));
-        return;
-      }
-      throw err;
+      this.refuse(msg, needReply, err);
+      return;
     }
+    if (body instanceof Promise) {
+      return body.then(
+        (b) => this.finishReply(msg, needReply, b),
+        (err: unknown) => this.refuse(msg, needReply, err),
+      );
+    }
+    this.finishReply(msg, needReply, body);
+  }
+
+  private finishReply(msg: Message, needReply: boolean, body: Uint8Array | null): void {
     if (body) this.reply(msg.request, body);
     else if (needReply) this.reply(msg.request, u64Payload(0));
+  }
+
+  /** A well-formed request we refuse: NACK it (when a reply is expected) and go on. Anything else is fatal. */
+  private refuse(msg: Message, needReply: boolean, err: unknown): void {
+    if (err instanceof VhostError && err.code === 'ERR_VU_PROTOCOL') {
+      this.log.warn({ req: requestName(msg.request), reason: err.message }, 'request refused');
+      if (needReply) this.reply(msg.request, u64Payload(1));
+      return;
+    }
+    throw err;
   }
 
   /** The connection is gone: stop every ring, unmap memory, close every fd (§4). Idempotent. */
   release(): void {
     if (this.released) return;
     this.released = true;
-    for (const v of this.vrings) v.release();
+    const drains = this.vrings.map((v) => v.release()).filter((d): d is Promise<void> => d !== null);
     this.device.reset();
-    this.dropMemory();
+    // Requests still in flight read or write guest memory from the thread pool: unmap only after they finish.
+    if (drains.length === 0) this.dropMemory();
+    else void Promise.all(drains).then(() => this.dropMemory());
   }
 
   /** Negotiated view for status output. */
@@ -392,11 +413,16 @@ export class BackendSession {
     return null;
   }
 
-  private getVringBase(msg: Message): Uint8Array {
+  /** Stop the ring; with requests in flight (blk) the reply waits until they completed (§5.13 drain). */
+  private getVringBase(msg: Message): Uint8Array | Promise<Uint8Array> {
     const s = decodeVringState(msg.payload, msg.request);
     const v = this.vring(s.index, msg.request);
-    const base = v.stop();
-    return encodeVringState({ index: s.index, num: base });
+    const drain = v.quiesce();
+    if (drain) {
+      this.log.debug({ vq: s.index }, 'GET_VRING_BASE waits for in-flight requests');
+      return drain.then(() => encodeVringState({ index: s.index, num: v.stop() }));
+    }
+    return encodeVringState({ index: s.index, num: v.stop() });
   }
 
   private setVringFd(msg: Message, which: 'kick' | 'call' | 'err'): null {

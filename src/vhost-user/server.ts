@@ -86,7 +86,7 @@ export class VhostUserServer {
     const conn = new VhostUserConnection(this.native, fd, {
       onMessage: (msg: Message) => {
         if (this.log.isLevelEnabled('trace')) this.log.trace({ req: requestName(msg.request), size: msg.size, fds: msg.fds.length }, 'request');
-        session!.handle(msg);
+        return session!.handle(msg);
       },
       onClose: (err?: unknown) => {
         session?.release();

@@ -41,6 +41,8 @@ export class Vring implements DeviceQueue {
   private watcher: FdWatcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private brokenReported = false;
+  /** Settles when the device has completed what it took from this ring before it stopped serving (blk). */
+  private drainP: Promise<void> | null = null;
 
   constructor(
     readonly index: number,
@@ -144,15 +146,26 @@ export class Vring implements DeviceQueue {
     this.errFd = fd;
   }
 
-  /** Connection gone: stop and close everything. */
-  release(): void {
+  /**
+   * Stop serving (the device takes no more chains) and return the device's drain promise, if it still has requests
+   * in flight: GET_VRING_BASE replies only once it settles (vhost-user.md §5.13).
+   */
+  quiesce(): Promise<void> | null {
     this.stopServing();
+    return this.drainP;
+  }
+
+  /** Connection gone: stop and close everything. Returns the device's drain promise (memory must outlive it). */
+  release(): Promise<void> | null {
+    this.stopServing();
+    const drain = this.drainP;
     this.unwatchKick();
     this.setKickFd(-1, false);
     this.setCallFd(-1);
     this.setErrFd(-1);
     this.q = null;
     this.started = false;
+    return drain;
   }
 
   private updateServing(): void {
@@ -169,7 +182,13 @@ export class Vring implements DeviceQueue {
   private stopServing(): void {
     if (!this.serving) return;
     this.serving = false;
-    this.device.queueStop(this.index);
+    const r = this.device.queueStop(this.index);
+    if (r) {
+      const p: Promise<void> = r.then(() => {
+        if (this.drainP === p) this.drainP = null;
+      });
+      this.drainP = p;
+    }
   }
 
   private watchKick(): void {

@@ -1,0 +1,411 @@
+/**
+ * BlkDevice: a virtio-blk device (VIRTIO 1.2 §5.2) over a Disk (reference qcow2-and-virtio-blk.md §5,
+ * vhost-user.md §2.8).
+ *
+ * Each started queue is drained of available chains on start and on every kick; each chain becomes a request
+ * that runs on its own (the disk's I/O goes to the libuv thread pool), so requests on a queue run concurrently
+ * and complete out of order. A completion writes the status byte and a used entry; completions are published in
+ * batches (one setImmediate per batch: everything the thread pool finished in one event-loop turn) with one
+ * used.idx store and at most one interrupt. Chains are pooled per queue (no allocation per chain beyond the
+ * request's own views and promise).
+ *
+ * Stop and drain: queueStop() stops taking chains and returns a promise that settles once every request taken
+ * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then (vhost-user.md §5.13).
+ * reset() (the front-end went away) detaches queues: their late completions are dropped, not written to a ring
+ * a new front-end may own.
+ *
+ * Durability (§5.2.6.4 / reference §5.6): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
+ * disk.flush(). In write-through mode (the driver wrote wce=0, or negotiated neither FLUSH nor CONFIG_WCE) every
+ * write is flushed before it completes.
+ */
+import type { DeviceQueue, VirtioDevice } from '../device/device.js';
+import type { SplitQueue } from '../virtqueue/split-queue.js';
+import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
+import {
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  bit,
+  hasBit,
+} from '../virtio/features.js';
+import type { Logger } from '../util/log.js';
+import { RateLimitedLog } from '../util/log.js';
+import type { Disk } from './disk.js';
+import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest } from './request.js';
+import {
+  BLK_REQ_HDR_SIZE,
+  BlkConfig,
+  SECTOR_SIZE,
+  VIRTIO_BLK_F_BLK_SIZE,
+  VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_MQ,
+  VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_SEG_MAX,
+  VIRTIO_BLK_F_SIZE_MAX,
+  VIRTIO_BLK_F_TOPOLOGY,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_ID_BYTES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+} from './virtio-blk-defs.js';
+
+/** Request queues offered (GET_QUEUE_NUM, MQ): QEMU's num-queues defaults to the vCPU count and must not exceed it. */
+export const BLK_MAX_QUEUES = 16;
+/** seg_max: QEMU's default queue size 128 minus header and status (as QEMU's own back-ends). */
+export const BLK_SEG_MAX = 126;
+/** size_max: largest data segment (bytes). */
+export const BLK_SIZE_MAX = 1 << 20;
+/** Discard / write-zeroes limits advertised in config space. */
+export const BLK_MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB
+export const BLK_MAX_DISCARD_SEG = 16;
+export const BLK_MAX_WRITE_ZEROES_SECTORS = 1 << 16; // 32 MiB
+export const BLK_MAX_WRITE_ZEROES_SEG = 16;
+
+export interface BlkCounters {
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  writeZeroes: number;
+  getIds: number;
+  readBytes: number;
+  writtenBytes: number;
+  /** Chains without a status byte or that broke a ring rule: completed with used len 0. */
+  badChain: number;
+  /** Requests answered IOERR before any I/O (short header, unaligned, out of range, read-only, bad segments). */
+  badRequest: number;
+  /** Requests answered UNSUPP (unknown type, reserved flags, discard with unmap). */
+  unsupported: number;
+  /** Requests whose I/O failed (IOERR). */
+  ioErrors: number;
+  /** Requests in flight right now. */
+  inflight: number;
+}
+
+export interface BlkDeviceOptions {
+  /** Device name, e.g. "vm13.disk0" (logs, default serial). */
+  name: string;
+  disk: Disk;
+  log: Logger;
+  /** GET_ID answer (ASCII, at most 20 bytes are used). Default: the name. */
+  serial?: string;
+}
+
+/** Per started queue. A stopped queue's state lives on until its requests complete. */
+interface QueueState {
+  dq: DeviceQueue;
+  vq: SplitQueue;
+  /** Taking new chains. */
+  active: boolean;
+  /** Completions go to the ring (false after reset: the front-end is gone). */
+  attached: boolean;
+  inflight: number;
+  free: DescriptorChain[];
+  publishScheduled: boolean;
+  drainWaiters: (() => void)[];
+}
+
+export class BlkDevice implements VirtioDevice {
+  readonly kind = 'blk' as const;
+  readonly maxQueues = BLK_MAX_QUEUES;
+  readonly name: string;
+  readonly disk: Disk;
+  readonly counters: BlkCounters = {
+    reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getIds: 0, readBytes: 0, writtenBytes: 0,
+    badChain: 0, badRequest: 0, unsupported: 0, ioErrors: 0, inflight: 0,
+  };
+  /** Negotiated virtio features (status output). */
+  acked = 0n;
+  /** Config-space writeback byte (1 = write cache on). */
+  writeback = 1;
+  private writeThrough = false;
+  private readonly serial: Uint8Array;
+  private readonly limits: BlkLimits;
+  private readonly log: Logger;
+  private readonly guestErrors: RateLimitedLog;
+  private readonly queues = new Map<number, QueueState>();
+  /** Every state with requests in flight (current and detached), for drainAll(). */
+  private readonly busy = new Set<QueueState>();
+  private readonly hdrScratch = new Uint8Array(BLK_REQ_HDR_SIZE);
+
+  constructor(opts: BlkDeviceOptions) {
+    this.name = opts.name;
+    this.disk = opts.disk;
+    this.log = opts.log;
+    this.guestErrors = new RateLimitedLog(opts.log);
+    const id = Buffer.from(opts.serial ?? opts.name, 'latin1').subarray(0, VIRTIO_BLK_ID_BYTES);
+    this.serial = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+    this.serial.set(id);
+    this.limits = {
+      capacitySectors: Math.floor(opts.disk.size / SECTOR_SIZE),
+      readOnly: opts.disk.readOnly,
+      maxDiscardSectors: BLK_MAX_DISCARD_SECTORS,
+      maxDiscardSeg: BLK_MAX_DISCARD_SEG,
+      maxWriteZeroesSectors: BLK_MAX_WRITE_ZEROES_SECTORS,
+      maxWriteZeroesSeg: BLK_MAX_WRITE_ZEROES_SEG,
+    };
+  }
+
+  features(): bigint {
+    let f =
+      bit(VIRTIO_F_VERSION_1) |
+      bit(VIRTIO_RING_F_INDIRECT_DESC) |
+      bit(VIRTIO_RING_F_EVENT_IDX) |
+      bit(VIRTIO_BLK_F_SIZE_MAX) |
+      bit(VIRTIO_BLK_F_SEG_MAX) |
+      bit(VIRTIO_BLK_F_BLK_SIZE) |
+      bit(VIRTIO_BLK_F_FLUSH) |
+      bit(VIRTIO_BLK_F_TOPOLOGY) |
+      bit(VIRTIO_BLK_F_CONFIG_WCE) |
+      bit(VIRTIO_BLK_F_MQ) |
+      bit(VIRTIO_BLK_F_DISCARD) |
+      bit(VIRTIO_BLK_F_WRITE_ZEROES);
+    if (this.disk.readOnly) f |= bit(VIRTIO_BLK_F_RO);
+    return f;
+  }
+
+  queueNum(): number {
+    return this.maxQueues;
+  }
+
+  setFeatures(acked: bigint): void {
+    this.acked = acked;
+    this.updateCacheMode();
+  }
+
+  /** §5.2.6.4 stability rule: write-through unless the driver can flush (FLUSH or CONFIG_WCE) and wce stays 1. */
+  private updateCacheMode(): void {
+    const wce = hasBit(this.acked, VIRTIO_BLK_F_CONFIG_WCE);
+    const flush = hasBit(this.acked, VIRTIO_BLK_F_FLUSH);
+    this.writeThrough = wce ? this.writeback === 0 : !flush;
+  }
+
+  /** True when every write is made durable before it completes. */
+  get writeThroughMode(): boolean {
+    return this.writeThrough;
+  }
+
+  queueStart(q: DeviceQueue): void {
+    const st: QueueState = {
+      dq: q, vq: q.queue, active: true, attached: true, inflight: 0, free: [], publishScheduled: false, drainWaiters: [],
+    };
+    this.queues.set(q.index, st);
+    this.process(st);
+  }
+
+  /** Stop taking chains; the promise settles when every request taken has completed and been published. */
+  queueStop(index: number): Promise<void> | void {
+    const st = this.queues.get(index);
+    if (!st) return;
+    this.queues.delete(index);
+    st.active = false;
+    if (st.publishScheduled && st.attached) this.publishNow(st);
+    if (st.inflight === 0) return;
+    return new Promise<void>((resolve) => st.drainWaiters.push(resolve));
+  }
+
+  queueKick(index: number): void {
+    const st = this.queues.get(index);
+    if (st) this.process(st);
+  }
+
+  getConfig(offset: number, size: number): Uint8Array {
+    const cfg = new Uint8Array(Math.max(BlkConfig.SIZE, offset + size));
+    const dv = new DataView(cfg.buffer);
+    dv.setBigUint64(BlkConfig.CAPACITY, BigInt(this.limits.capacitySectors), true);
+    dv.setUint32(BlkConfig.SIZE_MAX, BLK_SIZE_MAX, true);
+    dv.setUint32(BlkConfig.SEG_MAX, BLK_SEG_MAX, true);
+    dv.setUint32(BlkConfig.BLK_SIZE, SECTOR_SIZE, true);
+    cfg[BlkConfig.PHYSICAL_BLOCK_EXP] = 0;
+    cfg[BlkConfig.ALIGNMENT_OFFSET] = 0;
+    dv.setUint16(BlkConfig.MIN_IO_SIZE, 1, true);
+    dv.setUint32(BlkConfig.OPT_IO_SIZE, 0, true);
+    cfg[BlkConfig.WRITEBACK] = this.writeback;
+    dv.setUint16(BlkConfig.NUM_QUEUES, this.maxQueues, true);
+    dv.setUint32(BlkConfig.MAX_DISCARD_SECTORS, BLK_MAX_DISCARD_SECTORS, true);
+    dv.setUint32(BlkConfig.MAX_DISCARD_SEG, BLK_MAX_DISCARD_SEG, true);
+    dv.setUint32(BlkConfig.DISCARD_SECTOR_ALIGNMENT, 1, true);
+    dv.setUint32(BlkConfig.MAX_WRITE_ZEROES_SECTORS, BLK_MAX_WRITE_ZEROES_SECTORS, true);
+    dv.setUint32(BlkConfig.MAX_WRITE_ZEROES_SEG, BLK_MAX_WRITE_ZEROES_SEG, true);
+    // Raw images never deallocate on write-zeroes; qcow2 may (unmap honoured).
+    cfg[BlkConfig.WRITE_ZEROES_MAY_UNMAP] = this.disk.format === 'raw' ? 0 : 1;
+    return cfg.slice(offset, offset + size);
+  }
+
+  /** SET_CONFIG: only the writeback byte (offset 32) is writable. */
+  setConfig(offset: number, data: Uint8Array): boolean {
+    if (offset !== BlkConfig.WRITEBACK || data.length !== 1) return false;
+    const wb = data[0] ? 1 : 0;
+    if (wb !== this.writeback) this.log.info({ writeback: wb === 1 }, wb ? 'guest turned the write cache on' : 'guest turned the write cache off (write-through)');
+    this.writeback = wb;
+    this.updateCacheMode();
+    return true;
+  }
+
+  setMtu(): string | null {
+    return 'not a network device';
+  }
+
+  reset(): void {
+    for (const st of this.queues.values()) {
+      st.active = false;
+      st.attached = false;
+    }
+    for (const st of this.busy) st.attached = false;
+    this.queues.clear();
+    this.acked = 0n;
+    this.writeback = 1;
+    this.updateCacheMode();
+  }
+
+  /** Settles when no request is in flight on any queue (shutdown: before the disk is closed). */
+  async drainAll(): Promise<void> {
+    await Promise.all([...this.busy].map((st) => new Promise<void>((resolve) => (st.inflight === 0 ? resolve() : st.drainWaiters.push(resolve)))));
+  }
+
+  // ---------------------------------------------------------------- request processing
+
+  private process(st: QueueState): void {
+    const vq = st.vq;
+    for (;;) {
+      if (!st.active || vq.broken) break;
+      vq.disableNotification();
+      for (;;) {
+        const chain = st.free.pop() ?? new DescriptorChain(vq.size);
+        if (!vq.pop(chain)) {
+          st.free.push(chain);
+          break;
+        }
+        this.submit(st, chain);
+        if (!st.active) break;
+      }
+      if (!st.active || !vq.enableNotification()) break;
+    }
+    if (st.publishScheduled) this.publishNow(st);
+    else if (vq.broken && st.attached) st.dq.publish(); // reports the broken ring
+  }
+
+  private submit(st: QueueState, chain: DescriptorChain): void {
+    const req = parseBlkRequest(chain, this.limits, this.hdrScratch);
+    switch (req.kind) {
+      case 'drop':
+        this.counters.badChain++;
+        this.guestErrors.warn(`drop-${req.error}`, { vq: st.dq.index, head: chain.head, error: req.error, reason: req.detail }, 'bad virtio-blk descriptor chain returned unused');
+        this.complete(st, chain, -1, 0);
+        return;
+      case 'fail':
+        if (req.status === VIRTIO_BLK_S_UNSUPP) this.counters.unsupported++;
+        else this.counters.badRequest++;
+        this.guestErrors.warn(`fail-${req.error}`, { vq: st.dq.index, type: req.type, error: req.error, reason: req.detail }, req.status === VIRTIO_BLK_S_UNSUPP ? 'unsupported virtio-blk request' : 'bad virtio-blk request failed with IOERR');
+        this.complete(st, chain, req.status, 1);
+        return;
+      case 'get-id': {
+        this.counters.getIds++;
+        let o = 0;
+        for (const b of req.bufs) {
+          b.set(this.serial.subarray(o, o + b.length));
+          o += b.length;
+        }
+        this.complete(st, chain, VIRTIO_BLK_S_OK, req.len + 1);
+        return;
+      }
+      default:
+        break;
+    }
+    st.inflight++;
+    this.counters.inflight++;
+    this.busy.add(st);
+    this.execute(req).then(
+      (written) => this.finish(st, chain, VIRTIO_BLK_S_OK, written + 1),
+      (err: unknown) => {
+        this.counters.ioErrors++;
+        this.guestErrors.warn('io-error', { vq: st.dq.index, request: req.kind, reason: (err as Error).message ?? String(err) }, 'virtio-blk I/O failed (IOERR to the guest)');
+        this.finish(st, chain, VIRTIO_BLK_S_IOERR, 1);
+      },
+    );
+  }
+
+  /** Run one request against the disk; resolves with the data bytes written into guest memory. */
+  private async execute(req: BlkRequest): Promise<number> {
+    const disk = this.disk;
+    switch (req.kind) {
+      case 'read':
+        this.counters.reads++;
+        if (req.len > 0) await disk.read(req.offset, req.bufs);
+        this.counters.readBytes += req.len;
+        return req.len;
+      case 'write':
+        this.counters.writes++;
+        if (req.len > 0) await disk.write(req.offset, req.bufs);
+        if (this.writeThrough) await disk.flush();
+        this.counters.writtenBytes += req.len;
+        return 0;
+      case 'flush':
+        this.counters.flushes++;
+        await disk.flush();
+        return 0;
+      case 'discard':
+        this.counters.discards++;
+        for (const s of req.segments) await disk.discard(s.offset, s.len);
+        if (this.writeThrough) await disk.flush();
+        return 0;
+      case 'write-zeroes':
+        this.counters.writeZeroes++;
+        for (const s of req.segments) await disk.writeZeroes(s.offset, s.len, s.unmap);
+        if (this.writeThrough) await disk.flush();
+        return 0;
+      default:
+        throw new Error(`unexpected request ${req.kind}`);
+    }
+  }
+
+  private finish(st: QueueState, chain: DescriptorChain, status: number, usedLen: number): void {
+    st.inflight--;
+    this.counters.inflight--;
+    this.complete(st, chain, status, usedLen);
+    if (st.inflight === 0) {
+      this.busy.delete(st);
+      if (!st.active || !st.attached) {
+        if (st.publishScheduled && st.attached) this.publishNow(st);
+        this.wakeDrain(st);
+      }
+    }
+  }
+
+  /** Status byte (status < 0: none), used entry, and a publish at the end of this batch. */
+  private complete(st: QueueState, chain: DescriptorChain, status: number, usedLen: number): void {
+    if (st.attached && st.dq.hasQueue) {
+      if (status >= 0) {
+        writeStatus(chain, status);
+        const log = st.vq.mem.dirtyLog;
+        if (log !== null) log.logSg(chain.writable, chain.writableBytes);
+      }
+      st.dq.queue.addUsed(chain.head, usedLen);
+      this.schedulePublish(st);
+    }
+    st.free.push(chain);
+  }
+
+  private schedulePublish(st: QueueState): void {
+    if (st.publishScheduled) return;
+    st.publishScheduled = true;
+    setImmediate(() => {
+      if (st.publishScheduled && st.attached) this.publishNow(st);
+      st.publishScheduled = false;
+    });
+  }
+
+  private publishNow(st: QueueState): void {
+    st.publishScheduled = false;
+    st.dq.publish();
+  }
+
+  private wakeDrain(st: QueueState): void {
+    const w = st.drainWaiters;
+    st.drainWaiters = [];
+    for (const f of w) f();
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * RawDisk: a raw image (a regular file or a block device) behind the Disk contract. Reads and writes go straight
+ * between the file and the caller's views (guest memory) with preadv/pwritev on the libuv thread pool, so requests
+ * run concurrently; short transfers are continued until done. FLUSH is fdatasync. Node has no fallocate, so
+ * discard keeps the old data (allowed: reads of a discarded range return old data or zeroes) and write-zeroes
+ * writes zeroes.
+ */
+import fs from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import type { Disk } from './disk.js';
+
+/** Zero buffer for write-zeroes, written repeatedly (never modified). */
+const ZERO_CHUNK = 1 << 20;
+let zeroes: Uint8Array | null = null;
+
+export class RawDisk implements Disk {
+  readonly format = 'raw';
+  private closed = false;
+
+  private constructor(
+    private readonly fh: FileHandle,
+    readonly path: string,
+    readonly size: number,
+    readonly readOnly: boolean,
+  ) {}
+
+  /** Open a raw image; the capacity is the file size rounded down to 512 bytes. */
+  static async open(path: string, opts: { readOnly: boolean }): Promise<RawDisk> {
+    const fh = await open(path, opts.readOnly ? 'r' : 'r+');
+    try {
+      const st = await fh.stat();
+      let bytes: number;
+      if (st.isFile()) bytes = st.size;
+      else if (st.isBlockDevice()) bytes = blockDeviceSize(st);
+      else throw new Error(`${path} is neither a regular file nor a block device`);
+      return new RawDisk(fh, path, bytes - (bytes % 512), opts.readOnly);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    await this.transfer(offset, bufs, false);
+  }
+
+  async write(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new Error(`${this.path} is read-only`);
+    await this.transfer(offset, bufs, true);
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.fh.datasync();
+  }
+
+  async discard(offset: number, len: number): Promise<void> {
+    this.checkRange(offset, len);
+  }
+
+  async writeZeroes(offset: number, len: number): Promise<void> {
+    if (this.readOnly) throw new Error(`${this.path} is read-only`);
+    this.checkRange(offset, len);
+    zeroes ??= new Uint8Array(ZERO_CHUNK);
+    while (len > 0) {
+      const n = Math.min(len, ZERO_CHUNK);
+      await this.transfer(offset, [zeroes.subarray(0, n)], true);
+      offset += n;
+      len -= n;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.flush();
+    } finally {
+      await this.fh.close();
+    }
+  }
+
+  private checkRange(offset: number, len: number): void {
+    if (offset < 0 || len < 0 || offset + len > this.size) throw new Error(`range [${offset}, ${offset + len}) past the end of ${this.path} (${this.size} bytes)`);
+  }
+
+  /** preadv/pwritev until every byte moved; a read that hits end of file is an error. */
+  private async transfer(offset: number, bufs: readonly Uint8Array[], write: boolean): Promise<void> {
+    let total = 0;
+    for (const b of bufs) total += b.length;
+    this.checkRange(offset, total);
+    let list = bufs as Uint8Array[];
+    let pos = offset;
+    for (;;) {
+      const n = write ? (await this.fh.writev(list, pos)).bytesWritten : (await this.fh.readv(list, pos)).bytesRead;
+      total -= n;
+      if (total === 0) return;
+      if (n === 0) throw new Error(`${write ? 'write' : 'read'} at ${pos} of ${this.path} made no progress (file shrunk?)`);
+      pos += n;
+      list = skip(list, n);
+    }
+  }
+}
+
+/** The views after dropping the first n bytes (rare path: short transfers). */
+function skip(list: Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const b of list) {
+    if (n >= b.length) {
+      n -= b.length;
+      continue;
+    }
+    out.push(n > 0 ? b.subarray(n) : b);
+    n = 0;
+  }
+  return out;
+}
+
+/** Size of a block device from sysfs (Node cannot ioctl BLKGETSIZE64). */
+function blockDeviceSize(st: fs.Stats): number {
+  const major = Math.floor(st.rdev / 256) & 0xfff;
+  const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & 0xfff00);
+  const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+  return sectors * 512;
+}
