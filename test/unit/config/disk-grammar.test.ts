@@ -1,10 +1,12 @@
 /** `disk "PATH" [format qcow2|raw] [readonly]`: grammar, file checks with file:line:col, sockets, QEMU args. */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
 import { parseConfig } from '../../../src/config/parser.js';
 import { qemuArgsForVm } from '../../../src/config/qemu-args.js';
+import { packageRootFrom } from '../../../src/util/package-root.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-disk-conf-'));
 const raw = path.join(dir, 'data.img');
@@ -50,11 +52,24 @@ describe('disk keyword', () => {
     expect(errorOf(`vm "a" {\n  disk "${dir}"\n}\n`)).toMatch(/2:8: expected a disk image .* is a directory/);
   });
 
-  test.skipIf(process.getuid?.() === 0)('an unreadable image is an error', () => {
+  test('an unreadable image is an error', () => {
     const f = path.join(dir, 'secret.img');
     fs.writeFileSync(f, Buffer.alloc(512));
     fs.chmodSync(f, 0);
-    expect(errorOf(`vm "a" {\n  disk "secret.img" readonly\n}\n`)).toMatch(/2:8: cannot use image .*: not readable/);
+    const conf = `vm "a" {\n  disk "secret.img" readonly\n}\n`;
+    if (process.getuid?.() !== 0) {
+      expect(errorOf(conf)).toMatch(/2:8: cannot use image .*: not readable/);
+      return;
+    }
+    // Root reads anything: check as an unprivileged user, through `vhostd -n` (the built daemon, as npm test builds).
+    const bin = path.join(packageRootFrom(import.meta.url), 'build/src/bin/vhostd.js');
+    expect(fs.existsSync(bin), `${bin} (run npm run build)`).toBe(true);
+    fs.chmodSync(dir, 0o755);
+    const confPath = path.join(dir, 'secret.conf');
+    fs.writeFileSync(confPath, conf, { mode: 0o644 });
+    const r = spawnSync(process.execPath, [bin, '-n', '-f', confPath], { uid: 65534, gid: 65534, encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(1);
+    expect(r.stderr).toMatch(/secret\.conf:2:8: cannot use image .*: not readable/);
   });
 
   test('the same image twice (also through another name) is an error at the second disk', () => {
