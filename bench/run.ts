@@ -7,7 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const benches = ['virtqueue/fence.bench.js', 'net/mac-table.bench.js', 'net/switch-forward.bench.js', 'net/testpmd-loop.bench.js', 'net/guest-tcp.bench.js'];
+const benches = ['virtqueue/fence.bench.js', 'net/mac-table.bench.js', 'net/switch-forward.bench.js', 'net/testpmd-loop.bench.js', 'net/guest-tcp.bench.js', 'blk/blk-io.bench.js'];
 const only = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 let failed = 0;
 for (const b of benches) {

@@ -15,6 +15,7 @@ import type { MemoryRegion } from '../memory/region.js';
 import { mapRegion, unmapRegions } from '../memory/mmap-regions.js';
 import { DirtyLog } from '../memory/dirty-log.js';
 import { MAX_QUEUE_SIZE } from '../virtqueue/defs.js';
+import { InflightQueue, inflightQueueBytes } from '../virtqueue/inflight.js';
 import { VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import {
@@ -40,6 +41,7 @@ import {
 import {
   VHOST_F_LOG_ALL,
   VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
@@ -82,6 +84,10 @@ export class BackendSession {
   /** The dirty-page bitmap from SET_LOG_BASE (live migration), active while LOG_ALL is acked. */
   private logBuffer: ArrayBuffer | null = null;
   private dirtyLog: DirtyLog | null = null;
+  /** The inflight region from SET_INFLIGHT_FD (§2.9), mapped while this session lives. */
+  private inflightBuffer: ArrayBuffer | null = null;
+  /** fds to attach to the reply being built (GET_INFLIGHT_FD); closed once sent. */
+  private replyFds: number[] = [];
 
   constructor(
     private readonly native: NativeBinding,
@@ -116,6 +122,8 @@ export class BackendSession {
       [R.SET_LOG_BASE, (m) => this.setLogBase(m)],
       [R.SET_LOG_FD, (m) => this.takeAndClose(m)],
       [R.SET_BACKEND_REQ_FD, (m) => this.takeAndClose(m)],
+      [R.GET_INFLIGHT_FD, (m) => this.getInflightFd(m)],
+      [R.SET_INFLIGHT_FD, (m) => this.setInflightFd(m)],
     ]);
   }
 
@@ -154,12 +162,20 @@ export class BackendSession {
   }
 
   private finishReply(msg: Message, needReply: boolean, body: Uint8Array | null): void {
-    if (body) this.reply(msg.request, body);
-    else if (needReply) this.reply(msg.request, u64Payload(0));
+    const fds = this.replyFds;
+    this.replyFds = [];
+    try {
+      if (body) this.reply(msg.request, body, fds);
+      else if (needReply) this.reply(msg.request, u64Payload(0));
+    } finally {
+      closeAll(this.native, fds); // the receiver got its own copies (SCM_RIGHTS)
+    }
   }
 
   /** A well-formed request we refuse: NACK it (when a reply is expected) and go on. Anything else is fatal. */
   private refuse(msg: Message, needReply: boolean, err: unknown): void {
+    closeAll(this.native, this.replyFds);
+    this.replyFds = [];
     if (err instanceof VhostError && err.code === 'ERR_VU_PROTOCOL') {
       this.log.warn({ req: requestName(msg.request), reason: err.message }, 'request refused');
       if (needReply) this.reply(msg.request, u64Payload(1));
@@ -377,6 +393,9 @@ export class BackendSession {
   }
 
   private dropMemory(): void {
+    for (const v of this.vrings) v.inflight = null;
+    if (this.inflightBuffer) this.native.munmap(this.inflightBuffer);
+    this.inflightBuffer = null;
     if (this.logBuffer) this.native.munmap(this.logBuffer);
     this.logBuffer = null;
     this.dirtyLog = null;
@@ -479,11 +498,87 @@ export class BackendSession {
     return null;
   }
 
+  /**
+   * GET_INFLIGHT_FD (§2.9): a new zeroed memfd of num_queues * ALIGN_UP(16 * queue_size + 16, 64) bytes on every
+   * call (pitfall §5.12), replied as {mmap_size, mmap_offset 0, num_queues, queue_size} with the fd attached.
+   * A request we cannot serve gets mmap_size 0: QEMU then carries on without inflight tracking.
+   */
+  private getInflightFd(msg: Message): Uint8Array {
+    const req = decodeInflight(msg);
+    const reply = new Uint8Array(24);
+    const dv = new DataView(reply.buffer);
+    dv.setUint16(16, req.numQueues, true);
+    dv.setUint16(18, req.queueSize, true);
+    const problem = this.inflightProblem(req.numQueues, req.queueSize);
+    if (problem) {
+      this.log.warn({ numQueues: req.numQueues, queueSize: req.queueSize, reason: problem }, 'GET_INFLIGHT_FD refused (mmap_size 0)');
+      return reply;
+    }
+    const size = req.numQueues * inflightQueueBytes(req.queueSize);
+    const fd = this.native.memfdCreate(`vhostd-inflight-${this.device.kind}`, size);
+    this.replyFds = [fd];
+    dv.setBigUint64(0, BigInt(size), true);
+    this.log.debug({ numQueues: req.numQueues, queueSize: req.queueSize, size }, 'inflight region created');
+    return reply;
+  }
+
+  /** SET_INFLIGHT_FD (§2.9): map the region (QEMU re-sends the same memfd after a back-end restart). */
+  private setInflightFd(msg: Message): null {
+    const req = decodeInflight(msg);
+    this.expectFds(msg, 1);
+    const [fd] = msg.fds.splice(0);
+    let buf: ArrayBuffer;
+    try {
+      const problem = this.inflightProblem(req.numQueues, req.queueSize) ??
+        (req.mmapSize < req.numQueues * inflightQueueBytes(req.queueSize) ? `mmap_size ${req.mmapSize} smaller than ${req.numQueues} queues of ${req.queueSize}` : null) ??
+        (this.vrings.some((v) => v.started) ? 'rings are running' : null);
+      if (problem) throw new VhostError('ERR_VU_PROTOCOL', `SET_INFLIGHT_FD refused: ${problem}`);
+      try {
+        buf = this.native.mmapShared(fd, req.mmapSize, req.mmapOffset, true);
+      } catch (err) {
+        throw new VhostError('ERR_MEM_MAP', `SET_INFLIGHT_FD: cannot map the region: ${(err as Error).message}`, { cause: err });
+      }
+    } finally {
+      closeAll(this.native, [fd]);
+    }
+    const old = this.inflightBuffer;
+    this.inflightBuffer = buf;
+    const per = inflightQueueBytes(req.queueSize);
+    this.vrings.forEach((v, i) => {
+      if (i < req.numQueues) {
+        v.inflight = new InflightQueue(buf, i * per, req.queueSize);
+        v.inflight.setDescNum(req.queueSize);
+      } else v.inflight = null;
+    });
+    if (old) this.native.munmap(old);
+    this.log.debug({ numQueues: req.numQueues, queueSize: req.queueSize }, 'inflight region mapped');
+    return null;
+  }
+
+  private inflightProblem(numQueues: number, queueSize: number): string | null {
+    if (!hasBit(this.protocolFeatures, VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) return 'INFLIGHT_SHMFD not negotiated';
+    if (numQueues < 1 || numQueues > this.vrings.length) return `num_queues ${numQueues} outside 1..${this.vrings.length}`;
+    if (queueSize < 1 || queueSize > MAX_QUEUE_SIZE || (queueSize & (queueSize - 1)) !== 0) return `queue_size ${queueSize} is not a power of two in 1..${MAX_QUEUE_SIZE}`;
+    return null;
+  }
+
   private takeAndClose(msg: Message): null {
     if (msg.request === R.SET_BACKEND_REQ_FD) this.expectFds(msg, 1);
     expectSize(msg.payload, msg.payload.length, msg.request);
     return null; // the connection closes the fds left in msg.fds
   }
+}
+
+/** The 24-byte inflight payload (§1.2; not packed: 4 bytes of padding at the end). */
+function decodeInflight(msg: Message): { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number } {
+  expectSize(msg.payload, 24, msg.request);
+  const dv = new DataView(msg.payload.buffer, msg.payload.byteOffset, 24);
+  return {
+    mmapSize: readU64(dv, 0, msg.request, 'mmap_size'),
+    mmapOffset: readU64(dv, 8, msg.request, 'mmap_offset'),
+    numQueues: dv.getUint16(16, true),
+    queueSize: dv.getUint16(18, true),
+  };
 }
 
 function sameRegion(a: RegionDescriptor, b: RegionDescriptor): boolean {

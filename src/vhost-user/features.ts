@@ -34,7 +34,8 @@ export const protocolFeatureNames = (v: bigint): string[] => featureNames(v, pro
  * Protocol features offered per device kind (§7). Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, LOG_SHMFD (dirty
  * logging for live migration; without it QEMU adds a migration blocker). Blk adds CONFIG (QEMU requires it for
  * vhost-user-blk); net does not offer it, because QEMU 7.2 strips it for net with a warning. Net adds NET_MTU:
- * QEMU then sends the guest's MTU (host_mtu) with NET_SET_MTU and refuses to start the device on a NACK.
+ * QEMU then sends the guest's MTU (host_mtu) with NET_SET_MTU and refuses to start the device on a NACK. Blk also
+ * adds INFLIGHT_SHMFD (§2.9: requests in flight survive a back-end restart); net never uses it.
  */
 export function protocolFeaturesFor(kind: 'net' | 'blk'): bigint {
   const common =
@@ -42,5 +43,7 @@ export function protocolFeaturesFor(kind: 'net' | 'blk'): bigint {
     bit(VHOST_USER_PROTOCOL_F_REPLY_ACK) |
     bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS) |
     bit(VHOST_USER_PROTOCOL_F_LOG_SHMFD);
-  return kind === 'net' ? common | bit(VHOST_USER_PROTOCOL_F_NET_MTU) : common | bit(VHOST_USER_PROTOCOL_F_CONFIG);
+  return kind === 'net'
+    ? common | bit(VHOST_USER_PROTOCOL_F_NET_MTU)
+    : common | bit(VHOST_USER_PROTOCOL_F_CONFIG) | bit(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD);
 }

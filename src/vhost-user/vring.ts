@@ -16,6 +16,7 @@ import { closeQuietly } from '../native/fd.js';
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { SplitQueue } from '../virtqueue/split-queue.js';
+import type { InflightQueue } from '../virtqueue/inflight.js';
 import type { Logger } from '../util/log.js';
 import type { VringAddr } from './message.js';
 import { VhostError } from '../util/errors.js';
@@ -41,6 +42,12 @@ export class Vring implements DeviceQueue {
   private watcher: FdWatcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
   private brokenReported = false;
+  /** This ring's part of the inflight region (SET_INFLIGHT_FD), or null: no tracking. */
+  inflight: InflightQueue | null = null;
+  /** Requests resubmitted from the inflight region at starts (status output, tests). */
+  resubmitted = 0;
+  /** Heads not yet resubmitted when the queue is rebuilt (remap): the new queue hands them out. */
+  private carried: number[] = [];
   /** Settles when the device has completed what it took from this ring before it stopped serving (blk). */
   private drainP: Promise<void> | null = null;
 
@@ -70,8 +77,11 @@ export class Vring implements DeviceQueue {
     if (q.broken && !this.brokenReported) this.reportBroken(q.brokenReason ?? 'broken');
   }
 
-  /** SET_VRING_KICK: replace the kick fd and start the ring (builds the queue from the current memory). */
-  start(mem: GuestMemory, eventIdx: boolean, indirect: boolean): void {
+  /**
+   * SET_VRING_KICK: replace the kick fd and start the ring (builds the queue from the current memory). With an
+   * inflight region, `recover` runs the §2.9 start algorithm: requests taken before a crash are resubmitted.
+   */
+  start(mem: GuestMemory, eventIdx: boolean, indirect: boolean, recover = true): void {
     if (!this.addr) throw new Error(`vring ${this.index}: SET_VRING_KICK before SET_VRING_ADDR`);
     this.stopServing();
     const q = new SplitQueue(mem, {
@@ -85,11 +95,42 @@ export class Vring implements DeviceQueue {
       logUsedGpa: this.addr.flags & 1 ? this.addr.logGuestAddr : -1,
     });
     q.lastAvailIdx = this.base & 0xffff;
+    let selfKick = false;
+    if (this.inflight && recover) selfKick = this.recoverInflight(q, this.inflight);
+    else q.attachInflight(this.inflight);
+    if (!recover && this.carried.length > 0) q.setResubmit(this.carried);
+    this.carried = [];
     this.q = q;
     this.started = true;
     this.brokenReported = false;
     this.watchKick();
+    // libvhost-user kicks itself after resubmitting "in case of I/O hang after reconnecting" (§2.9).
+    if (selfKick && this.kickFd >= 0) this.native.eventfdWrite(this.kickFd, 1);
     this.updateServing();
+  }
+
+  /** §2.9 ring start: returns true when requests were queued for resubmission. */
+  private recoverInflight(q: SplitQueue, inflight: InflightQueue): boolean {
+    let r;
+    try {
+      if (inflight.size !== q.size) throw new RangeError(`inflight region queue size ${inflight.size} differs from the ring size ${q.size}`);
+      r = inflight.recover(q.usedIdx, (slot) => q.usedId(slot));
+      if (r.resubmit.length > q.size) throw new RangeError(`${r.resubmit.length} heads in flight in a ring of ${q.size}`);
+    } catch (err) {
+      this.log.warn({ vq: this.index, reason: (err as Error).message }, 'inflight region unusable for this ring; no tracking');
+      q.attachInflight(null);
+      return false;
+    }
+    q.attachInflight(inflight);
+    if (r.batchProblem) this.log.warn({ vq: this.index, reason: r.batchProblem }, 'inflight region: last batch record ignored');
+    if (r.fresh) return false;
+    // last_avail_idx = used.idx + in flight: the avail entries up to there were all taken before (§2.9).
+    q.lastAvailIdx = (q.usedIdx + r.resubmit.length) & 0xffff;
+    if (r.resubmit.length === 0) return false;
+    q.setResubmit(r.resubmit);
+    this.resubmitted += r.resubmit.length;
+    this.log.info({ vq: this.index, resubmit: r.resubmit.length, clearedBatch: r.clearedBatch, lastAvailIdx: q.lastAvailIdx }, 'resubmitting requests in flight before the reconnect');
+    return true;
   }
 
   /**
@@ -99,11 +140,12 @@ export class Vring implements DeviceQueue {
    */
   remap(mem: GuestMemory, eventIdx: boolean, indirect: boolean): void {
     if (!this.started) return;
+    if (this.q) this.carried = this.q.pendingResubmit();
     if (this.q) this.base = this.q.lastAvailIdx;
     this.stopServing();
     this.q = null;
     try {
-      this.start(mem, eventIdx, indirect);
+      this.start(mem, eventIdx, indirect, false);
     } catch (err) {
       if (!(err instanceof VhostError && err.code === 'ERR_VQ_RING_ADDR')) throw err;
       this.started = true; // parked: waits for its memory

@@ -16,6 +16,7 @@ import {
   availRingSize, descTableSize, usedRingSize,
 } from './defs.js';
 import { vringNeedEvent } from './event-idx.js';
+import type { InflightQueue } from './inflight.js';
 
 export interface SplitQueueOptions {
   /** Queue size (SET_VRING_NUM): power of 2, 1..32768. */
@@ -83,6 +84,10 @@ export class SplitQueue {
   private publishedIdx: number;
   private signalledUsed = 0;
   private signalledUsedValid = false;
+  /** Inflight tracking (vhost-user INFLIGHT_SHMFD, blk): null when the front-end gave no region. */
+  private inflight: InflightQueue | null = null;
+  /** Heads to hand out again before new avail entries (inflight recovery), in order. */
+  private resubmit: number[] = [];
 
   /** @throws VhostError ERR_VQ_SIZE, ERR_VQ_RING_ADDR. */
   constructor(mem: GuestMemory, opts: SplitQueueOptions) {
@@ -153,6 +158,12 @@ export class SplitQueue {
    */
   pop(chain: DescriptorChain): boolean {
     if (this.broken) return false;
+    if (this.resubmit.length > 0) {
+      const h = this.resubmit.shift()!;
+      chain.walk(this.mem, this.desc32, this.size, h, this.indirect);
+      this.inflight?.take(h);
+      return true;
+    }
     const cur = this.nextAvail;
     if (cur === this.shadowAvail && this.refreshAvail() === 0) return false;
     // Read only after the acquire load of avail.idx (refreshAvail) — rule 2.
@@ -163,6 +174,7 @@ export class SplitQueue {
     }
     this.nextAvail = (cur + 1) & 0xffff;
     chain.walk(this.mem, this.desc32, this.size, head, this.indirect);
+    if (this.inflight !== null) this.inflight.take(head);
     // §2.7.10 / pitfall 4: keep avail_event at our position so the driver kicks once we have caught up.
     if (this.eventIdx) this.used16[this.availEventIndex] = this.nextAvail;
     return true;
@@ -174,6 +186,27 @@ export class SplitQueue {
     this.used32[i] = head;
     this.used32[i + 1] = len;
     this.usedIdx = (this.usedIdx + 1) & 0xffff;
+    if (this.inflight !== null) this.inflight.addUsed(head);
+  }
+
+  /** Head id of used ring entry `slot` as it is in guest memory (inflight recovery). */
+  usedId(slot: number): number {
+    return this.used32[(slot & this.mask) << 1];
+  }
+
+  /** Track takes and completions in `inflight` from now on (vhost-user.md §2.9). */
+  attachInflight(inflight: InflightQueue | null): void {
+    this.inflight = inflight;
+  }
+
+  /** Heads to pop before new avail entries (inflight recovery at ring start). */
+  setResubmit(heads: readonly number[]): void {
+    this.resubmit = [...heads];
+  }
+
+  /** Heads still waiting to be resubmitted (carried over when the queue is rebuilt). */
+  pendingResubmit(): number[] {
+    return [...this.resubmit];
   }
 
   /**
@@ -189,6 +222,8 @@ export class SplitQueue {
       return false;
     }
     this.publishedIdx = newIdx;
+    const inflight = this.inflight;
+    if (inflight !== null) inflight.prePublish();
     let notify: boolean;
     if (this.eventIdx) {
       const usedEvent = publishUsedIdx(this.used16, newIdx, this.avail, this.usedEventIndex);
@@ -201,6 +236,7 @@ export class SplitQueue {
       const flags = publishUsedIdx(this.used16, newIdx, this.avail, 0);
       notify = (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
+    if (inflight !== null) inflight.postPublish(newIdx);
     // Live migration: after the writes, mark the used ring's pages (vhost-user.md §2.10).
     if (this.mem.dirtyLog !== null) this.logUsedRing();
     return notify;

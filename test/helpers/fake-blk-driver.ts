@@ -11,6 +11,7 @@ import {
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_USER_PROTOCOL_F_CONFIG,
   VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD,
   VHOST_USER_PROTOCOL_F_MQ,
   bit,
 } from '../../src/vhost-user/features.js';
@@ -38,6 +39,10 @@ export interface FakeBlkDriverOptions {
   accept?: (offered: bigint) => bigint;
   regionSize?: number;
   seed?: number;
+  /** Use INFLIGHT_SHMFD when offered, as QEMU does (default true). */
+  inflight?: boolean;
+  /** Called with the inflight memfd between GET_INFLIGHT_FD and SET_INFLIGHT_FD (tests plant states). */
+  onInflightFd?: (fd: number, size: number) => void;
 }
 
 export interface BlkCompletion {
@@ -81,7 +86,7 @@ export function blkSegments(segs: { sector: number; count: number; flags?: numbe
 }
 
 export class FakeBlkDriver {
-  readonly fe: FakeFrontend;
+  fe: FakeFrontend;
   readonly ram: GuestRam;
   readonly native: NativeBinding;
   readonly queues: DriverSplitQueue[] = [];
@@ -98,8 +103,22 @@ export class FakeBlkDriver {
   private callWatchers: FdWatcher[] = [];
   private waiters: (() => void)[] = [];
   private readonly accept: (offered: bigint) => bigint;
+  private readonly useInflight: boolean;
+  private readonly onInflightFd?: (fd: number, size: number) => void;
+  /** The inflight memfd QEMU keeps across back-end restarts (-1: none yet). */
+  inflightFd = -1;
+  inflightSize = 0;
+  /** Used entries whose head had no request pending: a completion seen twice, or for nothing. */
+  strayCompletions = 0;
+  /** Completions taken off the used rings, per head id (exactly-once checks). */
+  readonly completionsByHead = new Map<string, number>();
+  private readonly socket: string;
+  private closed = false;
 
   constructor(o: FakeBlkDriverOptions) {
+    this.socket = o.socket;
+    this.useInflight = o.inflight ?? true;
+    this.onInflightFd = o.onInflightFd;
     this.numQueues = o.numQueues ?? 1;
     this.accept = o.accept ?? ((x) => x);
     this.fe = FakeFrontend.connect(o.socket);
@@ -119,6 +138,12 @@ export class FakeBlkDriver {
 
   /** Realize: §3.2 step 1 and GET_CONFIG(0, 57). */
   async realize(): Promise<void> {
+    await this.connectSequence();
+    this.config = await this.getConfig(0, 57);
+  }
+
+  /** §3.2 step 1 (also what QEMU sends on a reconnect, without GET_CONFIG). */
+  private async connectSequence(): Promise<void> {
     const fe = this.fe;
     this.offered = await fe.getFeatures();
     const pf = await fe.getProtocolFeatures();
@@ -136,7 +161,6 @@ export class FakeBlkDriver {
       fe.setVringCall(q, this.callFds[q]);
       fe.setVringErr(q, null);
     }
-    this.config = await this.getConfig(0, 57);
   }
 
   async getConfig(offset: number, size: number): Promise<Uint8Array> {
@@ -150,18 +174,28 @@ export class FakeBlkDriver {
     return this.fe.ack(R.SET_CONFIG, encodeConfig(offset, 0, data));
   }
 
-  /** Guest driver load: §3.2 start sequence. */
-  async start(): Promise<void> {
+  /** Guest driver load: §3.2 start sequence. `bases`: SET_VRING_BASE per queue (default 0). */
+  async start(bases?: number[]): Promise<void> {
     const fe = this.fe;
     this.acked = this.accept(this.offered) & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
     fe.setFeatures(this.acked | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    if (this.useInflight && this.protocol & bit(VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD)) {
+      if (this.inflightFd < 0) {
+        const r = await this.getInflightFd(this.numQueues, this.queues[0].size);
+        if (r.fd < 0 || r.mmapSize === 0) throw new Error('GET_INFLIGHT_FD gave no region');
+        this.inflightFd = r.fd;
+        this.inflightSize = r.mmapSize;
+        this.onInflightFd?.(r.fd, r.mmapSize);
+      }
+      this.setInflightFd(this.inflightFd, this.inflightSize, this.numQueues, this.queues[0].size);
+    }
     for (let q = 0; q < this.numQueues; q++) fe.setVringCall(q, this.callFds[q]);
     fe.setFeatures(this.acked | bit(VHOST_USER_F_PROTOCOL_FEATURES));
     for (const r of this.ram.regions) {
       const ack = await fe.addMemReg(r, this.ram.fd);
       if (ack !== 0n) throw new Error(`ADD_MEM_REG nack ${ack}`);
     }
-    for (let q = 0; q < this.numQueues; q++) this.startVring(q, 0);
+    for (let q = 0; q < this.numQueues; q++) this.startVring(q, bases?.[q] ?? 0);
     for (let q = 0; q < this.numQueues; q++) fe.setVringEnable(q, true);
     await fe.getQueueNum(); // round trip: all of the above processed
     for (let q = 0; q < this.numQueues; q++) {
@@ -172,6 +206,41 @@ export class FakeBlkDriver {
         }),
       );
     }
+  }
+
+  /** GET_INFLIGHT_FD: the reply and the fd attached to it (-1 when none). */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{ mmapSize: number; numQueues: number; queueSize: number; fd: number }> {
+    const p = await this.fe.call(R.GET_INFLIGHT_FD, inflightPayload(0, numQueues, queueSize));
+    if (p.length !== 24) throw new Error(`GET_INFLIGHT_FD reply of ${p.length} bytes, expected 24`);
+    const dv = new DataView(p.buffer, p.byteOffset, 24);
+    const fds = this.fe.takeReplyFds();
+    return { mmapSize: Number(dv.getBigUint64(0, true)), numQueues: dv.getUint16(16, true), queueSize: dv.getUint16(18, true), fd: fds[0] ?? -1 };
+  }
+
+  setInflightFd(fd: number, size: number, numQueues: number, queueSize: number): void {
+    this.fe.send(R.SET_INFLIGHT_FD, inflightPayload(size, numQueues, queueSize), { fds: [fd] });
+  }
+
+  /**
+   * The back-end went away (killed, or the socket closed): stop watching, as QEMU's disconnect does; ring memory,
+   * requests in flight and the inflight memfd are kept.
+   */
+  disconnect(): void {
+    for (const w of this.callWatchers) w.close();
+    this.callWatchers = [];
+    this.fe.close();
+  }
+
+  /**
+   * QEMU 7.2 blk reconnect (vhost-user.md §4.1): connect again, §3.2 step 1 without GET_CONFIG, then the start
+   * sequence with SET_INFLIGHT_FD of the same memfd and SET_VRING_BASE = used.idx. Requests still pending
+   * complete when the back-end resubmits them.
+   */
+  async reconnect(socket = this.socket): Promise<void> {
+    this.disconnect();
+    this.fe = FakeFrontend.connect(socket);
+    await this.connectSequence();
+    await this.start(this.queues.map((dq) => dq.usedIdx()));
   }
 
   startVring(q: number, base: number): void {
@@ -263,7 +332,12 @@ export class FakeBlkDriver {
     for (let i = dq.lastUsed; i !== end; i = (i + 1) & 0xffff) {
       const e = dq.usedElem(i);
       const p = this.pending[q].get(e.id);
-      if (!p) continue;
+      const key = `${q}:${e.id}`;
+      this.completionsByHead.set(key, (this.completionsByHead.get(key) ?? 0) + 1);
+      if (!p) {
+        this.strayCompletions++;
+        continue;
+      }
       const all = dq.readBuffer(e.id);
       this.pending[q].delete(e.id);
       p.resolve({ status: all.length ? all[all.length - 1] : -1, usedLen: e.len, data: all.slice(0, Math.min(p.dataLen, all.length - 1)) });
@@ -283,6 +357,16 @@ export class FakeBlkDriver {
   }
 
   close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.inflightFd >= 0) {
+      try {
+        this.native.close(this.inflightFd);
+      } catch {
+        /* closed */
+      }
+      this.inflightFd = -1;
+    }
     for (const w of this.callWatchers) w.close();
     this.callWatchers = [];
     this.fe.close();
@@ -295,6 +379,15 @@ export class FakeBlkDriver {
     }
     this.ram.close();
   }
+}
+
+function inflightPayload(mmapSize: number, numQueues: number, queueSize: number): Uint8Array {
+  const p = new Uint8Array(24);
+  const dv = new DataView(p.buffer);
+  dv.setBigUint64(0, BigInt(mmapSize), true);
+  dv.setUint16(16, numQueues, true);
+  dv.setUint16(18, queueSize, true);
+  return p;
 }
 
 function splitLen(len: number, piece: number): number[] {

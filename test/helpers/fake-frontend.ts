@@ -33,6 +33,8 @@ export class FakeFrontend {
   private readonly watcher: FdWatcher;
   private rbuf = new Uint8Array(0);
   private readonly replies: Reply[] = [];
+  /** fds received with replies, not yet taken (GET_INFLIGHT_FD); closed when the connection closes. */
+  private replyFds: number[] = [];
   private waiters: (() => void)[] = [];
   closed = false;
   /** Set when REPLY_ACK was negotiated: requests that QEMU sends with NEED_REPLY then carry it. */
@@ -51,7 +53,7 @@ export class FakeFrontend {
           this.markClosed(); // ECONNRESET: the back-end dropped us
           return;
         }
-        for (let i = 1; i <= fdsOut[0]; i++) this.native.close(fdsOut[i]);
+        for (let i = 1; i <= fdsOut[0]; i++) this.replyFds.push(fdsOut[i]);
         if (n < 0) break;
         if (n === 0) {
           this.markClosed();
@@ -91,9 +93,17 @@ export class FakeFrontend {
     for (const f of w) f();
   }
 
+  /** fds that came with the replies so far; the caller owns them. */
+  takeReplyFds(): number[] {
+    const f = this.replyFds;
+    this.replyFds = [];
+    return f;
+  }
+
   private markClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const fd of this.takeReplyFds()) this.native.close(fd);
     this.watcher.close();
     try {
       this.native.close(this.fd);

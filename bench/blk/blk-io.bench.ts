@@ -1,0 +1,389 @@
+/**
+ * Block I/O: the driver-side client (bench/blk/slot-driver.ts over test/helpers/fake-blk-driver.ts, real vhost-user
+ * sockets and memfd guest memory) against vhostd, then in the same run on the same image file against
+ * qemu-storage-daemon's vhost-user-blk export (test-peers.md); never both on one image at once.
+ *
+ * Rows, on raw and on a fully allocated qcow2 (same contents): 4 KiB random read and write at QD1 (latency
+ * p50/p99/p99.9 µs from an HDR histogram, perf_hooks.createHistogram, closed loop: submit-to-completion) and at QD32
+ * (IOPS); 64 KiB sequential read and write at QD8 (MB/s = 1e6 B/s). On an empty qcow2: 4 KiB random writes, each into
+ * a cluster not yet allocated (QD1 latency and QD32 IOPS), and 64 KiB sequential writes (MB/s).
+ *
+ * Checks before anything is reported: every request completes with status OK; every sector read carries its own
+ * sector number (the images are stamped: each 512-byte sector starts with its number and a write generation, the
+ * rest is 0xa5; writes keep that layout); after each write row the last 64 writes are read back with their generation;
+ * the completion count equals the submission count; vhostd's counters show no errors; allocated images pass
+ * `qemu-img check` after each backend.
+ *
+ * Placement on the 2-core machine: this driver on core 0, the backend (vhostd with its thread pool, or qsd) on core 1.
+ * BENCH_SECONDS (default 3) per row, after a 0.3 s warm-up.
+ */
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createHistogram } from 'node:perf_hooks';
+import { VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/blk/virtio-blk-defs.js';
+import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
+import { report, type BenchRow } from '../support/report.js';
+import { table } from '../support/harness.js';
+import { SlotBlkDriver, type Slot } from './slot-driver.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const WARMUP_S = 0.3;
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const GiB = 1024 * MiB;
+const IMAGE_SIZE = 256 * MiB;
+const EMPTY_SIZE = 16 * GiB;
+const CLUSTER = 64 * KiB;
+const MAX_DATA = 64 * KiB;
+const DEPTH = 32;
+const FILL = 0xa5;
+
+type Metric = { name: string; unit: string; value: number; lowerIsBetter: boolean };
+interface RowSpec {
+  name: string;
+  kind: 'read' | 'write';
+  bs: number;
+  depth: number;
+  /** rand: uniform over the disk; seq: from `seqStart` on, wrapping; alloc: one write per not-yet-allocated cluster of [lo, hi). */
+  pattern: 'rand' | 'seq' | 'alloc';
+  lo?: number;
+  hi?: number;
+}
+
+// ------------------------------------------------------------------------------------------------ images
+
+function stampImage(size: number): Buffer {
+  const b = Buffer.alloc(size, FILL);
+  for (let s = 0; s < size / 512; s++) {
+    b.writeUInt32LE(s >>> 0, s * 512);
+    b.writeUInt32LE(Math.floor(s / 2 ** 32), s * 512 + 4);
+    b.writeUInt32LE(0, s * 512 + 8);
+    b.writeUInt32LE(0, s * 512 + 12);
+  }
+  return b;
+}
+
+function stampSectors(slot: Slot, sector: number, len: number, gen: number): void {
+  slot.data.fill(FILL, 0, len);
+  const dv = slot.dataDv;
+  for (let o = 0, s = sector; o < len; o += 512, s++) {
+    dv.setUint32(o, s >>> 0, true);
+    dv.setUint32(o + 4, Math.floor(s / 2 ** 32), true);
+    dv.setUint32(o + 8, gen, true);
+    dv.setUint32(o + 12, 0, true);
+  }
+}
+
+/** Throws unless every sector in the slot's data carries its number (and `gen`, when given). */
+function checkSectors(slot: Slot, sector: number, len: number, gen?: number): void {
+  const dv = slot.dataDv;
+  for (let o = 0, s = sector; o < len; o += 512, s++) {
+    if (dv.getUint32(o, true) !== s >>> 0 || dv.getUint32(o + 4, true) !== Math.floor(s / 2 ** 32) || slot.data[o + 511] !== FILL)
+      throw new Error(`sector ${s}: read returned data of sector ${dv.getUint32(o, true) + dv.getUint32(o + 4, true) * 2 ** 32} (last byte 0x${slot.data[o + 511].toString(16)})`);
+    if (gen !== undefined && dv.getUint32(o + 8, true) !== gen) throw new Error(`sector ${s}: generation ${dv.getUint32(o + 8, true)}, expected ${gen}`);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ workload
+
+let generation = 0;
+let rngState = 0x9e3779b9;
+function rand32(): number {
+  rngState ^= rngState << 13;
+  rngState >>>= 0;
+  rngState ^= rngState >>> 17;
+  rngState ^= rngState << 5;
+  rngState >>>= 0;
+  return rngState;
+}
+
+interface RowResult {
+  ops: number;
+  bytes: number;
+  seconds: number;
+  hist: ReturnType<typeof createHistogram>;
+}
+
+/** Where alloc rows have got to (per backend run): the next permutation index per region. */
+type AllocCursor = Map<string, number>;
+
+async function runPhase(drv: SlotBlkDriver, spec: RowSpec, seconds: number, gen: number, capacity: number, alloc: AllocCursor, recent: { sector: number; len: number }[] | null): Promise<RowResult> {
+  const hist = createHistogram();
+  const type = spec.kind === 'read' ? VIRTIO_BLK_T_IN : VIRTIO_BLK_T_OUT;
+  const blocks = Math.floor(capacity / spec.bs);
+  const spb = spec.bs / 512;
+  let seq = 0;
+  const allocKey = `${spec.lo}-${spec.hi}`;
+  let allocIdx = alloc.get(allocKey) ?? 0;
+  const nClusters = spec.pattern === 'alloc' ? (spec.hi! - spec.lo!) / CLUSTER : 0;
+  let exhausted = false;
+  const nextSector = (): number => {
+    if (spec.pattern === 'rand') return (rand32() % blocks) * spb;
+    if (spec.pattern === 'seq') {
+      const s = seq * spb;
+      seq = (seq + 1) % blocks;
+      return s;
+    }
+    // A permutation of the region's clusters (odd multiplier modulo a power of two), a random 4 KiB block inside.
+    const c = (allocIdx * 40503 + 7) % nClusters;
+    allocIdx++;
+    if (allocIdx >= nClusters) exhausted = true;
+    return (spec.lo! + c * CLUSTER + (rand32() % (CLUSTER / spec.bs)) * spec.bs) / 512;
+  };
+  let ops = 0;
+  let submitted = 0;
+  let failure: Error | null = null;
+  const deadline = process.hrtime.bigint() + BigInt(Math.round(seconds * 1e9));
+  const t0 = process.hrtime.bigint();
+  let tEnd = t0;
+  const issue = (slot: Slot, kick: boolean): void => {
+    const sector = nextSector();
+    if (type === VIRTIO_BLK_T_OUT) stampSectors(slot, sector, spec.bs, gen);
+    submitted++;
+    drv.submit(slot, type, sector, spec.bs, kick);
+  };
+  const done = new Promise<void>((resolve) => {
+    drv.onComplete = (slot, status, usedLen) => {
+      const now = process.hrtime.bigint();
+      try {
+        if (status !== 0) throw new Error(`${spec.name}: status ${status} for sector ${slot.sector} (used.len ${usedLen})`);
+        if (type === VIRTIO_BLK_T_IN) checkSectors(slot, slot.sector, slot.len);
+        else if (recent) {
+          recent.push({ sector: slot.sector, len: slot.len });
+          if (recent.length > 64) recent.shift();
+        }
+        hist.record(Math.max(1, Number(now - slot.t0)));
+        ops++;
+        if (now < deadline && !exhausted && !failure) issue(slot, true);
+      } catch (e) {
+        failure ??= e as Error;
+      }
+      if (drv.inFlight === 0) {
+        tEnd = now;
+        resolve();
+      }
+    };
+  });
+  for (let i = 0; i < spec.depth; i++) issue(drv.slots[i], false);
+  drv.kickIfNeeded();
+  // Native watchers do not keep the loop alive: a timer does, and bounds the wait.
+  const keep = setInterval(() => {
+    if (process.hrtime.bigint() > deadline + 10_000_000_000n) failure ??= new Error(`${spec.name}: ${drv.inFlight} requests not completed 10 s after the end`);
+  }, 100);
+  await Promise.race([done, new Promise<void>((_, rej) => setTimeout(() => rej(new Error(`${spec.name}: stuck with ${drv.inFlight} in flight`)), seconds * 1000 + 15_000).unref())]);
+  clearInterval(keep);
+  alloc.set(allocKey, allocIdx);
+  if (failure) throw failure;
+  if (ops !== submitted) throw new Error(`${spec.name}: ${submitted} submitted, ${ops} completed`);
+  return { ops, bytes: ops * spec.bs, seconds: Number(tEnd - t0) / 1e9, hist };
+}
+
+/** One request on slot 0, awaited. */
+async function oneRequest(drv: SlotBlkDriver, type: number, sector: number, len: number): Promise<Slot> {
+  const slot = drv.slots[0];
+  const p = new Promise<number>((resolve) => (drv.onComplete = (_s, status) => resolve(status)));
+  drv.submit(slot, type, sector, len);
+  const keep = setInterval(() => {}, 100);
+  const status = await Promise.race([p, new Promise<number>((_, rej) => setTimeout(() => rej(new Error('request not completed within 10 s')), 10_000).unref())]);
+  clearInterval(keep);
+  if (status !== 0) throw new Error(`request type ${type} at ${sector}: status ${status}`);
+  return slot;
+}
+
+async function runRow(drv: SlotBlkDriver, spec: RowSpec, capacity: number, alloc: AllocCursor): Promise<Metric[]> {
+  const gen = ++generation;
+  await runPhase(drv, spec, WARMUP_S, gen, capacity, alloc, null);
+  const recent = spec.kind === 'write' ? ([] as { sector: number; len: number }[]) : null;
+  const r = await runPhase(drv, spec, SECONDS, gen, capacity, alloc, recent);
+  if (recent) {
+    if (recent.length === 0) throw new Error(`${spec.name}: no writes`);
+    for (const w of recent) checkSectors(await oneRequest(drv, VIRTIO_BLK_T_IN, w.sector, w.len), w.sector, w.len, gen);
+    await oneRequest(drv, VIRTIO_BLK_T_FLUSH, 0, 0);
+  }
+  const iops = r.ops / r.seconds;
+  if (spec.depth === 1)
+    return [
+      { name: 'p50', unit: 'µs', value: r.hist.percentile(50) / 1e3, lowerIsBetter: true },
+      { name: 'p99', unit: 'µs', value: r.hist.percentile(99) / 1e3, lowerIsBetter: true },
+      { name: 'p99.9', unit: 'µs', value: r.hist.percentile(99.9) / 1e3, lowerIsBetter: true },
+      { name: 'IOPS', unit: 'IOPS', value: iops, lowerIsBetter: false },
+    ];
+  if (spec.bs === 4096) return [{ name: 'IOPS', unit: 'IOPS', value: iops, lowerIsBetter: false }];
+  return [{ name: 'MB/s', unit: 'MB/s', value: r.bytes / r.seconds / 1e6, lowerIsBetter: false }];
+}
+
+// ------------------------------------------------------------------------------------------------ backends
+
+interface Backend {
+  socket: string;
+  /** Checks after the rows (before stop), then stops. */
+  finish(): Promise<void>;
+}
+
+function pin(pid: number, core: number): void {
+  const r = spawnSync('taskset', ['-a', '-p', '-c', String(core), String(pid)], { stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`taskset failed for pid ${pid}`);
+}
+
+async function startVhostd(image: string, format: string, dir: string): Promise<Backend> {
+  const v = new VhostdProcess(`vm "b" {\n    disk "${image}" format ${format}\n}\n`, { dir });
+  await v.start();
+  pin(v.proc!.pid!, 1);
+  return {
+    socket: path.join(dir, 'b.disk0.sock'),
+    async finish() {
+      try {
+        const dev = (await v.stats())['b.disk0'].device;
+        if (dev.badChain + dev.badRequest + dev.unsupported + dev.ioErrors !== 0) throw new Error(`vhostd counted errors: ${JSON.stringify(dev)}`);
+        if (!(dev.writes > 0)) throw new Error('vhostd counted no writes');
+      } finally {
+        const code = await v.stop();
+        if (code !== 0) throw new Error(`vhostd exited with ${code}: ${v.stderr}${v.tail()}`);
+      }
+    },
+  };
+}
+
+async function startQsd(image: string, format: string, dir: string): Promise<Backend> {
+  const socket = path.join(dir, 'qsd.sock');
+  fs.rmSync(socket, { force: true });
+  const args = [
+    '-c', '1', 'qemu-storage-daemon',
+    '--blockdev', `driver=file,node-name=file0,filename=${image}`,
+    '--blockdev', `driver=${format},node-name=fmt0,file=file0`,
+    '--export', `type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=${socket},node-name=fmt0,writable=on`,
+  ];
+  const proc: ChildProcess = spawn('taskset', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const end = Date.now() + 20_000;
+  while (!fs.existsSync(socket)) {
+    if (proc.exitCode !== null) throw new Error(`qemu-storage-daemon exited (${proc.exitCode}): ${stderr}`);
+    if (Date.now() > end) throw new Error(`qemu-storage-daemon did not listen: ${stderr}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  pin(proc.pid!, 1);
+  return {
+    socket,
+    async finish() {
+      if (proc.exitCode !== null) throw new Error(`qemu-storage-daemon died (${proc.exitCode}): ${stderr}`);
+      const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
+      proc.kill('SIGTERM');
+      const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(t);
+      if (code !== 0) throw new Error(`qemu-storage-daemon exited with ${code}: ${stderr}`);
+    },
+  };
+}
+
+async function connect(socket: string, capacity: number): Promise<SlotBlkDriver> {
+  const drv = new SlotBlkDriver({ socket, depth: DEPTH, maxData: MAX_DATA });
+  await drv.realize();
+  await drv.start();
+  const cap = new DataView(drv.config.buffer, drv.config.byteOffset).getBigUint64(0, true);
+  if (cap !== BigInt(capacity / 512)) throw new Error(`capacity ${cap} sectors, expected ${capacity / 512}`);
+  return drv;
+}
+
+// ------------------------------------------------------------------------------------------------ main
+
+const ALLOCATED_ROWS: RowSpec[] = [
+  { name: '4K randread QD1', kind: 'read', bs: 4096, depth: 1, pattern: 'rand' },
+  { name: '4K randwrite QD1', kind: 'write', bs: 4096, depth: 1, pattern: 'rand' },
+  { name: '4K randread QD32', kind: 'read', bs: 4096, depth: 32, pattern: 'rand' },
+  { name: '4K randwrite QD32', kind: 'write', bs: 4096, depth: 32, pattern: 'rand' },
+  { name: '64K seqread QD8', kind: 'read', bs: 64 * KiB, depth: 8, pattern: 'seq' },
+  { name: '64K seqwrite QD8', kind: 'write', bs: 64 * KiB, depth: 8, pattern: 'seq' },
+];
+const ALLOC_ROWS: RowSpec[] = [
+  { name: '4K alloc-write QD1', kind: 'write', bs: 4096, depth: 1, pattern: 'alloc', lo: 8 * GiB, hi: 10 * GiB },
+  { name: '4K alloc-write QD32', kind: 'write', bs: 4096, depth: 32, pattern: 'alloc', lo: 10 * GiB, hi: 16 * GiB },
+  { name: '64K seqwrite QD8', kind: 'write', bs: 64 * KiB, depth: 8, pattern: 'seq' },
+];
+
+interface Line {
+  image: string;
+  row: string;
+  metric: Metric;
+  ref: Metric;
+}
+
+async function runBackend(which: 'vhostd' | 'qsd', image: string, format: string, dir: string, rows: RowSpec[], capacity: number): Promise<Metric[][]> {
+  const be = which === 'vhostd' ? await startVhostd(image, format, dir) : await startQsd(image, format, dir);
+  const out: Metric[][] = [];
+  let drv: SlotBlkDriver | null = null;
+  try {
+    drv = await connect(be.socket, capacity);
+    const alloc: AllocCursor = new Map();
+    for (const r of rows) out.push(await runRow(drv, r, capacity, alloc));
+  } finally {
+    drv?.close();
+    await be.finish();
+  }
+  if (format === 'qcow2') execFileSync('qemu-img', ['check', image], { stdio: 'pipe' });
+  return out;
+}
+
+async function main(): Promise<void> {
+  pin(process.pid, 0);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-bench-blk-'));
+  const lines: Line[] = [];
+  const collect = (imageName: string, rows: RowSpec[], v: Metric[][], q: Metric[][]) =>
+    rows.forEach((r, i) => v[i].forEach((m, k) => lines.push({ image: imageName, row: r.name, metric: m, ref: q[i][k] })));
+  try {
+    const raw = path.join(dir, 'disk.raw');
+    fs.writeFileSync(raw, stampImage(IMAGE_SIZE));
+    const qcow = path.join(dir, 'disk.qcow2');
+    execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow]);
+    for (const [name, img, fmt] of [['raw', raw, 'raw'], ['qcow2', qcow, 'qcow2']] as const) {
+      process.stderr.write(`${name}: vhostd...\n`);
+      const v = await runBackend('vhostd', img, fmt, dir, ALLOCATED_ROWS, IMAGE_SIZE);
+      process.stderr.write(`${name}: qemu-storage-daemon...\n`);
+      const q = await runBackend('qsd', img, fmt, dir, ALLOCATED_ROWS, IMAGE_SIZE);
+      collect(name, ALLOCATED_ROWS, v, q);
+    }
+    fs.rmSync(raw);
+    fs.rmSync(qcow);
+    // Allocating writes: each backend gets its own copy of the same empty image.
+    const empty = path.join(dir, 'empty.qcow2');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', empty, String(EMPTY_SIZE)]);
+    const res: Metric[][][] = [];
+    for (const which of ['vhostd', 'qsd'] as const) {
+      process.stderr.write(`empty qcow2: ${which}...\n`);
+      const img = path.join(dir, `empty-${which}.qcow2`);
+      fs.copyFileSync(empty, img);
+      res.push(await runBackend(which, img, 'qcow2', dir, ALLOC_ROWS, EMPTY_SIZE));
+      fs.rmSync(img);
+    }
+    collect('qcow2 empty', ALLOC_ROWS, res[0], res[1]);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+
+  const dig = (x: number) => (x >= 1000 ? x.toFixed(0) : x >= 100 ? x.toFixed(1) : x.toFixed(2));
+  const rows: BenchRow[] = lines.map((l) => ({
+    bench: 'blk/io',
+    case: `${l.image} ${l.row} ${l.metric.name}`,
+    unit: l.metric.unit,
+    value: Number(dig(l.metric.value)),
+    reference: 'qemu-storage-daemon',
+    referenceValue: Number(dig(l.ref.value)),
+    ratio: Number((l.metric.value / l.ref.value).toFixed(3)),
+    lowerIsBetter: l.metric.lowerIsBetter,
+    seconds: SECONDS,
+  }));
+  report(rows);
+  process.stderr.write(
+    table(
+      `blk/io: driver-side client on core 0, backend on core 1; ${SECONDS} s per row; ratio = vhostd/qsd (latency: lower is better)`,
+      ['image', 'row', 'metric', 'vhostd', 'qsd', 'vhostd/qsd'],
+      lines.map((l) => [l.image, l.row, `${l.metric.name} ${l.metric.unit === l.metric.name ? '' : l.metric.unit}`.trim(), dig(l.metric.value), dig(l.ref.value), (l.metric.value / l.ref.value).toFixed(2)]),
+    ),
+  );
+}
+
+await main();
+process.exit(0);
