@@ -76,7 +76,7 @@ export class Daemon {
           const log = this.log.child({ vm: vm.name, dev: name, socket: dc.socketPath });
           let disk: Disk;
           try {
-            disk = await openDisk(dc.path, dc.format, dc.readOnly, log);
+            disk = await openDisk(dc.path, dc.format, dc.readOnly, log, { cacheBytes: dc.cacheBytes });
           } catch (err) {
             throw new Error(`${name}: cannot open image ${dc.path}: ${(err as Error).message}`, { cause: err });
           }

@@ -26,8 +26,8 @@ export async function detectFormat(path: string): Promise<DiskFormat> {
 }
 
 /** Open an image in the given format (undefined: detect). */
-export async function openDisk(path: string, format: DiskFormat | undefined, readOnly: boolean, log: Logger): Promise<Disk> {
+export async function openDisk(path: string, format: DiskFormat | undefined, readOnly: boolean, log: Logger, opts: { cacheBytes?: number } = {}): Promise<Disk> {
   const fmt = format ?? (await detectFormat(path));
   if (fmt === 'raw') return RawDisk.open(path, { readOnly });
-  return Qcow2Image.open(path, { readOnly, log });
+  return Qcow2Image.open(path, { readOnly, log, l2CacheBytes: opts.cacheBytes });
 }

@@ -90,6 +90,8 @@ export interface DiskConfig {
   /** Configured format; absent = detected from the file (qcow2 magic, else raw). */
   format?: 'raw' | 'qcow2';
   readOnly: boolean;
+  /** qcow2 L2 cache size in bytes (`cache SIZE`); absent = the default, which covers a 256 GiB disk. */
+  cacheBytes?: number;
   /** Absolute path of the vhost-user socket the daemon listens on. */
   socketPath: string;
   /** Position of the `disk` keyword. */

@@ -76,6 +76,7 @@ interface RawDisk {
   path: Located<string>;
   format?: Located<'raw' | 'qcow2'>;
   readOnly?: Located<boolean>;
+  cache?: Located<number>;
 }
 
 interface RawInterface {
@@ -188,7 +189,7 @@ const VM: KeywordTable<RawVm> = {
     p.block(INTERFACE, iface, 'interface', 'interface');
     vm.interfaces.push(iface);
   },
-  /** `disk "PATH" [format qcow2|raw] [readonly]` (options in any order). */
+  /** `disk "PATH" [format qcow2|raw] [readonly] [cache SIZE]` (options in any order). */
   disk: (p, vm, kw) => {
     const d: RawDisk = { pos: pos(kw), path: p.string('an image path', '"/var/vmm/vm13.qcow2"') };
     for (;;) {
@@ -201,13 +202,27 @@ const VM: KeywordTable<RawVm> = {
       } else if (t.text === 'readonly' && !d.readOnly) {
         p.next();
         d.readOnly = { value: true, pos: pos(t) };
+      } else if (t.text === 'cache' && !d.cache) {
+        p.next();
+        const v = p.next();
+        const bytes = v.kind === 'word' ? parseCacheSize(v.text) : null;
+        if (bytes === null) p.fail(v, `expected a qcow2 metadata cache size from 1M to 1G like 32M after cache, got ${describeToken(v)}`);
+        d.cache = { value: bytes as number, pos: pos(v) };
       } else {
-        p.fail(t, `expected format, readonly or the end of the disk statement, got ${describeToken(t)}`);
+        p.fail(t, `expected format, readonly, cache or the end of the disk statement, got ${describeToken(t)}`);
       }
     }
     vm.disks.push(d);
   },
 };
+
+/** `cache SIZE` of a disk: K/M/G suffixes (binary), 1 MiB..1 GiB; null when malformed or out of range. */
+function parseCacheSize(text: string): number | null {
+  const m = /^(\d+)([KMG])?$/i.exec(text);
+  if (!m) return null;
+  const bytes = Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] ?? ' ').toUpperCase());
+  return bytes >= 2 ** 20 && bytes <= 2 ** 30 ? bytes : null;
+}
 
 /** A boolean flag keyword and its `-` form, e.g. `learn` / `-learn`. */
 const flag = (key: 'learn' | 'discover' | 'blockNonIp' | 'span', value: boolean, name: string): Handler<RawInterface> => (p, iface, kw) =>
@@ -595,6 +610,7 @@ function validateDisk(p: Parser, rd: RawDisk, vmName: string, index: number, bas
   const readOnly = rd.readOnly?.value ?? false;
   const disk: DiskConfig = { index, path: '', readOnly, socketPath, pos: rd.pos };
   if (rd.format) disk.format = rd.format.value;
+  if (rd.cache) disk.cacheBytes = rd.cache.value;
   if (rd.path.value === '' || rd.path.value.includes('\0')) {
     p.report(rd.path.pos, 'expected a non-empty image path, got ""');
     return disk;

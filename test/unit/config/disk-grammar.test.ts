@@ -83,9 +83,17 @@ describe('disk keyword', () => {
     expect(errorOf(`vm "a" {\n  disk "r2.img" format qcow2\n}\n`)).toMatch(/2:24: format qcow2, but .* has no qcow2 header/);
   });
 
+  test('cache SIZE sets the qcow2 metadata cache; malformed or out-of-range sizes are errors at the size', () => {
+    const cfg = parseConfig(`vm "a" {\n  disk "data.img" cache 64M\n}\n`, 'c.conf', { baseDir: dir });
+    expect(cfg.vms[0].disks[0].cacheBytes).toBe(64 * 2 ** 20);
+    expect(parseConfig(`vm "a" {\n  disk "data.img"\n}\n`, 'c.conf', { baseDir: dir }).vms[0].disks[0].cacheBytes).toBeUndefined();
+    expect(errorOf(`vm "a" {\n  disk "data.img" cache none\n}\n`)).toMatch(/2:25: expected a qcow2 metadata cache size from 1M to 1G like 32M after cache, got "none"/);
+    expect(errorOf(`vm "a" {\n  disk "data.img" cache 2G\n}\n`)).toMatch(/2:25: expected a qcow2 metadata cache size/);
+  });
+
   test('syntax: unknown format, unknown option, unquoted path', () => {
     expect(errorOf(`vm "a" {\n  disk "data.img" format vmdk\n}\n`)).toMatch(/2:26: expected qcow2 or raw after format/);
-    expect(errorOf(`vm "a" {\n  disk "data.img" cache none\n}\n`)).toMatch(/2:19: expected format, readonly or the end of the disk statement/);
+    expect(errorOf(`vm "a" {\n  disk "data.img" aio native\n}\n`)).toMatch(/2:19: expected format, readonly, cache or the end of the disk statement/);
     expect(errorOf(`vm "a" {\n  disk data.img\n}\n`)).toMatch(/2:8: expected an image path in double quotes/);
   });
 
