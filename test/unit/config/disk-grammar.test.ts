@@ -85,8 +85,8 @@ describe('disk keyword', () => {
 
   test('cache SIZE sets the qcow2 metadata cache; malformed or out-of-range sizes are errors at the size', () => {
     const cfg = parseConfig(`vm "a" {\n  disk "data.img" cache 64M\n}\n`, 'c.conf', { baseDir: dir });
-    expect(cfg.vms[0].disks[0].cacheBytes).toBe(64 * 2 ** 20);
-    expect(parseConfig(`vm "a" {\n  disk "data.img"\n}\n`, 'c.conf', { baseDir: dir }).vms[0].disks[0].cacheBytes).toBeUndefined();
+    expect(cfg.vms[0].disks![0].cacheBytes).toBe(64 * 2 ** 20);
+    expect(parseConfig(`vm "a" {\n  disk "data.img"\n}\n`, 'c.conf', { baseDir: dir }).vms[0].disks![0].cacheBytes).toBeUndefined();
     expect(errorOf(`vm "a" {\n  disk "data.img" cache none\n}\n`)).toMatch(/2:25: expected a qcow2 metadata cache size from 1M to 1G like 32M after cache, got "none"/);
     expect(errorOf(`vm "a" {\n  disk "data.img" cache 2G\n}\n`)).toMatch(/2:25: expected a qcow2 metadata cache size/);
   });
