@@ -16,14 +16,16 @@
  */
 import { VhostError } from '../util/errors.js';
 import { NO_VLAN_TAG, type Frame } from './frame.js';
+import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
 import { sgByteAt, type SgList } from '../memory/sg-list.js';
 import { formatMac, isMulticast, isZero, macKeyFromSg, parseMac, MAC_LEN, type MacKey } from './mac.js';
 import { HALF as MAC_HALF } from './mac-map.js';
 import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 
-/** Ethernet header: destination MAC, source MAC, ethertype. Shorter frames are runts. */
-export const ETHER_HDR_LEN = 14;
+/** Ethernet header length (re-exported: callers and tests import it from the switch). */
+export { ETHER_HDR_LEN };
+
 /** Default switch MTU (IP MTU, Ethernet header not included), advertised later as VIRTIO_NET_F_MTU. */
 export const DEFAULT_MTU = 1500;
 
@@ -224,11 +226,6 @@ export const DEFAULT_PVID = 1;
 /** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses. */
 const RESERVED_LO = 0x0180_c200_0000;
 const RESERVED_HI = 0x0180_c200_000f;
-const ETHERTYPE_IPV4 = 0x0800;
-const ETHERTYPE_ARP = 0x0806;
-const ETHERTYPE_RARP = 0x8035;
-const ETHERTYPE_IPV6 = 0x86dd;
-const ETHERTYPE_QINQ = 0x88a8;
 
 function isIpEthertype(t: number): boolean {
   return t === ETHERTYPE_IPV4 || t === ETHERTYPE_IPV6 || t === ETHERTYPE_ARP || t === ETHERTYPE_RARP;
@@ -818,8 +815,6 @@ export class Switch {
   }
 }
 
-/** 802.1Q TPID: a tagged frame may be 4 bytes longer than MTU + header. */
-const ETHERTYPE_VLAN = 0x8100;
 
 /** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
 function vlanTagLen(frame: Frame): number {
