@@ -20,7 +20,7 @@ import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE
 import { sgByteAt, type SgList } from '../memory/sg-list.js';
 import { formatMac, isMulticast, isZero, macKeyFromSg, parseMac, MAC_LEN, type MacKey } from './mac.js';
 import { HALF as MAC_HALF } from './mac-map.js';
-import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable } from './mac-table.js';
+import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 
 /** Ethernet header length (re-exported: callers and tests import it from the switch). */
@@ -115,20 +115,9 @@ export function newPortCounters(): PortCounters {
 }
 
 /** Switch options. */
-export interface SwitchOptions {
-  /** IP MTU, 68..65535 (VIRTIO 1.2 §5.1.4.1 lower bound); stored for ports to advertise, not enforced yet. */
+export interface SwitchOptions extends MacTableOptions {
+  /** Switch MTU, 68..65535 (VIRTIO 1.2 §5.1.4.1 lower bound): ports start with it; egress frames are checked. */
   mtu?: number;
-  /** MAC table size, dynamic plus static (default 4096). */
-  maxAddr?: number;
-  /** Dynamic MAC lifetime in seconds (default 240). */
-  timeoutSec?: number;
-  /** Default per-port learn limit (default: maxAddr). */
-  portMaxAddr?: number;
-  /** Full table or port limit: evict the oldest entry of the port holding most (true) or refuse (false, veb). */
-  evict?: boolean;
-  /** MAC-move damping: moves of one MAC allowed per window (0 = off, default 4) and the window (default 10 s). */
-  moveDampCount?: number;
-  moveDampSec?: number;
 }
 
 /** Per-port options (veb-switch.md §1.2). Omitted fields keep their current value. */
