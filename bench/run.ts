@@ -5,6 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { generateDoc } from './doc.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const benches = ['virtqueue/fence.bench.js', 'net/mac-table.bench.js', 'net/switch-forward.bench.js', 'net/testpmd-loop.bench.js', 'net/guest-tcp.bench.js', 'blk/blk-io.bench.js'];
@@ -17,6 +18,14 @@ for (const b of benches) {
   if (r.status !== 0) {
     failed++;
     process.stderr.write(`${b} failed (exit ${r.status})\n`);
+  }
+}
+if (!failed) {
+  try {
+    for (const f of generateDoc()) process.stderr.write(`wrote ${path.relative(process.cwd(), f)}\n`);
+  } catch (e) {
+    process.stderr.write(`docs/benchmarks.md not regenerated: ${(e as Error).message}\n`);
+    failed++;
   }
 }
 process.exit(failed ? 1 : 0);
