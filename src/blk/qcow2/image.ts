@@ -21,7 +21,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import type { Disk } from '../disk.js';
 import { ImageError } from './errors.js';
-import { parseHeader, QCOW2_MAGIC, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import { parseHeader, QCOW2_MAGIC, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import {
   classify,
   compressedLocation,
@@ -171,8 +171,6 @@ export class Qcow2Image implements Disk, BackingImage {
       if (!opts.readOnly) {
         if (h.incompatibleFeatures & INCOMPAT_CORRUPT)
           throw new ImageError('CorruptImage', 'image is marked corrupt; open it read-only or repair it with qemu-img check -r all', { path, op: 'open' });
-        if (h.incompatibleFeatures & INCOMPAT_DIRTY)
-          throw new ImageError('UnsupportedFeature', 'image is dirty (lazy refcounts not rebuilt); repair it with qemu-img check -r all', { path, op: 'open', feature: 'dirty' });
       }
       const l1 = Buffer.alloc(h.l1Size * 8);
       if (l1.length) await preadvFull(fh, [l1], h.l1TableOffset, path);
@@ -190,6 +188,8 @@ export class Qcow2Image implements Disk, BackingImage {
           await fh.datasync();
           h.autoclearFeatures = 0n;
         }
+        // Dirty (lazy refcounts): the on-disk refcounts may be wrong; rebuild them before anything is written.
+        if (!opts.readOnly && h.incompatibleFeatures & INCOMPAT_DIRTY) await img.rebuildRefcounts();
       } catch (err) {
         await backing?.close();
         throw err;
@@ -235,6 +235,192 @@ export class Qcow2Image implements Disk, BackingImage {
       if (this.fixedMeta.has(off / cs)) corrupt(`L2 table ${i} overlaps the header, L1, refcount table or a refcount block`);
       this.l2Clusters.add(off / cs);
     }
+  }
+
+  /**
+   * Rebuild every refcount from the metadata of a dirty image (lazy refcounts), as QEMU does on open: header,
+   * active L1, snapshot table, each snapshot's L1, every L2 table reachable from an L1 (once per reference) and the
+   * data clusters each such L2 table maps (compressed: every host cluster its range touches), then the refcount table
+   * and refcount blocks themselves. Missing refcount blocks (and a larger table, if needed) are placed at the end of
+   * the file. Order: refblocks (+ new table) → fdatasync → header switch → fdatasync → dirty bit cleared → fdatasync.
+   * Until the last step the dirty bit stays set, so a crash part-way leaves an image that is rebuilt again.
+   */
+  private async rebuildRefcounts(): Promise<void> {
+    const cs = this.cs;
+    const h = this.header;
+    const path = this.path;
+    const maxRc = maxRefcount(this.refBits);
+    const origEnd = this.fileEnd;
+    const fail = (m: string): never => {
+      throw new ImageError('CorruptImage', `cannot rebuild the refcounts of a dirty image: ${m}`, { path, op: 'open' });
+    };
+    let counts = new Uint32Array(this.fileEnd / cs + 16);
+    let used = 0; // clusters [0, used) may hold a nonzero count
+    const bump = (c: number, delta: number): void => {
+      if (c >= counts.length) {
+        const grown = new Uint32Array(Math.max(c + 1, counts.length * 2));
+        grown.set(counts);
+        counts = grown;
+      }
+      const v = counts[c]! + delta;
+      if (v > maxRc) fail(`host cluster ${c} is referenced ${v} times, more than ${this.refBits}-bit refcounts can hold`);
+      counts[c] = v;
+      if (v > 0 && c >= used) used = c + 1;
+    };
+    // Metadata references: must lie inside the file (a compressed range may run up to two clusters past its end).
+    const inc = (off: number, bytes: number, what: string): void => {
+      if (off < 0 || off + bytes > this.fileEnd + 2 * cs) fail(`${what} (0x${off.toString(16)}) lies past the end of the file`);
+      for (let c = Math.floor(off / cs); c * cs < off + bytes; c++) bump(c, 1);
+    };
+    const readBuf = async (off: number, bytes: number): Promise<Buffer> => {
+      const b = Buffer.alloc(bytes);
+      await preadvFull(this.fh, [b], off, path);
+      return b;
+    };
+    const countL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
+      const l2 = Buffer.alloc(cs);
+      for (let i = 0; i < entries; i++) {
+        const off = entryOffset(readHi(l1, i), readLo(l1, i));
+        if (off === 0) continue;
+        if (off % cs !== 0 || off + cs > this.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
+        inc(off, cs, `L2 table of ${name} entry ${i}`);
+        await preadvFull(this.fh, [l2], off, path);
+        for (let j = 0; j < this.l2Entries; j++) {
+          const hi = readHi(l2, j);
+          const lo = readLo(l2, j);
+          const kind = classify(hi, lo, h.version);
+          if (kind === 'normal' || kind === 'zero-alloc') {
+            const d = entryOffset(hi, lo);
+            if (d % cs !== 0 || d + cs > this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j} points to an invalid cluster 0x${d.toString(16)}`);
+            inc(d, cs, 'data cluster');
+          } else if (kind === 'compressed') {
+            const r = this.compressedRange(hi, lo);
+            if (r.offset < cs || r.offset >= this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j}: compressed cluster outside the file`);
+            inc(r.offset, r.len, 'compressed cluster');
+          }
+        }
+      }
+    };
+
+    // 1. Everything the image's metadata references.
+    inc(0, cs, 'header');
+    if (h.l1Size > 0) inc(h.l1TableOffset, h.l1Size * 8, 'L1 table');
+    await countL1(this.l1, h.l1Size, 'L1');
+    if (h.nbSnapshots > 0) {
+      let pos = h.snapshotsOffset;
+      for (let s = 0; s < h.nbSnapshots; s++) {
+        if (pos + 40 > this.fileEnd) fail(`snapshot table entry ${s} lies past the end of the file`);
+        const e = await readBuf(pos, 40);
+        const l1Off = Number(e.readBigUInt64BE(0));
+        const l1Size = e.readUInt32BE(8);
+        const len = 40 + e.readUInt32BE(36) + e.readUInt16BE(12) + e.readUInt16BE(14);
+        pos += Math.ceil(len / 8) * 8;
+        if (l1Size * 8 > MAX_L1_BYTES) fail(`snapshot ${s} has an oversized L1 table (${l1Size} entries)`);
+        if (l1Size === 0) continue;
+        if (l1Off % cs !== 0 || l1Off + l1Size * 8 > this.fileEnd) fail(`snapshot ${s} L1 table 0x${l1Off.toString(16)} is invalid`);
+        inc(l1Off, l1Size * 8, `snapshot ${s} L1 table`);
+        await countL1(await readBuf(l1Off, l1Size * 8), l1Size, `snapshot ${s} L1`);
+      }
+      if (pos > this.fileEnd) fail('snapshot table runs past the end of the file');
+      inc(h.snapshotsOffset, pos - h.snapshotsOffset, 'snapshot table');
+    }
+
+    // 2. The existing refcount structures: reused in place unless they collide with the metadata counted above.
+    const oldTableClusters = this.reftable.length / cs;
+    const blockAt = new Map<number, number>();
+    for (let c = 0; c < oldTableClusters; c++) if ((counts[this.reftableOffset / cs + c] ?? 0) > 0) fail('the refcount table overlaps other metadata or data');
+    for (let rt = 0; rt < this.reftable.length / 8; rt++) {
+      const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
+      if (off === 0) continue;
+      if ((counts[off / cs] ?? 0) > 0) fail(`refcount block ${rt} overlaps other metadata or data`);
+      blockAt.set(rt, off);
+      bump(off / cs, 1);
+    }
+    for (let c = 0; c < oldTableClusters; c++) bump(this.reftableOffset / cs + c, 1);
+
+    // 3. Refcount blocks for every range that has counts, and a table large enough; new ones at the end of the file.
+    let end = Math.max(this.fileEnd, used * cs);
+    let tableOff = this.reftableOffset;
+    let tableEntries = this.reftable.length / 8;
+    let moved = false;
+    for (;;) {
+      let changed = false;
+      const needed = Math.ceil(used / this.rbEntries);
+      for (let rt = 0; rt < needed; rt++) {
+        if (blockAt.has(rt)) continue;
+        let any = false;
+        for (let c = rt * this.rbEntries; c < Math.min(used, (rt + 1) * this.rbEntries); c++) if (counts[c]) { any = true; break; }
+        if (!any) continue;
+        blockAt.set(rt, end);
+        bump(end / cs, 1);
+        end += cs;
+        changed = true;
+      }
+      let wantEntries = needed;
+      for (const rt of blockAt.keys()) wantEntries = Math.max(wantEntries, rt + 1);
+      if (wantEntries > tableEntries) {
+        const clusters = Math.ceil((Math.max(wantEntries + 64, tableEntries * 2) * 8) / cs);
+        if (clusters * cs > MAX_REFTABLE_BYTES) fail('the refcount table would exceed 8 MiB');
+        // The table in use (old, or one placed in an earlier round) is no longer referenced once the header moves.
+        for (let c = 0; c < (tableEntries * 8) / cs; c++) bump(tableOff / cs + c, -1);
+        tableOff = end;
+        tableEntries = (clusters * cs) / 8;
+        for (let c = 0; c < clusters; c++) bump(end / cs + c, 1);
+        end += clusters * cs;
+        moved = true;
+        changed = true;
+      }
+      if (!changed) break;
+    }
+
+    // 4. Encode and write: blocks (+ new table) → sync → table switch → sync → dirty bit cleared → sync.
+    const table = Buffer.alloc(tableEntries * 8);
+    const blocks: Array<[number, Buffer]> = [];
+    for (const [rt, off] of blockAt) {
+      const rb = Buffer.alloc(cs);
+      const base = rt * this.rbEntries;
+      for (let i = 0; i < this.rbEntries && base + i < used; i++) {
+        const v = counts[base + i]!;
+        if (v) setRefcount(rb, i, this.refBits, v);
+      }
+      blocks.push([off, rb]);
+      const [hi, lo] = makeEntry(off, false);
+      writeEntry(table, rt, hi, lo);
+    }
+    await Promise.all(blocks.map(([off, rb]) => pwritevFull(this.fh, [rb], off, path)));
+    if (moved) {
+      await pwritevFull(this.fh, [table], tableOff, path);
+      await this.sync();
+      const hdr = Buffer.alloc(12);
+      hdr.writeBigUInt64BE(BigInt(tableOff), 0);
+      hdr.writeUInt32BE(table.length / cs, 8);
+      await pwritevFull(this.fh, [hdr], 48, path);
+    } else {
+      await this.sync();
+      await pwritevFull(this.fh, [table], tableOff, path);
+    }
+    await this.sync();
+    const incompat = Buffer.alloc(8);
+    incompat.writeBigUInt64BE(h.incompatibleFeatures & ~INCOMPAT_DIRTY, 0);
+    await pwritevFull(this.fh, [incompat], 72, path);
+    await this.sync();
+
+    // 5. In-memory state follows the rebuilt structures.
+    h.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+    h.refcountTableOffset = tableOff;
+    h.refcountTableClusters = table.length / cs;
+    this.reftable = table;
+    this.reftableOffset = tableOff;
+    this.refblocks.clear();
+    this.refblockDirty.clear();
+    this.reftableDirty.clear();
+    for (let c = 0; c < table.length / cs; c++) this.fixedMeta.add(tableOff / cs + c);
+    for (const off of blockAt.values()) this.fixedMeta.add(off / cs);
+    this.fileEnd = Math.max(this.fileEnd, end);
+    this.log?.warn(
+      { path, refcountBlocks: blockAt.size, newRefcountBlocks: blocks.filter(([off]) => off >= origEnd).length, refcountTableMoved: moved },
+      'qcow2: image was dirty (lazy refcounts); refcounts rebuilt from metadata and the dirty bit cleared (image repaired)',
+    );
   }
 
   // ---------------------------------------------------------------- public Disk API

@@ -3,7 +3,7 @@
  * field changed. Every one is refused with an ImageError of the right kind, naming the problem; none crashes.
  */
 import { afterEach, describe, expect, test } from 'vitest';
-import { symlinkSync, writeFileSync } from 'node:fs';
+import { readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Qcow2Image } from '../../../../src/blk/qcow2/image.js';
 import { ImageError } from '../../../../src/blk/qcow2/errors.js';
@@ -132,12 +132,31 @@ describe('hostile and unsupported images are refused', () => {
     await img.close();
   });
 
-  test('dirty bit: read-only open works, read-write open is refused', async () => {
+  test('dirty bit: read-only open leaves it set, read-write open rebuilds the refcounts and clears it', async () => {
     const f = join(tmp(), 'dirty.qcow2');
     buildImage(f, withField(VALID_V3, 'incompatible_features', 1));
-    const img = await Qcow2Image.open(f, { readOnly: true });
+    const ro = await Qcow2Image.open(f, { readOnly: true });
+    expect(ro.header.incompatibleFeatures).toBe(1n);
+    await ro.close();
+    const warns: string[] = [];
+    const img = await Qcow2Image.open(f, { readOnly: false, log: { warn: (_o, m) => void warns.push(m) } });
+    expect(img.header.incompatibleFeatures).toBe(0n);
+    expect(warns).toHaveLength(1);
+    expect(warns[0]).toMatch(/dirty.*repaired/);
     await img.close();
-    expect((await openErr(f, false)).message).toMatch(/dirty/);
+    expect(readFileSync(f).readBigUInt64BE(72)).toBe(0n);
+  });
+
+  test('dirty bit with a refcount that overflows its width (1-bit refcounts, L2 table referenced twice) is refused', async () => {
+    const f = join(tmp(), 'dirty-overflow.qcow2');
+    const text = withField(withField(withField(VALID_V3, 'incompatible_features', 1), 'refcount_order', 0), 'l1_size', 2);
+    buildImage(f, text, { l1: { 0: 4n * BigInt(CS), 1: 4n * BigInt(CS) }, l2: { 0: 0n } });
+    const ro = await Qcow2Image.open(f, { readOnly: true });
+    await ro.close();
+    const err = await openErr(f, false);
+    expect(err.kind).toBe('CorruptImage');
+    expect(err.message).toMatch(/1-bit refcounts/);
+    expect(readFileSync(f).readBigUInt64BE(72)).toBe(1n); // nothing was written
   });
 
   test('corrupt bit: read-only open works, read-write open is refused', async () => {
