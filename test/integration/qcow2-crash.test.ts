@@ -2,22 +2,19 @@
  * Crash safety: SIGKILL a child writing and flushing in a loop at random points; afterwards `qemu-img check` finds at
  * most leaked clusters (exit 0 or 3, never 2) and every write covered by a completed flush is present.
  */
-import { afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { hasQemuImg, prng, qemuCheck, qemuImg, tempDir } from '../helpers/qcow2-tools.js';
+import { hasQemuImg, prng, qemuCheck, qemuImg } from '../helpers/qcow2-tools.js';
+import { tempDirsPerTest } from '../helpers/temp-dirs.js';
 import { crashWrite } from '../helpers/qcow2-crash-plan.js';
 
 const root = resolve(import.meta.dirname, '../..');
 const CHILD = join(root, 'build/test/helpers/qcow2-crash-child.js');
 const SIZE = 16 * 1024 * 1024;
 
-let cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups) c();
-  cleanups = [];
-});
+const tmp = tempDirsPerTest();
 
 async function runAndKill(file: string, seed: number, killAfterMs: number): Promise<{ lastWrite: number; lastFlush: number }> {
   const child = spawn(process.execPath, [CHILD, file, String(seed)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -54,9 +51,8 @@ describe.skipIf(!hasQemuImg)('qcow2 crash safety', () => {
     const killAfter = Math.floor(r() * 400);
     const opts = run % 2 === 0 ? [] : ['-o', 'cluster_size=4096'];
     test(`run ${run}: kill -9 after ${killAfter} ms ${opts.join(' ')}: no corruption, flushed writes present`, async () => {
-      const t = tempDir();
-      cleanups.push(t.cleanup);
-      const f = join(t.dir, 'crash.qcow2');
+      const dir = tmp();
+      const f = join(dir, 'crash.qcow2');
       qemuImg('create', '-q', '-f', 'qcow2', ...opts, f, String(SIZE));
       const seed = 100 + run;
       const { lastWrite, lastFlush } = await runAndKill(f, seed, killAfter);
@@ -74,7 +70,7 @@ describe.skipIf(!hasQemuImg)('qcow2 crash safety', () => {
         const w = crashWrite(seed, i, SIZE);
         known.fill(0, w.offset, w.offset + w.data.length);
       }
-      const raw = join(t.dir, 'out.raw');
+      const raw = join(dir, 'out.raw');
       qemuImg('convert', '-O', 'raw', f, raw);
       const got = readFileSync(raw);
       let bad = -1;

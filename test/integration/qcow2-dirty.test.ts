@@ -3,23 +3,15 @@
  * logs one warning. Images are made by qemu-img/qemu-io, then their refcounts are damaged and the dirty bit set by
  * editing bytes; afterwards `qemu-img check` is clean and the data matches `qemu-img convert -O raw` from before.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { closeSync, openSync, readFileSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Qcow2Image } from '../../src/blk/qcow2/image.js';
-import { hasQemuImg, qemuCheck, qemuImg, qemuIo, tempDir } from '../helpers/qcow2-tools.js';
+import { hasQemuImg, qemuCheck, qemuImg, qemuIo } from '../helpers/qcow2-tools.js';
+import { tempDirsPerTest } from '../helpers/temp-dirs.js';
 
 const MiB = 1024 * 1024;
-let cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups) c();
-  cleanups = [];
-});
-function tmp(): string {
-  const t = tempDir();
-  cleanups.push(t.cleanup);
-  return t.dir;
-}
+const tmp = tempDirsPerTest();
 
 function rawOf(file: string, out: string): Buffer {
   qemuImg('convert', '-O', 'raw', file, out);

@@ -3,23 +3,15 @@
  * `qemu-img convert -O raw`; seeded random writes match an in-memory reference, `qemu-img check` is clean and
  * `qemu-img compare` matches a raw mirror.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { readFileSync, writeFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Qcow2Image } from '../../src/blk/qcow2/image.js';
-import { hasQemuImg, prng, qemuCheck, qemuCompare, qemuImg, qemuIo, tempDir } from '../helpers/qcow2-tools.js';
+import { hasQemuImg, prng, qemuCheck, qemuCompare, qemuImg, qemuIo } from '../helpers/qcow2-tools.js';
+import { tempDirsPerTest } from '../helpers/temp-dirs.js';
 
 const MiB = 1024 * 1024;
-let cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups) c();
-  cleanups = [];
-});
-function tmp(): string {
-  const t = tempDir();
-  cleanups.push(t.cleanup);
-  return t.dir;
-}
+const tmp = tempDirsPerTest();
 
 /** Read the whole image through Qcow2Image in odd-sized chunks split over two buffers. */
 async function readAll(img: Qcow2Image): Promise<Buffer> {

@@ -1,11 +1,12 @@
 /**
  * `vhostctl create` as an operator runs it (build/src/bin/vhostctl.js as a child process); qemu-img checks the result.
  */
-import { afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { beforeAll, describe, expect, test } from 'vitest';
 import { spawnSync, execFileSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { hasQemuImg, qemuCheck, qemuImg, qemuInfo, qemuIo, tempDir } from '../helpers/qcow2-tools.js';
+import { hasQemuImg, qemuCheck, qemuImg, qemuInfo, qemuIo } from '../helpers/qcow2-tools.js';
+import { tempDirsPerTest } from '../helpers/temp-dirs.js';
 import { parseSize } from '../../src/blk/qcow2/create.js';
 import { Qcow2Image } from '../../src/blk/qcow2/image.js';
 
@@ -16,16 +17,7 @@ function vhostctl(cwd: string, ...args: string[]): { status: number; out: string
   return { status: r.status ?? -1, out: r.stdout, err: r.stderr };
 }
 
-let cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups) c();
-  cleanups = [];
-});
-function tmp(): string {
-  const t = tempDir();
-  cleanups.push(t.cleanup);
-  return t.dir;
-}
+const tmp = tempDirsPerTest();
 
 test('parseSize reads sizes like vmctl', () => {
   expect(parseSize('50G')).toBe(50 * 2 ** 30);

@@ -2,25 +2,16 @@
  * Header parsing and hostile images: each case is a named test built from the annotated VALID_V3 fixture with one
  * field changed. Every one is refused with an ImageError of the right kind, naming the problem; none crashes.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Qcow2Image } from '../../../../src/blk/qcow2/image.js';
 import { ImageError } from '../../../../src/blk/qcow2/errors.js';
 import { parseHeader } from '../../../../src/blk/qcow2/header.js';
 import { buildImage, COPIED, CS, encodeFixture, VALID_V3, withField } from '../../../helpers/qcow2-fixtures.js';
-import { tempDir } from '../../../helpers/qcow2-tools.js';
+import { tempDirsPerTest } from '../../../helpers/temp-dirs.js';
 
-let cleanups: Array<() => void> = [];
-afterEach(() => {
-  for (const c of cleanups) c();
-  cleanups = [];
-});
-function tmp(): string {
-  const t = tempDir();
-  cleanups.push(t.cleanup);
-  return t.dir;
-}
+const tmp = tempDirsPerTest();
 
 async function openErr(file: string, readOnly = true): Promise<ImageError> {
   try {
