@@ -5,12 +5,12 @@
  * re-sends SET_INFLIGHT_FD with the same memfd, requests in flight are resubmitted, and the guest finishes without
  * an I/O error; afterwards the image holds every pattern the guest wrote.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { requirePeer } from './support/peers.js';
 import { buildInitramfs, startGuest, type Guest } from './support/guest.js';
+import { bytes, md5 } from './support/data.js';
 import { VhostdProcess } from './support/vhostd-process.js';
 
 const skip = requirePeer('qemu', 'kernel', 'busybox');
@@ -20,17 +20,7 @@ const IMAGE_SIZE = 32 * MiB;
 const CHUNK = 256 * 1024;
 const ITERATIONS = 40;
 
-const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
 
-function bytes(len: number, seed: number): Buffer {
-  const b = Buffer.alloc(len);
-  let x = seed >>> 0;
-  for (let i = 0; i < len; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 function guestBody(): string {
   const blocks = CHUNK / 4096;

@@ -16,6 +16,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { requirePeer } from './support/peers.js';
 import { buildInitramfs, startGuest, type Guest } from './support/guest.js';
+import { bytes, md5 } from './support/data.js';
 import { VHOSTD_BIN, VhostdProcess } from './support/vhostd-process.js';
 
 const VHOSTCTL_BIN = VHOSTD_BIN.replace(/vhostd\.js$/, 'vhostctl.js');
@@ -27,18 +28,8 @@ const IMAGE_SIZE = 16 * MiB;
 const PATTERN_AT = 3 * MiB + 4096; // not MiB-aligned on purpose
 const PATTERN_LEN = 1 * MiB;
 
-const md5 = (b: Uint8Array): string => createHash('md5').update(b).digest('hex');
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-function bytes(len: number, seed: number): Buffer {
-  const b = Buffer.alloc(len);
-  let x = seed >>> 0;
-  for (let i = 0; i < len; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 function guestBody(): string {
   return `n=0; while [ ! -e /sys/block/vda ] && [ $n -lt 200 ]; do usleep 100000; n=$((n+1)); done
