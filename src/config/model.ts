@@ -107,11 +107,32 @@ export interface VmConfig {
   pos: SourcePos;
 }
 
+/** `socket owner [user][:group]`: owner of the control socket and of every vhost-user socket (mode 0660). */
+export interface SocketOwner {
+  /** As written (absent = unchanged). */
+  user?: string;
+  group?: string;
+  /** Resolved ids; -1 = leave unchanged (chown(2) semantics). */
+  uid: number;
+  gid: number;
+}
+
+/** `log level LEVEL` (pino level names). */
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
 export interface Config {
   /** The configuration file name as given to the parser (used in messages). */
   file: string;
   /** Absolute directory where vhost-user sockets are created. */
   socketDir: string;
+  /** Absolute path of the control socket (`control "PATH"`); absent in hand-built configs = `<socketDir>/vhostd.sock`. */
+  controlPath?: string;
+  /** `socket owner`: absent = sockets keep the daemon's user and group, mode 0660. */
+  socketOwner?: SocketOwner;
+  /** `metrics listen ADDRESS:PORT`: Prometheus exporter, off when absent. */
+  metricsListen?: { host: string; port: number };
+  /** `log level LEVEL`: absent = info (`vhostd -v` raises it). */
+  logLevel?: LogLevel;
   switches: SwitchConfig[];
   vms: VmConfig[];
 }
@@ -128,6 +149,11 @@ export const MIN_MTU = 68;
 export const MAX_MTU = 65535;
 /** Used when `socket dir` is absent; resolved like any relative path. */
 export const DEFAULT_SOCKET_DIR = 'run';
+
+/** The control socket path of a configuration (`control "PATH"`, default `<socket dir>/vhostd.sock`). */
+export function controlSocketPath(cfg: Config): string {
+  return cfg.controlPath ?? `${cfg.socketDir}/vhostd.sock`;
+}
 
 export function findSwitch(cfg: Config, name: string): SwitchConfig | undefined {
   return cfg.switches.find((s) => s.name === name);
