@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * vhostd: the daemon entry point. Parses flags, loads the configuration, starts the Daemon; no logic here.
+ * vhostd: the daemon entry point. Parses flags, loads the configuration, starts the control socket and the Daemon;
+ * no logic here. SIGHUP (or `vhostctl reload`) re-reads the configuration, SIGUSR2 logs the counters.
  *
  *   vhostd [-v] [-f FILE]     run in the foreground (without -f: the embedded default configuration)
  *   vhostd -n [-f FILE]       check the configuration and exit 0 (valid) or 1 (invalid)
@@ -8,15 +9,19 @@
 import { parseArgs } from 'node:util';
 import { loadConfigFile } from '../config/load.js';
 import { defaultConfig, DEFAULT_CONFIG_NAME } from '../config/default.js';
-import type { Config } from '../config/model.js';
+import { controlSocketPath, type Config, type LogLevel } from '../config/model.js';
+import { LOG_LEVELS } from '../config/parser.js';
+import { ControlHandlers } from '../control/handlers.js';
+import { ControlServer } from '../control/server.js';
 import { Daemon } from '../daemon.js';
 import { loadNative } from '../native/binding.js';
+import { startMetrics, type MetricsServer } from '../metrics/exporter.js';
 import { createLogger } from '../util/log.js';
 
 const usage = `usage: vhostd [-nv] [-f file]
   -f file   configuration file (default: the embedded default configuration)
   -n        check the configuration and exit
-  -v        verbose logging (debug; -vv for trace)
+  -v        verbose logging (debug; -vv for trace), if more verbose than the configured log level
   -h        this help`;
 
 async function main(): Promise<number> {
@@ -51,15 +56,44 @@ async function main(): Promise<number> {
     return 0;
   }
   const verbosity = values.v?.length ?? 0;
-  const log = createLogger({ level: verbosity >= 2 ? 'trace' : verbosity === 1 ? 'debug' : 'info' });
+  const log = createLogger({ level: moreVerbose(config.logLevel ?? 'info', verbosity >= 2 ? 'trace' : verbosity === 1 ? 'debug' : 'info') });
   let daemon: Daemon;
+  let control: ControlServer;
+  let handlers: ControlHandlers;
   try {
     daemon = new Daemon(config, loadNative(), log);
-    await daemon.openDisks();
-    daemon.start();
+    // The control socket first: if another vhostd answers on it, stop before touching its vhost-user sockets.
+    const cwd = process.cwd();
+    const configFile = values.f;
+    handlers = new ControlHandlers({
+      daemon,
+      log,
+      loadConfig: () => (configFile !== undefined ? loadConfigFile(configFile) : defaultConfig(cwd)),
+      afterReload: (cfg) => control.setOwner(cfg.socketOwner),
+    });
+    control = new ControlServer(controlSocketPath(config), (req) => handlers.handle(req), log, config.socketOwner);
+    await control.listen();
+    try {
+      await daemon.openDisks();
+      daemon.start();
+    } catch (err) {
+      control.close();
+      throw err;
+    }
   } catch (err) {
     log.fatal({ err }, 'vhostd failed to start');
     return 1;
+  }
+  let metrics: MetricsServer | null = null;
+  if (config.metricsListen) {
+    try {
+      metrics = await startMetrics(daemon, config.metricsListen, log);
+    } catch (err) {
+      log.fatal({ reason: (err as Error).message }, 'vhostd failed to start');
+      control.close();
+      await daemon.stop();
+      return 1;
+    }
   }
   for (const q of daemon.qemuArgs({ tcg: false })) {
     log.info({ vm: q.vm, socket: q.socket, qemu: q.args }, 'attach a QEMU guest with these arguments (add vectors=0 to -device under TCG)');
@@ -68,6 +102,10 @@ async function main(): Promise<number> {
     for (const s of daemon.stats()) log.info({ stats: s }, 'port counters');
   };
   process.on('SIGUSR2', logStats); // SIGUSR1 is Node's inspector signal
+  // SIGHUP re-reads the configuration, as `vhostctl reload` does (the result goes to the log).
+  process.on('SIGHUP', () => {
+    Promise.resolve(handlers.handle({ cmd: 'reload' })).catch((err: unknown) => log.error({ reason: (err as Error).message }, 'reload failed'));
+  });
   const shutdown = (signal: string): void => {
     log.info({ signal }, 'shutting down');
     logStats();
@@ -75,6 +113,8 @@ async function main(): Promise<number> {
       log.flush();
       process.exit(0);
     };
+    control.close();
+    void metrics?.close();
     daemon.stop().then(exit, (err: unknown) => {
       log.error({ err }, 'shutdown failed');
       exit();
@@ -83,6 +123,11 @@ async function main(): Promise<number> {
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   return -1; // keep running
+}
+
+/** The more verbose of two levels: `-v` raises the configured level, never lowers it. */
+function moreVerbose(a: LogLevel, b: LogLevel): LogLevel {
+  return LOG_LEVELS.indexOf(a) >= LOG_LEVELS.indexOf(b) ? a : b;
 }
 
 void main().then((rc) => {

@@ -8,8 +8,10 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { isIPv6 } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { ConfigError, describeToken, tokenize, type Diagnostic, type Token } from './lexer.js';
+import { resolveId, splitOwner, SYSTEM_ID_DATABASES, type IdDatabases } from './owner.js';
 import {
   DEFAULT_MTU,
   DEFAULT_SOCKET_DIR,
@@ -26,11 +28,15 @@ import {
   type SwitchConfig,
   type VmConfig,
   type DiskConfig,
+  type LogLevel,
+  type SocketOwner,
 } from './model.js';
 
 export interface ParseOptions {
   /** Directory that relative paths are resolved against; default: the directory of `file`. */
   baseDir?: string;
+  /** passwd/group files for `socket owner` names; default /etc/passwd and /etc/group. */
+  idDatabases?: IdDatabases;
 }
 
 /** Longest unix socket path Linux accepts (sun_path is 108 bytes including the NUL). */
@@ -49,6 +55,10 @@ interface Located<T> {
 
 interface RawConfig {
   socketDir?: Located<string>;
+  control?: Located<string>;
+  owner?: Located<string>;
+  metricsListen?: Located<string>;
+  logLevel?: Located<LogLevel>;
   switches: RawSwitch[];
   vms: RawVm[];
 }
@@ -115,11 +125,32 @@ const TOP: KeywordTable<RawConfig> = {
     p.block(VM, vm, `vm ${JSON.stringify(vm.name.value)}`, 'vm');
     cfg.vms.push(vm);
   },
+  control: (p, cfg, kw) => p.setOnce(cfg, 'control', p.string('a control socket path', '"/run/vhostd/vhostd.sock"'), kw, 'control'),
+  metrics: (p, cfg, kw) => p.subKeyword(METRICS, cfg, kw),
+  log: (p, cfg, kw) => p.subKeyword(LOG, cfg, kw),
 };
 
-/** `socket <sub-keyword> ...`; planned: `socket owner user:group`. */
+/** `socket dir "PATH"`, `socket owner [user][:group]`. */
 const SOCKET: KeywordTable<RawConfig> = {
   dir: (p, cfg, kw) => p.setOnce(cfg, 'socketDir', p.string('a socket directory', '"/run/vhostd"'), kw, 'socket dir'),
+  // Quotes optional: vm.conf writes `socket owner _vmd:wheel`.
+  owner: (p, cfg, kw) => p.setOnce(cfg, 'owner', p.stringOrWord('an owner', '"user:group" or ":group"'), kw, 'socket owner'),
+};
+
+/** `metrics listen "ADDRESS:PORT"`. */
+const METRICS: KeywordTable<RawConfig> = {
+  listen: (p, cfg, kw) => p.setOnce(cfg, 'metricsListen', p.stringOrWord('an address and port', '"127.0.0.1:9100"'), kw, 'metrics listen'),
+};
+
+export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'];
+
+/** `log level LEVEL`. */
+const LOG: KeywordTable<RawConfig> = {
+  level: (p, cfg, kw) => {
+    const t = p.peek();
+    const level = p.oneOf([...LOG_LEVELS], 'after log level') as LogLevel;
+    p.setOnce(cfg, 'logLevel', { value: level, pos: pos(t) }, kw, 'log level');
+  },
 };
 
 const SWITCH: KeywordTable<RawSwitch> = {
@@ -347,6 +378,13 @@ class Parser {
     return this.fail(t, `expected ${what} in double quotes like ${example}, got ${got}`);
   }
 
+  /** A quoted string or a bare word (values that cannot contain spaces). */
+  stringOrWord(what: string, example: string): Located<string> {
+    const t = this.next();
+    if (t.kind === 'string' || t.kind === 'word') return { value: t.text, pos: pos(t) };
+    return this.fail(t, `expected ${what} like ${example}, got ${describeToken(t)}`);
+  }
+
   /** A decimal number; out of range is reported (and undefined returned) without stopping. */
   number(what: string, min: number, max: number): Located<number> | undefined {
     const t = this.next();
@@ -466,7 +504,7 @@ function checkName(p: Parser, kind: string, name: Located<string>): void {
   }
 }
 
-function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Config {
+function validate(p: Parser, raw: RawConfig, file: string, baseDir: string, dbs: IdDatabases): Config {
   let socketDir = resolve(baseDir, DEFAULT_SOCKET_DIR);
   if (raw.socketDir) {
     if (raw.socketDir.value === '' || raw.socketDir.value.includes('\0')) {
@@ -475,6 +513,7 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
       socketDir = resolve(baseDir, raw.socketDir.value);
     }
   }
+  const daemon = validateDaemonSettings(p, raw, baseDir, socketDir, dbs);
 
   const switches: SwitchConfig[] = [];
   const switchByName = new Map<string, RawSwitch>();
@@ -592,7 +631,80 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string): Con
     iface.lladdr = mac;
   }
 
-  return { file, socketDir, switches, vms };
+  return { file, socketDir, ...daemon, switches, vms };
+}
+
+/**
+ * The daemon-wide settings: control socket (same sun_path limit as the vhost-user sockets; the default
+ * `<socket dir>/vhostd.sock` is checked too, at `socket dir`), socket owner (names resolved now, so a typo is a
+ * configuration error and not a failure at start), metrics address, log level. Only configured fields are set.
+ */
+function validateDaemonSettings(p: Parser, raw: RawConfig, baseDir: string, socketDir: string, dbs: IdDatabases): Partial<Config> {
+  const out: Partial<Config> = {};
+  let control = resolve(socketDir, 'vhostd.sock');
+  let controlAt = raw.socketDir?.pos ?? { line: 1, col: 1 };
+  if (raw.control) {
+    controlAt = raw.control.pos;
+    if (raw.control.value === '' || raw.control.value.includes('\0')) {
+      p.report(raw.control.pos, 'expected a non-empty control socket path, got ""');
+    } else {
+      control = resolve(baseDir, raw.control.value);
+      out.controlPath = control;
+    }
+  }
+  if (Buffer.byteLength(control) > MAX_SOCKET_PATH_BYTES) {
+    p.report(controlAt, `expected a control socket path of at most ${MAX_SOCKET_PATH_BYTES} bytes, got ${Buffer.byteLength(control)} bytes (${control}); use a shorter path`);
+  }
+  if (raw.owner) {
+    const o = raw.owner;
+    const parts = splitOwner(o.value);
+    if (parts === null) {
+      p.report(o.pos, `expected a socket owner like "user", "user:group" or ":group" (names or decimal ids), got ${JSON.stringify(o.value)}`);
+    } else {
+      const owner: SocketOwner = { uid: -1, gid: -1 };
+      for (const kind of ['user', 'group'] as const) {
+        const name = parts[kind];
+        if (name === undefined) continue;
+        owner[kind] = name;
+        const id = resolveId(kind, name, dbs);
+        if (typeof id === 'string') p.report(o.pos, id);
+        else if (kind === 'user') owner.uid = id;
+        else owner.gid = id;
+      }
+      out.socketOwner = owner;
+    }
+  }
+  if (raw.metricsListen) {
+    const l = parseListenAddress(raw.metricsListen.value);
+    if (typeof l === 'string') p.report(raw.metricsListen.pos, l);
+    else out.metricsListen = l;
+  }
+  if (raw.logLevel) out.logLevel = raw.logLevel.value;
+  return out;
+}
+
+/**
+ * "ADDRESS:PORT" → { host, port }: a dotted-quad IPv4 address, a bracketed IPv6 address ("[::1]:9100", host
+ * without brackets) or a host name; port 1..65535. Returns the error message when malformed.
+ */
+export function parseListenAddress(text: string): { host: string; port: number } | string {
+  const bad = (why: string): string => `expected an address and port like "127.0.0.1:9100" or "[::1]:9100", got ${JSON.stringify(text)}: ${why}`;
+  const m = /^(?:\[([^\]]*)\]|([^:[\]]*)):([^:]*)$/.exec(text);
+  if (m === null) return bad(text.split(':').length > 2 ? 'an IPv6 address goes in brackets' : 'no port');
+  const [, v6, name, portText] = m;
+  if (!/^[0-9]{1,5}$/.test(portText!) || Number(portText) < 1 || Number(portText) > 65535) return bad('the port must be a number from 1 to 65535');
+  const port = Number(portText);
+  if (v6 !== undefined) return isIPv6(v6) ? { host: v6, port } : bad(`${JSON.stringify(v6)} is not an IPv6 address`);
+  const host = name!;
+  if (/^[0-9.]+$/.test(host)) {
+    const o = host.split('.');
+    if (o.length !== 4 || o.some((x) => x === '' || x.length > 3 || Number(x) > 255)) return bad(`${JSON.stringify(host)} is not an IPv4 address`);
+    return { host, port };
+  }
+  // RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens, at most 253 characters.
+  const label = /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
+  if (host === '' || host.length > 253 || !host.split('.').every((l) => label.test(l))) return bad(`${JSON.stringify(host)} is not a host name`);
+  return { host, port };
 }
 
 const QCOW2_MAGIC = [0x51, 0x46, 0x49, 0xfb]; // "QFI\xfb"
@@ -664,7 +776,7 @@ export function parseConfig(text: string, file: string, opts: ParseOptions = {})
   const p = new Parser(tokenize(text, file), file);
   const raw: RawConfig = { switches: [], vms: [] };
   p.statements(TOP, raw, 'top level');
-  const cfg = validate(p, raw, file, opts.baseDir ?? dirname(resolve(file)));
+  const cfg = validate(p, raw, file, opts.baseDir ?? dirname(resolve(file)), opts.idDatabases ?? SYSTEM_ID_DATABASES);
   if (p.diagnostics.length > 0) throw new ConfigError(p.diagnostics);
   return cfg;
 }

@@ -77,11 +77,12 @@ export interface MacTableOptions {
 
 /** Forwarding database with main/shadow aging. */
 export class MacTable {
-  readonly maxAddr: number;
-  readonly timeoutSec: number;
+  /** Limits; changed only by setLimits() (configuration reload). */
+  maxAddr: number;
+  timeoutSec: number;
   /** Rotation period T = timeout/2. */
-  readonly rotateSec: number;
-  readonly portMaxAddr: number;
+  rotateSec: number;
+  portMaxAddr: number;
   readonly evict: boolean;
   readonly moveDampCount: number;
   readonly moveDampSec: number;
@@ -135,6 +136,26 @@ export class MacTable {
     this.moveDampCount = dampCount;
     this.moveDampSec = dampSec;
     this.limits.fill(portMax);
+  }
+
+  /**
+   * Change the table size and the dynamic entry lifetime (configuration reload). A smaller table keeps the entries
+   * it has and learns nothing more (or evicts) until it is under the limit; the new timeout applies from the next
+   * rotation. The default per-port limit follows `maxAddr` when it was not set apart from it.
+   */
+  setLimits(opts: { maxAddr?: number; timeoutSec?: number }): void {
+    const maxAddr = opts.maxAddr ?? this.maxAddr;
+    const timeoutSec = opts.timeoutSec ?? this.timeoutSec;
+    if (!Number.isInteger(maxAddr) || maxAddr < 1) throw new RangeError(`maxAddr must be an integer ≥ 1, got ${maxAddr}`);
+    if (!(timeoutSec >= 2) || !Number.isFinite(timeoutSec)) throw new RangeError(`timeoutSec must be ≥ 2, got ${timeoutSec}`);
+    if (this.portMaxAddr === this.maxAddr && maxAddr !== this.maxAddr) {
+      const old = this.portMaxAddr;
+      for (let i = 0; i < this.limits.length; i++) if (this.limits[i] === old) this.limits[i] = maxAddr;
+      this.portMaxAddr = maxAddr;
+    }
+    this.maxAddr = maxAddr;
+    this.timeoutSec = timeoutSec;
+    this.rotateSec = timeoutSec / 2;
   }
 
   /** Number of dynamic entries (all of `main`) plus static entries. */

@@ -272,6 +272,11 @@ export class NetDevice implements VirtioDevice, Port {
     this.sw.removePort(this);
   }
 
+  /** The guest has started its TX queue (link up for the switch: statics of a locked port are installed). */
+  get linkUp(): boolean {
+    return this.txQ !== null;
+  }
+
   get switchName(): string {
     return this.sw.name;
   }

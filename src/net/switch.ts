@@ -248,7 +248,11 @@ function u32At(sg: SgList, pos: number): number {
 /** Learning L2 switch with veb(4) semantics. */
 export class Switch {
   readonly name: string;
-  readonly mtu: number;
+  /** Switch MTU: what ports get when they (re)negotiate; reconfigure() changes it. */
+  get mtu(): number {
+    return this.mtuValue;
+  }
+  private mtuValue: number;
   /** Forwarding database; exposed for display (`entries()`), `flush()` and static entries. */
   readonly macTable: MacTable;
 
@@ -287,7 +291,7 @@ export class Switch {
       throw new VhostError('ERR_CONFIG', `switch ${name}: mtu must be an integer in 68..65535, got ${mtu}`);
     }
     this.name = name;
-    this.mtu = mtu;
+    this.mtuValue = mtu;
     try {
       this.macTable = new MacTable({
         maxAddr: opts.maxAddr,
@@ -303,6 +307,23 @@ export class Switch {
   }
 
   // ---------------------------------------------------------------- control path
+
+  /**
+   * Configuration reload: a new MTU (ports keep theirs until the guest renegotiates: NetDevice.reset/setFeatures
+   * read it), MAC table size and timeout. Throws VhostError ERR_CONFIG on bad values, before changing anything.
+   */
+  reconfigure(opts: { mtu?: number; maxAddr?: number; timeoutSec?: number }): void {
+    const mtu = opts.mtu ?? this.mtuValue;
+    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
+      throw new VhostError('ERR_CONFIG', `switch ${this.name}: mtu must be an integer in 68..65535, got ${mtu}`);
+    }
+    try {
+      this.macTable.setLimits({ maxAddr: opts.maxAddr, timeoutSec: opts.timeoutSec });
+    } catch (err) {
+      throw new VhostError('ERR_CONFIG', `switch ${this.name}: ${(err as Error).message}`, { cause: err });
+    }
+    this.mtuValue = mtu;
+  }
 
   /** Attach `port`; assigns and returns the smallest free PortId. Throws if the port is attached anywhere. */
   addPort(port: Port): PortId {

@@ -1,6 +1,7 @@
 /**
- * Logging: one pino root logger, child loggers per device ({ vm, dev, socket }) and a rate limiter for
- * guest-triggered warnings, so a hostile guest cannot flood the log (house style §3.5).
+ * Logging: one pino root logger, child loggers per device ({ vm, dev, socket }) whose level follows the root's
+ * (setLogLevel), and a rate limiter for guest-triggered warnings, so a hostile guest cannot flood the log
+ * (house style §3.5).
  * One JSON object per line; when stdout is a terminal, lines are printed in a short human-readable form.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
@@ -16,10 +17,47 @@ export interface LogOptions {
 
 export function createLogger(opts: LogOptions = {}): Logger {
   const level = opts.level ?? 'info';
-  if (opts.destination) return pino({ level, base: undefined }, opts.destination);
-  const pretty = opts.pretty ?? process.stdout.isTTY === true;
-  if (!pretty) return pino({ level, base: { pid: process.pid } });
-  return pino({ level, base: undefined }, { write: (line: string) => process.stdout.write(prettyLine(line)) });
+  // pino children copy the level when they are made, so the root remembers its descendants (weakly: a removed
+  // device's logger may go) for setLogLevel(). onChild is inherited, so grandchildren are registered too.
+  const family = new Set<WeakRef<Logger>>();
+  const onChild = (child: Logger): void => {
+    if (family.size >= 2 * familyPruneMark(family)) pruneFamily(family);
+    family.add(new WeakRef(child));
+  };
+  let root: Logger;
+  if (opts.destination) root = pino({ level, base: undefined, onChild }, opts.destination);
+  else if (!(opts.pretty ?? process.stdout.isTTY === true)) root = pino({ level, base: { pid: process.pid }, onChild });
+  else root = pino({ level, base: undefined, onChild }, { write: (line: string) => process.stdout.write(prettyLine(line)) });
+  families.set(root, family);
+  return root;
+}
+
+const families = new WeakMap<Logger, Set<WeakRef<Logger>>>();
+const pruneMarks = new WeakMap<Set<WeakRef<Logger>>, number>();
+
+function familyPruneMark(family: Set<WeakRef<Logger>>): number {
+  return pruneMarks.get(family) ?? 64;
+}
+
+/** Drop the references of collected loggers; the next prune happens when the set has doubled again. */
+function pruneFamily(family: Set<WeakRef<Logger>>): void {
+  for (const ref of family) if (ref.deref() === undefined) family.delete(ref);
+  pruneMarks.set(family, Math.max(64, family.size));
+}
+
+/**
+ * Set the level of a logger made by createLogger() and of every child (and grandchild) made from it so far and
+ * later (`vhostctl log level`). Throws on an unknown level name, as pino does.
+ */
+export function setLogLevel(root: Logger, level: string): void {
+  root.level = level;
+  const family = families.get(root);
+  if (!family) return;
+  for (const ref of family) {
+    const l = ref.deref();
+    if (l === undefined) family.delete(ref);
+    else l.level = level;
+  }
 }
 
 const levelNames: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };

@@ -4,11 +4,16 @@
  * socket. Connecting to a Unix socket needs write permission on it, so a user outside the group is refused.
  */
 import fs from 'node:fs';
-import type { SocketOwner } from '../config/model.js';
 
 export const SOCKET_MODE = 0o660;
 
-export function applySocketOwner(path: string, owner: SocketOwner | undefined): void {
+/** The resolved ids of config's SocketOwner (-1 = unchanged); structural, so util/ need not import config/. */
+export interface SocketIds {
+  uid: number;
+  gid: number;
+}
+
+export function applySocketOwner(path: string, owner: SocketIds | undefined): void {
   fs.chmodSync(path, SOCKET_MODE);
   if (owner && (owner.uid !== -1 || owner.gid !== -1)) fs.chownSync(path, owner.uid, owner.gid);
 }

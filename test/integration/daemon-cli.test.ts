@@ -246,7 +246,8 @@ describe.skipIf(!native.ok)('vhostd command line', () => {
       const sockDir = path.join(confDir, 'sockets');
       const sockets = ['alpha.net0.sock', 'alpha.net1.sock', 'beta.net0.sock'].map((s) => path.join(sockDir, s));
       for (const s of sockets) expect(isSocket(s), s).toBe(true);
-      expect(fs.readdirSync(sockDir).sort()).toEqual(['alpha.net0.sock', 'alpha.net1.sock', 'beta.net0.sock']);
+      // Plus the control socket, which defaults to <socket dir>/vhostd.sock (docs/control.md).
+      expect(fs.readdirSync(sockDir).sort()).toEqual(['alpha.net0.sock', 'alpha.net1.sock', 'beta.net0.sock', 'vhostd.sock']);
       expect(fs.existsSync(path.join(cwd, 'sockets'))).toBe(false);
       for (const s of sockets) expect(await tryConnect(s)).toBe('ok');
 
@@ -275,7 +276,7 @@ describe.skipIf(!native.ok)('vhostd command line', () => {
       const { code, signal } = await d.signal(sig);
       expect(signal).toBeNull();
       expect(code).toBe(0);
-      for (const s of sockets) expect(fs.existsSync(s), s).toBe(false);
+      for (const s of [...sockets, path.join(sockDir, 'vhostd.sock')]) expect(fs.existsSync(s), s).toBe(false);
       // Every stdout line is one JSON object.
       expect(d.lines.length).toBeGreaterThan(3);
       for (const l of d.lines) expect(() => JSON.parse(l), l).not.toThrow();

@@ -7,7 +7,7 @@
  *   2  virtqueue/
  *   3  device/, net/, blk/
  *   4  vhost-user/, config/           (config/ may import only util/ and itself)
- *   5  daemon.ts, bin/
+ *   5  daemon.ts, bin/, metrics/
  *
  * and the virtio-agnostic parts of the devices (net/switch, net/mac-table, net/mac, net/port, net/frame and
  * blk/qcow2/) import nothing from virtqueue/, vhost-user/, device/ or virtio/. A file outside these folders has no
@@ -36,7 +36,9 @@ const LAYERS: Readonly<Record<string, number>> = {
   'vhost-user': 4,
   config: 4,
   'daemon.ts': 5,
+  control: 5,
   bin: 5,
+  metrics: 5,
 };
 
 /** Files that must not know virtio exists, and the folders they may therefore not import. */

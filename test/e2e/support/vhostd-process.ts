@@ -28,14 +28,28 @@ export class VhostdProcess {
   constructor(conf: string, opts: { dir?: string; env?: Record<string, string> } = {}) {
     this.dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-e2e-'));
     this.confPath = path.join(this.dir, 'vhostd.conf');
-    fs.writeFileSync(this.confPath, conf.includes('socket dir') ? conf : `socket dir "${this.dir}"\n${conf}`);
+    this.writeConfig(conf);
     this.env = opts.env ?? {};
   }
 
   private readonly env: Record<string, string>;
 
+  /** (Re)write the configuration file (`socket dir` defaults to the tmp dir), e.g. before `vhostctl reload`. */
+  writeConfig(conf: string): void {
+    fs.writeFileSync(this.confPath, conf.includes('socket dir') ? conf : `socket dir "${this.dir}"\n${conf}`);
+  }
+
   socket(vm: string, n = 0): string {
     return path.join(this.dir, `${vm}.net${n}.sock`);
+  }
+
+  diskSocket(vm: string, n = 0): string {
+    return path.join(this.dir, `${vm}.disk${n}.sock`);
+  }
+
+  /** The control socket when the configuration has no `control` statement. */
+  get controlSocket(): string {
+    return path.join(this.dir, 'vhostd.sock');
   }
 
   async start(timeoutMs = 20_000): Promise<void> {

@@ -182,18 +182,18 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('unknown keywords list the expected ones', () => {
-    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm');
+    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log');
     expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
     expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk');
     expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
       'vhostd.conf:1:22: unknown keyword "group" in the interface block, expected one of: switch, lladdr, locked, learn, -learn, discover, -discover, blocknonip, -blocknonip, span, protected, untagged, tagged, maxaddr',
     );
-    expect(errorOf('socket owner root:wheel')).toBe('vhostd.conf:1:8: unknown keyword "owner" in the socket statement, expected one of: dir');
-    expect(errorOf('socket "dir"')).toBe('vhostd.conf:1:8: expected one of: dir after socket, got string "dir"');
+    expect(errorOf('socket group wheel')).toBe('vhostd.conf:1:8: unknown keyword "group" in the socket statement, expected one of: dir, owner');
+    expect(errorOf('socket "dir"')).toBe('vhostd.conf:1:8: expected one of: dir, owner after socket, got string "dir"');
   });
 
   it('a non-keyword where a statement starts', () => {
-    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm) at top level, got "}"');
+    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log) at top level, got "}"');
     expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, vport, static, rule) in the switch block, got string "mtu"');
   });
 
@@ -243,9 +243,10 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('socket paths longer than a unix socket allows', () => {
-    const dir = `/${'d'.repeat(100)}`;
-    expect(errorOf(`socket dir "${dir}"\n${SW}vm "v" {\n  interface { switch "uplink" }\n}`)).toMatch(
-      /^vhostd.conf:4:3: expected a socket path of at most 107 bytes, got 113 bytes \(\/d+\/v\.net0\.sock\)/,
+    // 94-byte dir: the default control socket (dir + "/vhostd.sock", 106 bytes) fits, vmlong.net0.sock does not.
+    const dir = `/${'d'.repeat(93)}`;
+    expect(errorOf(`socket dir "${dir}"\n${SW}vm "vmlong" {\n  interface { switch "uplink" }\n}`)).toMatch(
+      /^vhostd.conf:4:3: expected a socket path of at most 107 bytes, got 111 bytes \(\/d+\/vmlong\.net0\.sock\)/,
     );
   });
 
@@ -262,7 +263,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   it('reports collected errors together with the syntax error that stopped parsing', () => {
     expect(errorOf('switch "s" { mtu 1 }\nbogus').split('\n')).toEqual([
       'vhostd.conf:1:18: expected an mtu from 68 to 65535, got 1',
-      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm',
+      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm, control, metrics, log',
     ]);
   });
 
