@@ -19,6 +19,8 @@ interface Row extends BenchRow {
   ratio?: number;
   p99?: number;
   lowerIsBetter?: boolean;
+  /** One line on the method, printed under the bench's heading (each distinct note once, in row order). */
+  note?: string;
 }
 
 export interface DocOptions {
@@ -136,6 +138,7 @@ export function generateDoc(opts: DocOptions = {}): string[] {
     const machines = [...new Set(list.map(machineOf))];
     const machineLine = machines.length === 1 && machines[0] === headerMachine ? '' : ` Machine: ${machines.join('; ')}.`;
     md.push(runLine + machineLine, '');
+    for (const note of new Set(list.map((r) => r.note).filter((n): n is string => typeof n === 'string' && n.trim() !== ''))) md.push(note.trim(), '');
 
     const withRef = list.filter((r) => typeof r.reference === 'string' && isNum(r.referenceValue));
     const refNames = [...new Set(withRef.map((r) => r.reference as string))];
@@ -208,7 +211,7 @@ export function generateDoc(opts: DocOptions = {}): string[] {
       md.push('');
       md.push(
         hasLower
-          ? 'Ratio = vhostd / reference: above 1 is better for throughput rows, below 1 is better for rows marked ↓ (latency).'
+          ? 'Ratio = vhostd / reference: above 1 is better for throughput rows, below 1 is better for rows marked ↓ (lower is better: latency, memory).'
           : 'Ratio = vhostd / reference: above 1 means vhostd is faster.',
         '',
       );

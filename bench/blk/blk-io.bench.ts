@@ -15,9 +15,9 @@
  * `qemu-img check` after each backend.
  *
  * Placement on the 2-core machine: this driver on core 0, the backend (vhostd with its thread pool, or qsd) on core 1.
- * BENCH_SECONDS (default 3) per row, after a 0.3 s warm-up.
+ * BENCH_SECONDS per row (default 2 s quick, 10 s with --full), after a 0.3 s warm-up.
  */
-import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,9 +26,11 @@ import { VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src
 import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
 import { report, type BenchRow } from '../support/report.js';
 import { table } from '../support/harness.js';
+import { FULL, pin } from '../support/proc.js';
+import { startQsd } from './qsd.js';
 import { SlotBlkDriver, type Slot } from './slot-driver.js';
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? (FULL ? 10 : 2));
 const WARMUP_S = 0.3;
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -222,11 +224,6 @@ interface Backend {
   finish(): Promise<void>;
 }
 
-function pin(pid: number, core: number): void {
-  const r = spawnSync('taskset', ['-a', '-p', '-c', String(core), String(pid)], { stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`taskset failed for pid ${pid}`);
-}
-
 async function startVhostd(image: string, format: string, dir: string): Promise<Backend> {
   const v = new VhostdProcess(`vm "b" {\n    disk "${image}" format ${format}\n}\n`, { dir });
   await v.start();
@@ -246,37 +243,10 @@ async function startVhostd(image: string, format: string, dir: string): Promise<
   };
 }
 
-async function startQsd(image: string, format: string, dir: string): Promise<Backend> {
+async function startQsdBackend(image: string, format: string, dir: string): Promise<Backend> {
   const socket = path.join(dir, 'qsd.sock');
-  fs.rmSync(socket, { force: true });
-  const args = [
-    '-c', '1', 'qemu-storage-daemon',
-    '--blockdev', `driver=file,node-name=file0,filename=${image}`,
-    '--blockdev', `driver=${format},node-name=fmt0,file=file0`,
-    '--export', `type=vhost-user-blk,id=exp0,addr.type=unix,addr.path=${socket},node-name=fmt0,writable=on`,
-  ];
-  const proc: ChildProcess = spawn('taskset', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const end = Date.now() + 20_000;
-  while (!fs.existsSync(socket)) {
-    if (proc.exitCode !== null) throw new Error(`qemu-storage-daemon exited (${proc.exitCode}): ${stderr}`);
-    if (Date.now() > end) throw new Error(`qemu-storage-daemon did not listen: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  pin(proc.pid!, 1);
-  return {
-    socket,
-    async finish() {
-      if (proc.exitCode !== null) throw new Error(`qemu-storage-daemon died (${proc.exitCode}): ${stderr}`);
-      const exited = new Promise<number | null>((r) => proc.once('exit', (c) => r(c)));
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-      const code = await exited;
-      clearTimeout(t);
-      if (code !== 0) throw new Error(`qemu-storage-daemon exited with ${code}: ${stderr}`);
-    },
-  };
+  const qsd = await startQsd([{ image, format, socket }], { core: 1 });
+  return { socket, finish: () => qsd.stop() };
 }
 
 async function connect(socket: string, capacity: number): Promise<SlotBlkDriver> {
@@ -312,7 +282,7 @@ interface Line {
 }
 
 async function runBackend(which: 'vhostd' | 'qsd', image: string, format: string, dir: string, rows: RowSpec[], capacity: number): Promise<Metric[][]> {
-  const be = which === 'vhostd' ? await startVhostd(image, format, dir) : await startQsd(image, format, dir);
+  const be = which === 'vhostd' ? await startVhostd(image, format, dir) : await startQsdBackend(image, format, dir);
   const out: Metric[][] = [];
   let drv: SlotBlkDriver | null = null;
   try {

@@ -11,9 +11,11 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { LCORES_BACKEND, LCORES_DRIVER, meanPps, startTestpmd, vhostVdev, virtioUserVdev, vhostSocketReady, type Testpmd } from '../../test/e2e/support/testpmd.js';
 import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
+import { FULL } from '../support/proc.js';
 import { report, type BenchRow } from '../support/report.js';
 
-const SECONDS = Number(process.env.BENCH_SECONDS ?? 12);
+/** Seconds measured per run (quick 8, --full 20); the first two 1 s samples are ramp-up and not counted. */
+const SECONDS = Number(process.env.BENCH_SECONDS ?? (FULL ? 20 : 8));
 /** Frame sizes (bytes, without FCS); BENCH_FRAMES=64 runs one size. */
 const FRAMES = (process.env.BENCH_FRAMES ?? '64,1500').split(',').map(Number);
 

@@ -397,7 +397,7 @@ export class FakeNetDriver {
 
   // ---------------------------------------------------------------- interrupt-only RX (NAPI style)
 
-  private napi: { onFrames: (f: Uint8Array[]) => void; holdMs: () => number; masked: boolean } | null = null;
+  private napi: { onFrames: (f: Uint8Array[]) => void; holdMs: (() => number) | null; masked: boolean } | null = null;
 
   /**
    * Interrupt-only receive, the way Linux virtio_net's NAPI loop works: on an interrupt, mask RX interrupts
@@ -418,12 +418,23 @@ export class FakeNetDriver {
     this.napiPoll();
   }
 
+  /**
+   * Event-driven receive for latency measurements: as startInterruptOnly, but interrupts are re-armed as soon as
+   * the frames are handed over (NAPI finishing under budget: napi_complete_done, then virtqueue_enable_cb), so
+   * the driver sleeps on the call eventfd between frames and never waits on a timer.
+   */
+  startEventDriven(onFrames: (frames: Uint8Array[]) => void): void {
+    this.napi = { onFrames, holdMs: null, masked: false };
+    this.unmaskRx();
+  }
+
   private napiPoll(): void {
     const n = this.napi!;
     this.pollRx();
     const frames = this.received.splice(0);
     if (frames.length) n.onFrames(frames);
-    setTimeout(() => this.unmaskRx(), n.holdMs());
+    if (n.holdMs === null) queueMicrotask(() => this.unmaskRx());
+    else setTimeout(() => this.unmaskRx(), n.holdMs());
   }
 
   private unmaskRx(): void {

@@ -73,6 +73,8 @@ export interface TestpmdOptions {
 export interface Testpmd {
   proc: ChildProcess;
   args: string[];
+  /** Date.now() when the process was spawned: Sample.t is relative to it. */
+  startedAt: number;
   output(): string;
   samples(): Sample[];
   /** Resolves with the first sample (existing or future) satisfying pred. */
@@ -286,6 +288,7 @@ export function startTestpmd(o: TestpmdOptions): Testpmd {
   return {
     proc,
     args,
+    startedAt: t0,
     output: () => out,
     samples: () => parser.samples,
     waitForSample: (pred, timeoutMs) =>
