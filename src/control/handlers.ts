@@ -122,9 +122,11 @@ export class ControlHandlers {
     try {
       next = this.ctx.loadConfig();
     } catch (err) {
+      // The operator may not be the one watching the log: say here too why nothing changed.
+      this.ctx.log.warn({ reason: (err as Error).message }, 'reload refused: the configuration has errors, the running one stays');
       throw new ControlError((err as Error).message);
     }
-    const report = await this.ctx.daemon.reload(next);
+    const report = await this.ctx.daemon.reload(next); // Daemon.reload logs a refusal itself
     this.ctx.log.info({ ...report }, 'configuration reloaded');
     this.ctx.afterReload?.(this.ctx.daemon.config);
     return report;

@@ -446,5 +446,8 @@ describe.skipIf(!native.ok)('vhostctl reload', () => {
     expect(s.devices.map((d) => d.name)).toEqual(['a.net0', 'c.net0']);
     expect(device(s, 'a.net0').connected).toBe(true);
     expect(fs.existsSync(vhostd.socket('d'))).toBe(false);
+    // The daemon's log says why too (whoever watches it may not be the one who ran vhostctl).
+    const warn = await vhostd.waitLog((l) => l.msg === 'reload refused: the configuration has errors, the running one stays', 5000, 'the refusal in the log');
+    expect(String(warn.reason)).toMatch(/unknown switch "nope"/);
   });
 });

@@ -248,6 +248,12 @@ export interface GuestOptions {
   bios?: 'seabios' | 'qboot';
   /** Echo serial output to stderr as it arrives (also VHOSTD_GUEST_ECHO=1). */
   echo?: boolean;
+  /**
+   * Arguments that attach the guest, used exactly as given (e.g. `vhostctl qemu-args` output): the shared memory
+   * backend and every -chardev/-netdev/-device. The harness then adds no memory backend, no -m (QEMU takes the RAM
+   * size from the backend) and no devices of its own; `netdevs`, `disks`, `memMiB` and `reconnect` must be unset.
+   */
+  attachArgs?: string[];
 }
 
 export interface Guest {
@@ -270,13 +276,22 @@ export function qemuArgs(o: GuestOptions): string[] {
   if (!k) throw new Error('no guest kernel');
   const mem = o.memMiB ?? 256;
   const rc = o.reconnect === true ? 1 : typeof o.reconnect === 'number' ? o.reconnect : 0;
-  const args = [
-    '-name', o.name,
-    '-accel', 'tcg', '-cpu', 'max', '-M', 'q35', '-smp', '1', '-m', String(mem),
-    '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-machine', 'memory-backend=mem',
+  const boot = [
     '-nographic', '-no-reboot', '-nic', 'none',
     '-kernel', k.vmlinuz, '-initrd', o.initrd,
     '-append', `console=ttyS0 quiet panic=-1 ${o.appendCmdline ?? ''}`.trim(),
+  ];
+  const machine = ['-name', o.name, '-accel', 'tcg', '-cpu', 'max', '-M', 'q35', '-smp', '1'];
+  if (o.attachArgs) {
+    if (o.netdevs?.length || o.disks?.length || o.memMiB !== undefined || o.reconnect !== undefined) {
+      throw new Error('attachArgs: the attaching arguments come from outside; do not also set netdevs, disks, memMiB or reconnect');
+    }
+    return [...machine, ...boot, ...(o.bios === 'qboot' ? ['-bios', 'qboot.rom'] : []), ...o.attachArgs, ...(o.extraArgs ?? [])];
+  }
+  const args = [
+    ...machine, '-m', String(mem),
+    '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-machine', 'memory-backend=mem',
+    ...boot,
   ];
   // default MACs: unique per process and guest: 52:54:00:<pid>:<guest#>:<nic#>
   const gi = `${(process.pid & 0xff).toString(16).padStart(2, '0')}:${(guestSeq++ & 0xff).toString(16).padStart(2, '0')}`;
