@@ -6,7 +6,9 @@
  * (Dekker) orderings x86-TSO does not give: used.idx → used_event/avail.flags, avail_event/NO_NOTIFY → avail.idx
  * (VIRTIO 1.2 §2.7.7, §2.7.10; vhost-user.md §2.6 rules 2/5/6/7, §5 pitfalls 4/5; perf-anchors-and-hangs.md §3.1).
  * Test hooks (env VHOSTD_TEST_HOOKS, read once at load; setTestHooks() for unit tests): no-fence (mutant order),
- * delay-after-publish-us=N, delay-after-enable-us=N. Without hooks the hot path pays one boolean check.
+ * delay-after-publish-us=N, delay-after-enable-us=N, delay-one-in=K (sleep in a window with probability 1/K, from a
+ * PRNG seeded by hook-seed=S, so long runs hit the windows thousands of times without sleeping on every pass).
+ * Without hooks the hot path pays one boolean check.
  */
 
 const FENCE_CELL = new Int32Array(new SharedArrayBuffer(4));
@@ -45,6 +47,10 @@ export interface TestHooks {
   delayAfterPublishUs?: number;
   /** Sleep this many µs between the avail_event/flags store and the avail.idx re-read. */
   delayAfterEnableUs?: number;
+  /** Sleep on a window pass with probability 1/delayOneIn (default 1: every pass). */
+  delayOneIn?: number;
+  /** Seed of the PRNG that picks the delayed passes (default 1); the hang matrix logs it per cell. */
+  hookSeed?: number;
   /** Unit tests: runs inside the publish window (between the two operations, in whichever order). */
   onPublishWindow?: (() => void) | null;
   /** Unit tests: runs inside the enable window. */
@@ -63,6 +69,8 @@ export function parseTestHooks(spec: string | undefined): TestHooks {
     if (name === 'no-fence') h.noFence = true;
     else if (name === 'delay-after-publish-us' && us >= 0) h.delayAfterPublishUs = us;
     else if (name === 'delay-after-enable-us' && us >= 0) h.delayAfterEnableUs = us;
+    else if (name === 'delay-one-in' && Number.isInteger(us) && us >= 1) h.delayOneIn = us;
+    else if (name === 'hook-seed' && Number.isInteger(us) && us >= 0) h.hookSeed = us;
     else throw new Error(`VHOSTD_TEST_HOOKS: unknown or malformed hook "${item}"`);
   }
   return h;
@@ -71,6 +79,8 @@ export function parseTestHooks(spec: string | undefined): TestHooks {
 const envHooks = parseTestHooks(process.env.VHOSTD_TEST_HOOKS);
 let hooks: TestHooks = envHooks;
 let hooksActive = isActive(envHooks);
+/** State of the hook PRNG (mulberry32), so a failing cell replays the same delayed passes for the same traffic. */
+let hookRng = (envHooks.hookSeed ?? 1) >>> 0;
 
 function isActive(h: TestHooks): boolean {
   return !!(h.noFence || h.delayAfterPublishUs || h.delayAfterEnableUs || h.onPublishWindow || h.onEnableWindow);
@@ -80,6 +90,7 @@ function isActive(h: TestHooks): boolean {
 export function setTestHooks(h: TestHooks | null): void {
   hooks = h ?? envHooks;
   hooksActive = isActive(hooks);
+  hookRng = (hooks.hookSeed ?? 1) >>> 0;
 }
 
 /** The hooks in effect (read-only view). */
@@ -87,8 +98,19 @@ export function getTestHooks(): Readonly<TestHooks> {
   return hooks;
 }
 
-function sleepUs(us: number): void {
-  if (us > 0) Atomics.wait(SLEEP_CELL, 0, 0, us / 1000);
+function hookRandom(): number {
+  let t = (hookRng = (hookRng + 0x6d2b79f5) >>> 0);
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return (t ^ (t >>> 14)) >>> 0;
+}
+
+/** Sleep `us` in a race window, on 1 pass in delayOneIn (chosen by the seeded PRNG). */
+function sleepUs(us: number | undefined): void {
+  if (!us) return;
+  const k = hooks.delayOneIn ?? 1;
+  if (k > 1 && hookRandom() % k !== 0) return;
+  Atomics.wait(SLEEP_CELL, 0, 0, us / 1000);
 }
 
 /**
@@ -123,14 +145,14 @@ function publishHooked(used: Uint16Array, newIdx: number, src: Uint16Array, srcI
   const h = hooks;
   if (h.noFence) {
     const v = src[srcIndex];
-    sleepUs(h.delayAfterPublishUs ?? 0);
+    sleepUs(h.delayAfterPublishUs);
     h.onPublishWindow?.();
     Atomics.store(used, 1, newIdx & 0xffff);
     return v;
   }
   Atomics.store(used, 1, newIdx & 0xffff);
   fullFence();
-  sleepUs(h.delayAfterPublishUs ?? 0);
+  sleepUs(h.delayAfterPublishUs);
   h.onPublishWindow?.();
   return src[srcIndex];
 }
@@ -139,14 +161,14 @@ function enableHooked(target: Uint16Array, targetIndex: number, value: number, a
   const h = hooks;
   if (h.noFence) {
     const v = Atomics.load(avail, 1);
-    sleepUs(h.delayAfterEnableUs ?? 0);
+    sleepUs(h.delayAfterEnableUs);
     h.onEnableWindow?.();
     Atomics.store(target, targetIndex, value & 0xffff);
     return v;
   }
   Atomics.store(target, targetIndex, value & 0xffff);
   fullFence();
-  sleepUs(h.delayAfterEnableUs ?? 0);
+  sleepUs(h.delayAfterEnableUs);
   h.onEnableWindow?.();
   return Atomics.load(avail, 1);
 }
