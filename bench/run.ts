@@ -35,7 +35,8 @@ const QUICK_BUDGET_S = 15 * 60;
 const args = process.argv.slice(2);
 const full = args.includes('--full');
 const only = args.filter((a) => !a.startsWith('--'));
-const timeoutS = Number(process.env.VHOSTD_BENCH_TIMEOUT_S ?? (full ? 3600 : 600));
+// Full mode: the hang matrix alone runs 24 cells x 1e7 frames (about 1.5 h here), so each bench gets 4 h.
+const timeoutS = Number(process.env.VHOSTD_BENCH_TIMEOUT_S ?? (full ? 4 * 3600 : 600));
 
 const unknown = only.filter((o) => !BENCHES.some((b) => b.includes(o)));
 if (unknown.length) {
