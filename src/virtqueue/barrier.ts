@@ -105,11 +105,15 @@ function hookRandom(): number {
   return (t ^ (t >>> 14)) >>> 0;
 }
 
-/** Sleep `us` in a race window, on 1 pass in delayOneIn (chosen by the seeded PRNG). */
-function sleepUs(us: number | undefined): void {
-  if (!us) return;
+/** Whether this pass through a race window is delayed: 1 in delayOneIn, chosen by the seeded PRNG (exported for tests). */
+export function hookDelayDue(): boolean {
   const k = hooks.delayOneIn ?? 1;
-  if (k > 1 && hookRandom() % k !== 0) return;
+  return k <= 1 || hookRandom() % k === 0;
+}
+
+/** Sleep `us` in a race window when hookDelayDue() says so. */
+function sleepUs(us: number | undefined): void {
+  if (!us || !hookDelayDue()) return;
   Atomics.wait(SLEEP_CELL, 0, 0, us / 1000);
 }
 

@@ -4,7 +4,7 @@
  * wakeup survives; the no-fence mutant loses it, which is what the hang tests rely on detecting.
  */
 import { describe, test, expect, afterEach, vi } from 'vitest';
-import { fullFence, getTestHooks, parseTestHooks, setTestHooks } from '../../../src/virtqueue/barrier.js';
+import { fullFence, getTestHooks, hookDelayDue, parseTestHooks, setTestHooks } from '../../../src/virtqueue/barrier.js';
 import { DescriptorChain } from '../../../src/virtqueue/descriptor-chain.js';
 import { vringNeedEvent } from '../../../src/virtqueue/event-idx.js';
 import { SplitQueue } from '../../../src/virtqueue/split-queue.js';
@@ -123,6 +123,28 @@ describe('barrier primitives and hooks', () => {
     });
     expect(() => parseTestHooks('no-fences')).toThrow(/unknown or malformed hook "no-fences"/);
     expect(() => parseTestHooks('delay-after-publish-us=x')).toThrow();
+  });
+
+  test('delay-one-in=K delays about 1 pass in K, the same passes for the same hook-seed', () => {
+    expect(parseTestHooks('delay-after-publish-us=500,delay-one-in=8,hook-seed=3')).toEqual({ delayAfterPublishUs: 500, delayOneIn: 8, hookSeed: 3 });
+    expect(() => parseTestHooks('delay-one-in=0')).toThrow(/malformed hook "delay-one-in=0"/);
+    expect(() => parseTestHooks('hook-seed=-1')).toThrow();
+    const pattern = (seed: number): boolean[] => {
+      setTestHooks({ delayAfterPublishUs: 1, delayOneIn: 8, hookSeed: seed });
+      return Array.from({ length: 8000 }, () => hookDelayDue());
+    };
+    try {
+      const a = pattern(3);
+      const due = a.filter(Boolean).length;
+      expect(due).toBeGreaterThan(800);
+      expect(due).toBeLessThan(1200);
+      expect(pattern(3)).toEqual(a);
+      expect(pattern(4)).not.toEqual(a);
+      setTestHooks({ delayAfterPublishUs: 1 });
+      expect(Array.from({ length: 10 }, () => hookDelayDue()).every(Boolean)).toBe(true); // no delay-one-in: every pass
+    } finally {
+      setTestHooks(null);
+    }
   });
 
   test('VHOSTD_TEST_HOOKS is read once when the module loads', async () => {
