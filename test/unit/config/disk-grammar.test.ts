@@ -1,5 +1,4 @@
 /** `disk "PATH" [format qcow2|raw] [readonly]`: grammar, file checks with file:line:col, sockets, QEMU args. */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -7,6 +6,7 @@ import { afterAll, describe, expect, test } from 'vitest';
 import { parseConfig } from '../../../src/config/parser.js';
 import { qemuArgsForVm } from '../../../src/config/qemu-args.js';
 import { packageRootFrom } from '../../../src/util/package-root.js';
+import { callAsUser } from '../../helpers/as-user.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-disk-conf-'));
 const raw = path.join(dir, 'data.img');
@@ -52,7 +52,7 @@ describe('disk keyword', () => {
     expect(errorOf(`vm "a" {\n  disk "${dir}"\n}\n`)).toMatch(/2:8: expected a disk image .* is a directory/);
   });
 
-  test('an unreadable image is an error', () => {
+  test('an unreadable image is an error', async () => {
     const f = path.join(dir, 'secret.img');
     fs.writeFileSync(f, Buffer.alloc(512));
     fs.chmodSync(f, 0);
@@ -61,15 +61,16 @@ describe('disk keyword', () => {
       expect(errorOf(conf)).toMatch(/2:8: cannot use image .*: not readable/);
       return;
     }
-    // Root reads anything: check as an unprivileged user, through `vhostd -n` (the built daemon, as npm test builds).
-    const bin = path.join(packageRootFrom(import.meta.url), 'build/src/bin/vhostd.js');
-    expect(fs.existsSync(bin), `${bin} (run npm run build)`).toBe(true);
+    // Root reads anything: check as an unprivileged user. The loader is loaded as root and run as nobody (the
+    // project dir may be a 0700 mktemp -d clone nobody cannot enter).
+    const loader = path.join(packageRootFrom(import.meta.url), 'build/src/config/load.js');
+    expect(fs.existsSync(loader), `${loader} (run npm run build)`).toBe(true);
     fs.chmodSync(dir, 0o755);
     const confPath = path.join(dir, 'secret.conf');
     fs.writeFileSync(confPath, conf, { mode: 0o644 });
-    const r = spawnSync(process.execPath, [bin, '-n', '-f', confPath], { uid: 65534, gid: 65534, encoding: 'utf8' });
-    expect(r.status, r.stderr).toBe(1);
-    expect(r.stderr).toMatch(/secret\.conf:2:8: cannot use image .*: not readable/);
+    const r = await callAsUser(loader, 'loadConfigFile', [confPath], 65534, 65534);
+    expect(r.ok).toBe(false);
+    expect((r as { error: string }).error).toMatch(/secret\.conf:2:8: cannot use image .*: not readable/);
   });
 
   test('the same image twice (also through another name) is an error at the second disk', () => {
