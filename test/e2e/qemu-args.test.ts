@@ -10,7 +10,7 @@
  * checks the image and finds the pattern. Needs root (tap + netns) and the QEMU peers: skipped with a reason
  * otherwise, failed when CI=true.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, test } from 'vitest';
@@ -19,9 +19,9 @@ import { Netns, requireNetns } from '../helpers/netns.js';
 import { bytes, md5 } from './support/data.js';
 import { buildInitramfs, startGuest, type Guest } from './support/guest.js';
 import { requirePeer } from './support/peers.js';
-import { VHOSTD_BIN, VhostdProcess } from './support/vhostd-process.js';
+import { runVhostctl, VHOSTCTL_BIN, type VhostctlRun } from '../helpers/vhostctl-cli.js';
+import { VhostdProcess } from './support/vhostd-process.js';
 
-const VHOSTCTL = VHOSTD_BIN.replace(/vhostd\.js$/, 'vhostctl.js');
 const skip = requirePeer('qemu', 'kernel', 'busybox') ?? requireNetns();
 
 const MiB = 1024 * 1024;
@@ -33,23 +33,9 @@ const MAC2 = 'fe:e1:bb:00:07:02';
 /** Options that attach a device or the guest RAM: the guest must get these from vhostctl only. */
 const ATTACH_OPTS = new Set(['-object', '-machine', '-chardev', '-netdev', '-device', '-m']);
 
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
-/** The real vhostctl binary, asynchronously (the test process keeps running while it waits). */
-function vhostctl(sock: string, ...args: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [VHOSTCTL, '-s', sock, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, out, err }));
-  });
+/** The real vhostctl binary on the control socket `sock`. */
+function vhostctl(sock: string, ...args: string[]): Promise<VhostctlRun> {
+  return runVhostctl(['-s', sock, ...args]);
 }
 
 async function ctlOk(sock: string, ...args: string[]): Promise<string> {
@@ -110,7 +96,7 @@ describe.skipIf(skip !== null)('a QEMU guest started from `vhostctl qemu-args` o
   test('vm1 boots with exactly those arguments: NIC pings, the qcow2 disk has its size and keeps a write, status shows both connected', async () => {
     const probe = new VhostdProcess('');
     const image = path.join(probe.dir, 'vm1.qcow2');
-    execFileSync(process.execPath, [VHOSTCTL, 'create', '-s', '16M', image]);
+    execFileSync(process.execPath, [VHOSTCTL_BIN, 'create', '-s', '16M', image]);
     vhostd = new VhostdProcess(
       `switch "lan" {
     vport "${ifname}"

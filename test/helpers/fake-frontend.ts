@@ -20,7 +20,13 @@ import {
   u64Payload,
   type RegionDescriptor,
 } from '../../src/vhost-user/message.js';
-import { VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_PROTOCOL_F_REPLY_ACK, bit } from '../../src/vhost-user/features.js';
+import {
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
+  VHOST_USER_PROTOCOL_F_MQ,
+  VHOST_USER_PROTOCOL_F_REPLY_ACK,
+  bit,
+} from '../../src/vhost-user/features.js';
 
 export interface Reply {
   request: number;
@@ -243,6 +249,27 @@ export class FakeFrontend {
   }
   async getMaxMemSlots(): Promise<bigint> {
     return u64(await this.call(R.GET_MAX_MEM_SLOTS));
+  }
+
+  /**
+   * QEMU 7.2 vhost_dev_init for a net device (vhost-user.md §3.1), up to the guest's feature write: features,
+   * protocol features (masked to 17 bits, CONFIG stripped), queue count, mem slots, SET_OWNER, features again, and
+   * each queue's call fd (err fds none). Returns the offered features and whether memory goes by ADD_MEM_REG.
+   */
+  async qemuNetInit(callFds: readonly number[]): Promise<{ offered: bigint; memSlots: boolean }> {
+    const offered = await this.getFeatures();
+    const pf = await this.getProtocolFeatures();
+    await this.setProtocolFeatures(pf & 0x1ffffn & ~bit(9));
+    if (pf & bit(VHOST_USER_PROTOCOL_F_MQ)) await this.getQueueNum();
+    const memSlots = (pf & bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)) !== 0n;
+    if (memSlots) await this.getMaxMemSlots();
+    this.setOwner();
+    await this.getFeatures();
+    for (const [q, fd] of callFds.entries()) {
+      this.setVringCall(q, fd);
+      this.setVringErr(q, null);
+    }
+    return { offered, memSlots };
   }
 }
 

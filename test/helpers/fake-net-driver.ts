@@ -9,7 +9,6 @@ import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
 import { POLL_READABLE } from '../../src/native/types.js';
 import {
   VHOST_USER_F_PROTOCOL_FEATURES,
-  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
   VHOST_USER_PROTOCOL_F_MQ,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
   VHOST_USER_PROTOCOL_F_STATUS,
@@ -168,18 +167,7 @@ export class FakeNetDriver {
   /** QEMU 7.2 virtio-net-pci + vhost-user netdev (§3.1), with CONFIGURE_MEM_SLOTS: ADD_MEM_REG per region. */
   private async startQemu(): Promise<void> {
     const fe = this.fe;
-    const offered = await fe.getFeatures();
-    const pf = await fe.getProtocolFeatures();
-    await fe.setProtocolFeatures(pf & 0x1ffffn & ~bit(9)); // QEMU masks to 17 bits; net strips CONFIG
-    if (pf & bit(VHOST_USER_PROTOCOL_F_MQ)) await fe.getQueueNum();
-    const memSlots = (pf & bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)) !== 0n;
-    if (memSlots) await fe.getMaxMemSlots();
-    fe.setOwner();
-    await fe.getFeatures();
-    for (let q = 0; q < 2; q++) {
-      fe.setVringCall(q, this.callFds[q]);
-      fe.setVringErr(q, null);
-    }
+    const { offered, memSlots } = await fe.qemuNetInit(this.callFds);
     // Guest driver writes its features: rings enabled before any SET_FEATURES (pitfall 2).
     fe.setVringEnable(0, true);
     fe.setVringEnable(1, true);

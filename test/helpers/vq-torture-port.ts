@@ -12,8 +12,6 @@ import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
 import { POLL_READABLE } from '../../src/native/types.js';
 import {
   VHOST_USER_F_PROTOCOL_FEATURES,
-  VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS,
-  VHOST_USER_PROTOCOL_F_MQ,
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_RING_F_EVENT_IDX,
@@ -131,18 +129,7 @@ export class TorturePort {
     this.fe?.close();
     const fe = FakeFrontend.connect(socket);
     this.fe = fe;
-    const offered = await fe.getFeatures();
-    const pf = await fe.getProtocolFeatures();
-    await fe.setProtocolFeatures(pf & 0x1ffffn & ~bit(9)); // QEMU masks to 17 bits; net strips CONFIG
-    if (pf & bit(VHOST_USER_PROTOCOL_F_MQ)) await fe.getQueueNum();
-    const memSlots = (pf & bit(VHOST_USER_PROTOCOL_F_CONFIGURE_MEM_SLOTS)) !== 0n;
-    if (memSlots) await fe.getMaxMemSlots();
-    fe.setOwner();
-    await fe.getFeatures();
-    for (let q = 0; q < 2; q++) {
-      fe.setVringCall(q, this.callFds[q]);
-      fe.setVringErr(q, null);
-    }
+    const { offered, memSlots } = await fe.qemuNetInit(this.callFds);
     let want = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF);
     if (this.eventIdx) want |= bit(VIRTIO_RING_F_EVENT_IDX);
     if ((offered & want) !== want) throw new Error(`${this.name}: device does not offer features 0x${want.toString(16)}`);

@@ -18,35 +18,21 @@ import { FakeNetDriver, ethFrame } from '../helpers/fake-net-driver.js';
 import { FakeBlkDriver } from '../helpers/fake-blk-driver.js';
 import { VhostdProcess } from '../e2e/support/vhostd-process.js';
 import { callAsUser } from '../helpers/as-user.js';
+import { runVhostctl, type VhostctlRun } from '../helpers/vhostctl-cli.js';
 
 const native = nativeAvailable();
 if (!native.ok && process.env.CI === 'true') throw new Error(`native addon missing in CI: ${native.reason}`);
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI === 'true') throw new Error('the socket owner test needs root (groupadd, spawn as nobody) in CI');
 
-const VHOSTCTL = path.join(packageRootFrom(import.meta.url), 'build/src/bin/vhostctl.js');
 const CLIENT = path.join(packageRootFrom(import.meta.url), 'build/src/control/client.js');
 const MAC1 = 'fe:e1:bb:00:00:01';
 const MAC2 = 'fe:e1:bb:00:00:02';
 const NOBODY = 65534;
 
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
-
-/** Run the vhostctl binary (asynchronously: fake drivers in this process keep being served). */
-function vhostctl(args: string[], opts: { uid?: number; gid?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [VHOSTCTL, ...args], { cwd: '/', uid: opts.uid, gid: opts.gid, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    p.on('error', reject);
-    p.on('close', (code) => resolve({ code, out, err }));
-  });
+/** Run the vhostctl binary. */
+function vhostctl(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}): Promise<VhostctlRun> {
+  return runVhostctl(args, opts);
 }
 
 async function ctlJson<T>(sock: string, ...args: string[]): Promise<T> {
