@@ -5,10 +5,10 @@
  *  - Restart: vhostd is killed (SIGKILL) while guests with `reconnect=1` run, then started again on the same
  *    sockets: QEMU reconnects, renegotiates, and the guests' traffic resumes.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { requirePeer } from './support/peers.js';
 import { buildInitramfs, pingBody, startGuest, type Guest } from './support/guest.js';
-import { VhostdProcess } from './support/vhostd-process.js';
+import { peersPerTest } from './support/peers-per-test.js';
 
 const skip = requirePeer('qemu', 'kernel', 'busybox');
 
@@ -53,25 +53,17 @@ async function waitOutput(g: Guest, from: number, re: RegExp, timeoutMs: number,
 }
 
 describe.skipIf(skip !== null)('QEMU guests through vhostd', () => {
-  const guests: Guest[] = [];
-  let vhostd: VhostdProcess | null = null;
-  afterEach(async () => {
-    await Promise.all(guests.splice(0).map((g) => g.kill()));
-    await vhostd?.stop();
-    vhostd?.cleanup();
-    vhostd = null;
-  });
+  const peers = peersPerTest();
 
   test('two guests on one switch ping each other', async () => {
-    vhostd = new VhostdProcess(CONF);
-    await vhostd.start();
+    const vhostd = await peers.startVhostd(CONF);
     const [i1, i2] = await Promise.all([
       buildInitramfs(pingBody({ ip: '10.0.0.1/24', peer: '10.0.0.2', lingerS: 30 })),
       buildInitramfs(pingBody({ ip: '10.0.0.2/24', peer: '10.0.0.1', lingerS: 30 })),
     ]);
     const g1 = startGuest({ name: 'g1', initrd: i1, netdevs: [{ socket: vhostd.socket('g1'), mac: 'fe:e1:bb:00:00:01' }] });
     const g2 = startGuest({ name: 'g2', initrd: i2, netdevs: [{ socket: vhostd.socket('g2'), mac: 'fe:e1:bb:00:00:02' }] });
-    guests.push(g1, g2);
+    peers.guests.push(g1, g2);
     await Promise.all([g1.waitFor(/VHOSTD-RESULT: ping=/, 150_000), g2.waitFor(/VHOSTD-RESULT: ping=/, 150_000)]);
     for (const g of [g1, g2]) {
       const r = g.results().find((x) => 'ping' in x)!;
@@ -85,20 +77,18 @@ describe.skipIf(skip !== null)('QEMU guests through vhostd', () => {
   }, 240_000);
 
   test('vhostd killed and restarted under running guests with reconnect=1: traffic resumes', async () => {
-    vhostd = new VhostdProcess(CONF);
-    await vhostd.start();
+    let vhostd = await peers.startVhostd(CONF);
     const [i1, i2] = await Promise.all([buildInitramfs(tickerBody('10.0.0.1/24', '10.0.0.2')), buildInitramfs(tickerBody('10.0.0.2/24', '10.0.0.1'))]);
     const g1 = startGuest({ name: 'g1', initrd: i1, reconnect: true, netdevs: [{ socket: vhostd.socket('g1'), mac: 'fe:e1:bb:00:00:01' }] });
     const g2 = startGuest({ name: 'g2', initrd: i2, reconnect: true, netdevs: [{ socket: vhostd.socket('g2'), mac: 'fe:e1:bb:00:00:02' }] });
-    guests.push(g1, g2);
+    peers.guests.push(g1, g2);
     await waitOutput(g1, 0, /VHOSTD-TICK ok/, 150_000, 'the first successful ping');
     // Crash the daemon: no clean shutdown, the sockets stay behind.
     await vhostd.kill();
     const mark = g1.output().length;
     await waitOutput(g1, mark, /VHOSTD-TICK fail/, 60_000, 'pings to fail while vhostd is down');
     const dir = vhostd.dir;
-    vhostd = new VhostdProcess(CONF, { dir });
-    await vhostd.start();
+    vhostd = await peers.startVhostd(CONF, { dir });
     const mark2 = g1.output().length;
     await waitOutput(g1, mark2, /VHOSTD-TICK ok/, 90_000, 'pings to succeed after the restart');
     await waitOutput(g2, mark2, /VHOSTD-TICK ok/, 90_000, 'the other guest to recover too');

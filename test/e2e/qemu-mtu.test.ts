@@ -5,10 +5,10 @@
  * started with host_mtu above its switch's MTU does not get a working device: QEMU reports the NACK and vhostd's
  * log says why.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { requirePeer } from './support/peers.js';
-import { buildInitramfs, linkUpBody, pingBody, startGuest, type Guest } from './support/guest.js';
-import { VhostdProcess } from './support/vhostd-process.js';
+import { buildInitramfs, linkUpBody, pingBody, startGuest } from './support/guest.js';
+import { peersPerTest } from './support/peers-per-test.js';
 
 const skip = requirePeer('qemu', 'kernel', 'busybox');
 
@@ -37,22 +37,14 @@ ${pingBody({ ip, peer, size: 8972, count: 3, lingerS: 30 })}`;
 }
 
 describe.skipIf(skip !== null)('QEMU guests: MTU negotiation through vhostd', () => {
-  const guests: Guest[] = [];
-  let vhostd: VhostdProcess | null = null;
-  afterEach(async () => {
-    await Promise.all(guests.splice(0).map((g) => g.kill()));
-    await vhostd?.stop();
-    vhostd?.cleanup();
-    vhostd = null;
-  });
+  const peers = peersPerTest();
 
   test('host_mtu=9000 on an mtu 9000 switch: eth0 has MTU 9000 and 9000-byte pings cross', async () => {
-    vhostd = new VhostdProcess(CONF);
-    await vhostd.start();
+    const vhostd = await peers.startVhostd(CONF);
     const [i1, i2] = await Promise.all([buildInitramfs(mtuPingBody('10.0.9.1/24', '10.0.9.2')), buildInitramfs(mtuPingBody('10.0.9.2/24', '10.0.9.1'))]);
     const g1 = startGuest({ name: 'g1', initrd: i1, netdevs: [{ socket: vhostd.socket('g1'), hostMtu: 9000 }] });
     const g2 = startGuest({ name: 'g2', initrd: i2, netdevs: [{ socket: vhostd.socket('g2'), hostMtu: 9000 }] });
-    guests.push(g1, g2);
+    peers.guests.push(g1, g2);
     await Promise.all([g1.waitFor(/VHOSTD-RESULT: ping=/, 150_000), g2.waitFor(/VHOSTD-RESULT: ping=/, 150_000)]);
     const st = await vhostd.stats();
     for (const g of [g1, g2]) {
@@ -74,11 +66,10 @@ describe.skipIf(skip !== null)('QEMU guests: MTU negotiation through vhostd', ()
   }, 240_000);
 
   test('host_mtu above the switch MTU: QEMU refuses to start the device and vhostd logs why', async () => {
-    vhostd = new VhostdProcess(CONF);
-    await vhostd.start();
+    const vhostd = await peers.startVhostd(CONF);
     const initrd = await buildInitramfs(linkUpBody());
     const g3 = startGuest({ name: 'g3', initrd, netdevs: [{ socket: vhostd.socket('g3'), hostMtu: 9000 }] });
-    guests.push(g3);
+    peers.guests.push(g3);
     await g3.waitFor(/9000Bytes MTU not supported by the backend/, 150_000);
     const line = await vhostd.waitLog((l) => l.msg === 'request refused' && String(l.reason).includes('NET_SET_MTU'), 10_000, 'the refusal');
     expect(line.socket).toBe(vhostd.socket('g3'));

@@ -7,10 +7,10 @@
  * with DATA_VALID. Each receiver md5sums what it got; the sender's md5 comes through its
  * console.
  */
-import { afterEach, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { requirePeer } from './support/peers.js';
 import { buildInitramfs, startGuest, type Guest } from './support/guest.js';
-import { VhostdProcess } from './support/vhostd-process.js';
+import { peersPerTest } from './support/peers-per-test.js';
 
 const skip = requirePeer('qemu', 'kernel', 'busybox');
 
@@ -88,24 +88,16 @@ function result(g: Guest, key: string): string | undefined {
 }
 
 describe.skipIf(skip !== null)('QEMU guests: offloads through vhostd', () => {
-  const guests: Guest[] = [];
-  let vhostd: VhostdProcess | null = null;
-  afterEach(async () => {
-    await Promise.all(guests.splice(0).map((g) => g.kill()));
-    await vhostd?.stop();
-    vhostd?.cleanup();
-    vhostd = null;
-  });
+  const peers = peersPerTest();
 
   test('2 MiB TCP transfers: offload guest → offload guest, → guest without offloads, and back; bytes intact', async () => {
-    vhostd = new VhostdProcess(CONF);
-    await vhostd.start();
+    const vhostd = await peers.startVhostd(CONF);
     const [ia, ib, ic, id] = await Promise.all([BODY_A, BODY_B, BODY_C, BODY_D].map((body) => buildInitramfs(body)));
     const a = startGuest({ name: 'a', initrd: ia, netdevs: [{ socket: vhostd.socket('a') }] });
     const b = startGuest({ name: 'b', initrd: ib, netdevs: [{ socket: vhostd.socket('b') }] });
     const c = startGuest({ name: 'c', initrd: ic, netdevs: [{ socket: vhostd.socket('c'), deviceProps: OFFLOADS_OFF }] });
     const d = startGuest({ name: 'd', initrd: id, netdevs: [{ socket: vhostd.socket('d'), deviceProps: TSO_OFF }] });
-    guests.push(a, b, c, d);
+    peers.guests.push(a, b, c, d);
     const t0 = Date.now();
     await Promise.all([a, b, d].map((g) => g.waitFor(/VHOSTD-DONE/, 200_000)));
     const st = await vhostd.stats();
