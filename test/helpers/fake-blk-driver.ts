@@ -5,6 +5,7 @@
  * requests as real chains (header, data, status) in memfd guest memory; completions are reaped from the used ring
  * when the call eventfd fires.
  */
+import { closeAll, closeQuietly } from '../../src/native/fd.js';
 import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
 import { POLL_READABLE } from '../../src/native/types.js';
 import {
@@ -359,24 +360,13 @@ export class FakeBlkDriver {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.inflightFd >= 0) {
-      try {
-        this.native.close(this.inflightFd);
-      } catch {
-        /* closed */
-      }
-      this.inflightFd = -1;
-    }
+    closeQuietly(this.native, this.inflightFd);
+    this.inflightFd = -1;
     for (const w of this.callWatchers) w.close();
     this.callWatchers = [];
     this.fe.close();
-    for (const fd of [...this.kickFds, ...this.callFds]) {
-      try {
-        this.native.close(fd);
-      } catch {
-        /* closed */
-      }
-    }
+    closeAll(this.native, this.kickFds);
+    closeAll(this.native, this.callFds);
     this.ram.close();
   }
 }

@@ -5,6 +5,7 @@
  * §3.1, §3.3), sends frames (kicking only when the device asks: NO_NOTIFY / avail_event), and receives frames
  * either by polling or interrupt-only (sleeping on the call eventfd).
  */
+import { closeAll } from '../../src/native/fd.js';
 import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
 import { POLL_READABLE } from '../../src/native/types.js';
 import {
@@ -460,13 +461,8 @@ export class FakeNetDriver {
     for (const w of this.callWatchers) w.close();
     this.callWatchers = [];
     this.fe.close();
-    for (const fd of [...this.kickFds, ...this.callFds]) {
-      try {
-        this.native.close(fd);
-      } catch {
-        /* closed */
-      }
-    }
+    closeAll(this.native, this.kickFds);
+    closeAll(this.native, this.callFds);
     this.kickFds.length = 0;
     this.callFds.length = 0;
     this.ram.close();

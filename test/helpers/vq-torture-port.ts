@@ -7,6 +7,7 @@
  * QEMU's virtio_queue_restore_last_avail_idx). Calls are delivered to `onCall[q]`; what to do with them is the
  * cell's business.
  */
+import { closeAll } from '../../src/native/fd.js';
 import { loadNative } from '../../src/native/binding.js';
 import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
 import { POLL_READABLE } from '../../src/native/types.js';
@@ -193,13 +194,8 @@ export class TorturePort {
     this.watchers.length = 0;
     this.fe?.close();
     this.fe = null;
-    for (const fd of [...this.kickFds, ...this.callFds]) {
-      try {
-        this.native.close(fd);
-      } catch {
-        /* closed */
-      }
-    }
+    closeAll(this.native, this.kickFds);
+    closeAll(this.native, this.callFds);
     this.ram.close();
   }
 }
