@@ -1,5 +1,5 @@
 /**
- * Qcow2Image: a qcow2 (v2/v3) image as a Disk (reference/qcow2-and-virtio-blk.md).
+ * Qcow2Image: a qcow2 (v2/v3) image as a Disk (docs/qcow2.md).
  *
  * Data goes straight between the file and the caller's buffers; only copy-on-write fills of partial clusters and
  * compressed clusters go through temporary buffers. Metadata lives in memory: the whole active L1, the refcount
@@ -15,13 +15,13 @@
  * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together; anything that
  * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
  */
-import { open as fsOpen, realpath, type FileHandle } from 'node:fs/promises';
-import { constants as fsc } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import type { FileHandle } from 'node:fs/promises';
 import { inflateRawSync } from 'node:zlib';
 import type { Disk } from '../disk.js';
+import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
+import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
-import { parseHeader, QCOW2_MAGIC, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
+import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import {
   classify,
   compressedLocation,
@@ -43,7 +43,6 @@ import {
   IovCursor,
   preadvFull,
   pwritevFull,
-  RawBacking,
   readBacking,
   RwLock,
   totalLength,
@@ -55,16 +54,12 @@ export interface Qcow2OpenOptions {
   log?: { warn(o: object, m: string): void };
   /** Bytes of L2 tables kept in memory (default 32 MiB: a whole 256 GiB disk at 64 KiB clusters). */
   l2CacheBytes?: number;
+  /** What the backing chain may reach (default: the top image's own directory tree only). */
+  policy?: ImagePolicy;
 }
 
-/** Longest backing chain accepted below an image. */
-export const MAX_BACKING_DEPTH = 16;
+export { MAX_BACKING_DEPTH } from './backing.js';
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
-
-interface ChainState {
-  depth: number;
-  seen: Set<string>;
-}
 
 interface L2Table {
   buf: Buffer;
@@ -150,13 +145,23 @@ export class Qcow2Image implements Disk, BackingImage {
 
   /** Open a qcow2 image; its backing chain is opened read-only. */
   static async open(path: string, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
-    return Qcow2Image.openChain(path, opts, { depth: 0, seen: new Set() });
+    let file: OpenedImageFile;
+    try {
+      file = await openImageFile(path, { readOnly: opts.readOnly });
+    } catch (err) {
+      if (err instanceof ImageFileError && err.reason === 'not-regular') throw new ImageError('InvalidFormat', err.message, { path, op: 'open' }, { cause: err });
+      throw new ImageError('Io', `cannot open: ${(err as Error).message}`, { path, op: 'open' }, { cause: err });
+    }
+    const chain = await newChain(opts.policy);
+    await setAllowedDirs(chain, file.resolved);
+    return Qcow2Image.openChain(path, file, opts, chain);
   }
 
-  private static async openChain(path: string, opts: Qcow2OpenOptions, chain: ChainState): Promise<Qcow2Image> {
-    const fh = await openRegular(path, opts.readOnly);
+  /** Open the qcow2 image in `file` (the handle is owned from here on); its backing chain under `chain`'s rules. */
+  private static async openChain(path: string, file: OpenedImageFile, opts: Qcow2OpenOptions, chain: ChainState): Promise<Qcow2Image> {
+    const fh = file.fh;
     try {
-      const st = await fh.stat();
+      const st = file.stat;
       const id = `${st.dev}:${st.ino}`;
       if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to this image', { path, op: 'open' });
       chain.seen.add(id);
@@ -177,7 +182,10 @@ export class Qcow2Image implements Disk, BackingImage {
       const reftable = Buffer.alloc(h.refcountTableClusters * 2 ** h.clusterBits);
       await preadvFull(fh, [reftable], h.refcountTableOffset, path);
       let backing: BackingImage | null = null;
-      if (h.backingFile !== null) backing = await openBacking(path, h, opts, chain);
+      if (h.backingFile !== null) {
+        const backingOpts: Qcow2OpenOptions = { readOnly: true, log: opts.log, l2CacheBytes: opts.l2CacheBytes };
+        backing = await openBacking(path, file.resolved, h, chain, (f, c) => Qcow2Image.openChain(f.resolved, f, backingOpts, c));
+      }
       const img = new Qcow2Image({ fh, path, readOnly: opts.readOnly, header: h, fileSize, l1, reftable, backing, opts });
       try {
         img.validateTables();
@@ -1019,60 +1027,4 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.sync();
     }
   }
-}
-
-/** Open a file that must be a regular file (never blocks on a FIFO or device). */
-async function openRegular(path: string, readOnly: boolean): Promise<FileHandle> {
-  let fh: FileHandle;
-  try {
-    fh = await fsOpen(path, (readOnly ? fsc.O_RDONLY : fsc.O_RDWR) | fsc.O_NONBLOCK);
-  } catch (err) {
-    throw new ImageError('Io', `cannot open: ${(err as Error).message}`, { path, op: 'open' }, { cause: err });
-  }
-  const st = await fh.stat();
-  if (!st.isFile()) {
-    await fh.close();
-    throw new ImageError('InvalidFormat', 'not a regular file', { path, op: 'open' });
-  }
-  return fh;
-}
-
-/** Open the backing image named by `h` (read-only), enforcing the chain rules of issue 4 §2. */
-async function openBacking(path: string, h: Qcow2Header, opts: Qcow2OpenOptions, chain: ChainState): Promise<BackingImage> {
-  const name = h.backingFile!;
-  const ctx = { path, op: 'open backing' };
-  if (name.length === 0) throw new ImageError('InvalidFormat', 'empty backing file name', ctx);
-  if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !isAbsolute(name))
-    throw new ImageError('UnsupportedFeature', `backing file "${name}" uses a protocol prefix; only plain file names are allowed`, { ...ctx, feature: 'backing protocol' });
-  if (chain.depth + 1 > MAX_BACKING_DEPTH) throw new ImageError('InvalidFormat', `backing chain deeper than ${MAX_BACKING_DEPTH}`, ctx);
-  const dir = dirname(await realpath(path).catch(() => path));
-  const target = isAbsolute(name) ? name : resolve(dir, name);
-  const fmt = h.backingFormat;
-  if (fmt !== null && fmt !== 'qcow2' && fmt !== 'raw')
-    throw new ImageError('UnsupportedFeature', `backing format "${fmt}" is not supported (qcow2 or raw)`, { ...ctx, feature: `backing format ${fmt}` });
-  const fh = await openRegular(target, true);
-  let keep = false;
-  try {
-    const magic = Buffer.alloc(4);
-    await preadvFull(fh, [magic], 0, target);
-    const isQcow2 = magic.readUInt32BE(0) === QCOW2_MAGIC;
-    const format = fmt ?? (isQcow2 ? 'qcow2' : null);
-    if (format === null)
-      throw new ImageError('InvalidFormat', `backing file ${target} has no stated format and is not qcow2 (probing raw is refused)`, ctx);
-    if (format === 'raw') {
-      const st = await fh.stat();
-      const id = `${st.dev}:${st.ino}`;
-      if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to an image in the chain', ctx);
-      keep = true;
-      return new RawBacking(fh, target, st.size);
-    }
-  } finally {
-    if (!keep) await fh.close();
-  }
-  // openChain is private to the class; this module-level helper is part of the same implementation.
-  return (Qcow2Image as unknown as { openChain(p: string, o: Qcow2OpenOptions, c: ChainState): Promise<Qcow2Image> }).openChain(
-    target,
-    { readOnly: true, log: opts.log, l2CacheBytes: opts.l2CacheBytes },
-    { depth: chain.depth + 1, seen: chain.seen },
-  );
 }
