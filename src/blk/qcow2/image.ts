@@ -16,7 +16,8 @@
  * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
  */
 import type { FileHandle } from 'node:fs/promises';
-import { inflateRawSync } from 'node:zlib';
+import { inflateRaw, constants as zc } from 'node:zlib';
+import { promisify } from 'node:util';
 import type { Disk } from '../disk.js';
 import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
@@ -59,6 +60,8 @@ export interface Qcow2OpenOptions {
 }
 
 export { MAX_BACKING_DEPTH } from './backing.js';
+/** zlib on the libuv thread pool: a compressed cluster never inflates on the event loop. */
+const inflateRawAsync = promisify(inflateRaw);
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 
 interface L2Table {
@@ -700,7 +703,8 @@ export class Qcow2Image implements Disk, BackingImage {
     await preadvFull(this.fh, [src], loc.offset, this.path);
     let data: Buffer;
     try {
-      data = inflateRawSync(src, { finishFlush: 2 /* Z_SYNC_FLUSH: tolerate trailing bytes */, maxOutputLength: this.cs });
+      // Z_SYNC_FLUSH: trailing bytes after the stream are tolerated; the output is bounded to one cluster.
+      data = await inflateRawAsync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: this.cs });
     } catch (err) {
       // maxOutputLength overflow means the stream holds more than one cluster: keep the first cluster only.
       if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw this.corrupt('compressed cluster inflates past the cluster size', guest, 'read');
