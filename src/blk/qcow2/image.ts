@@ -22,6 +22,7 @@ import type { Disk } from '../disk.js';
 import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
+import { readSnapshotL1s } from './snapshots.js';
 import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import {
   classify,
@@ -279,22 +280,26 @@ export class Qcow2Image implements Disk, BackingImage {
       if (v > 0 && c >= used) used = c + 1;
     };
     // Metadata references: must lie inside the file (a compressed range may run up to two clusters past its end).
-    const inc = (off: number, bytes: number, what: string): void => {
+    const inc = (off: number, bytes: number, what: string, times = 1): void => {
       if (off < 0 || off + bytes > this.fileEnd + 2 * cs) fail(`${what} (0x${off.toString(16)}) lies past the end of the file`);
-      for (let c = Math.floor(off / cs); c * cs < off + bytes; c++) bump(c, 1);
+      for (let c = Math.floor(off / cs); c * cs < off + bytes; c++) bump(c, times);
     };
-    const readBuf = async (off: number, bytes: number): Promise<Buffer> => {
-      const b = Buffer.alloc(bytes);
-      await preadvFull(this.fh, [b], off, path);
-      return b;
-    };
-    const countL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
-      const l2 = Buffer.alloc(cs);
+    // Each L1 table adds one reference to each L2 table it names; each distinct L2 table is then read once and its
+    // clusters counted once per reference, so L2 tables shared by many L1 tables cost one read.
+    const l2Refs = new Map<number, number>();
+    const collectL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
       for (let i = 0; i < entries; i++) {
+        if ((i & 0xffff) === 0xffff) await yieldToLoop();
         const off = entryOffset(readHi(l1, i), readLo(l1, i));
         if (off === 0) continue;
         if (off % cs !== 0 || off + cs > this.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
-        inc(off, cs, `L2 table of ${name} entry ${i}`);
+        l2Refs.set(off, (l2Refs.get(off) ?? 0) + 1);
+      }
+    };
+    const countL2s = async (): Promise<void> => {
+      const l2 = Buffer.alloc(cs);
+      for (const [off, times] of l2Refs) {
+        inc(off, cs, `L2 table 0x${off.toString(16)}`, times);
         await preadvFull(this.fh, [l2], off, path);
         for (let j = 0; j < this.l2Entries; j++) {
           const hi = readHi(l2, j);
@@ -303,38 +308,32 @@ export class Qcow2Image implements Disk, BackingImage {
           if (kind === 'normal' || kind === 'zero-alloc') {
             const d = entryOffset(hi, lo);
             if (d % cs !== 0 || d + cs > this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j} points to an invalid cluster 0x${d.toString(16)}`);
-            inc(d, cs, 'data cluster');
+            inc(d, cs, 'data cluster', times);
           } else if (kind === 'compressed') {
             const r = this.compressedRange(hi, lo);
             if (r.offset < cs || r.offset >= this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j}: compressed cluster outside the file`);
-            inc(r.offset, r.len, 'compressed cluster');
+            inc(r.offset, r.len, 'compressed cluster', times);
           }
         }
       }
     };
 
-    // 1. Everything the image's metadata references.
+    // 1. Everything the image's metadata references (snapshots bounded by readSnapshotL1s).
     inc(0, cs, 'header');
     if (h.l1Size > 0) inc(h.l1TableOffset, h.l1Size * 8, 'L1 table');
-    await countL1(this.l1, h.l1Size, 'L1');
+    await collectL1(this.l1, h.l1Size, 'L1');
     if (h.nbSnapshots > 0) {
-      let pos = h.snapshotsOffset;
-      for (let s = 0; s < h.nbSnapshots; s++) {
-        if (pos + 40 > this.fileEnd) fail(`snapshot table entry ${s} lies past the end of the file`);
-        const e = await readBuf(pos, 40);
-        const l1Off = Number(e.readBigUInt64BE(0));
-        const l1Size = e.readUInt32BE(8);
-        const len = 40 + e.readUInt32BE(36) + e.readUInt16BE(12) + e.readUInt16BE(14);
-        pos += Math.ceil(len / 8) * 8;
-        if (l1Size * 8 > MAX_L1_BYTES) fail(`snapshot ${s} has an oversized L1 table (${l1Size} entries)`);
-        if (l1Size === 0) continue;
-        if (l1Off % cs !== 0 || l1Off + l1Size * 8 > this.fileEnd) fail(`snapshot ${s} L1 table 0x${l1Off.toString(16)} is invalid`);
-        inc(l1Off, l1Size * 8, `snapshot ${s} L1 table`);
-        await countL1(await readBuf(l1Off, l1Size * 8), l1Size, `snapshot ${s} L1`);
+      const { l1s, tableBytes } = await readSnapshotL1s(this.fh, h, this.fileEnd, path);
+      const l1 = Buffer.alloc(l1s.reduce((m, s) => Math.max(m, s.l1Size * 8), 0));
+      for (const s of l1s) {
+        const bytes = s.l1Size * 8;
+        inc(s.l1Offset, bytes, `snapshot ${s.index} L1 table`);
+        await preadvFull(this.fh, [l1.subarray(0, bytes)], s.l1Offset, path);
+        await collectL1(l1, s.l1Size, `snapshot ${s.index} L1`);
       }
-      if (pos > this.fileEnd) fail('snapshot table runs past the end of the file');
-      inc(h.snapshotsOffset, pos - h.snapshotsOffset, 'snapshot table');
+      inc(h.snapshotsOffset, tableBytes, 'snapshot table');
     }
+    await countL2s();
 
     // 2. The existing refcount structures: reused in place unless they collide with the metadata counted above.
     const oldTableClusters = this.reftable.length / cs;
@@ -1031,4 +1030,9 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.sync();
     }
   }
+}
+
+/** Let other work run during a long walk at open (setImmediate: after pending I/O callbacks). */
+function yieldToLoop(): Promise<void> {
+  return new Promise((r) => setImmediate(r));
 }
