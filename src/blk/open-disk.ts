@@ -5,8 +5,8 @@
  * ProbedRawGuard so that the guest cannot turn it into a qcow2 image for the next probe. Backing chains follow the
  * image policy (src/blk/qcow2/backing.ts).
  */
-import { open } from 'node:fs/promises';
 import type { Disk } from './disk.js';
+import { openImageFile } from './image-file.js';
 import { RawDisk } from './raw-disk.js';
 import { Qcow2Image } from './qcow2/image.js';
 import type { ImagePolicy } from './qcow2/backing.js';
@@ -17,9 +17,9 @@ export type DiskFormat = 'raw' | 'qcow2';
 
 export const QCOW2_MAGIC = 0x514649fb;
 
-/** 'qcow2' if the file starts with the qcow2 magic, else 'raw'. */
+/** 'qcow2' if the file starts with the qcow2 magic, else 'raw' (a regular file or block device, checked before it is opened). */
 export async function detectFormat(path: string): Promise<DiskFormat> {
-  const fh = await open(path, 'r');
+  const { fh } = await openImageFile(path, { readOnly: true, allowBlockDevice: true });
   try {
     const b = new Uint8Array(4);
     const { bytesRead } = await fh.read(b, 0, 4, 0);
