@@ -22,8 +22,8 @@ import type { Disk } from '../disk.js';
 import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
-import { readSnapshotL1s } from './snapshots.js';
-import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
+import { rebuildRefcounts as rebuildFromMetadata } from './rebuild.js';
+import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
 import {
   classify,
   compressedLocation,
@@ -249,186 +249,24 @@ export class Qcow2Image implements Disk, BackingImage {
     }
   }
 
-  /**
-   * Rebuild every refcount from the metadata of a dirty image (lazy refcounts), as QEMU does on open: header,
-   * active L1, snapshot table, each snapshot's L1, every L2 table reachable from an L1 (once per reference) and the
-   * data clusters each such L2 table maps (compressed: every host cluster its range touches), then the refcount table
-   * and refcount blocks themselves. Missing refcount blocks (and a larger table, if needed) are placed at the end of
-   * the file. Order: refblocks (+ new table) → fdatasync → header switch → fdatasync → dirty bit cleared → fdatasync.
-   * Until the last step the dirty bit stays set, so a crash part-way leaves an image that is rebuilt again.
-   */
+  /** Rebuild the refcounts of a dirty image (rebuild.ts), then follow the rebuilt structures in memory. */
   private async rebuildRefcounts(): Promise<void> {
     const cs = this.cs;
     const h = this.header;
-    const path = this.path;
-    const maxRc = maxRefcount(this.refBits);
-    const origEnd = this.fileEnd;
-    const fail = (m: string): never => {
-      throw new ImageError('CorruptImage', `cannot rebuild the refcounts of a dirty image: ${m}`, { path, op: 'open' });
-    };
-    let counts = new Uint32Array(this.fileEnd / cs + 16);
-    let used = 0; // clusters [0, used) may hold a nonzero count
-    const bump = (c: number, delta: number): void => {
-      if (c >= counts.length) {
-        const grown = new Uint32Array(Math.max(c + 1, counts.length * 2));
-        grown.set(counts);
-        counts = grown;
-      }
-      const v = counts[c]! + delta;
-      if (v > maxRc) fail(`host cluster ${c} is referenced ${v} times, more than ${this.refBits}-bit refcounts can hold`);
-      counts[c] = v;
-      if (v > 0 && c >= used) used = c + 1;
-    };
-    // Metadata references: must lie inside the file (a compressed range may run up to two clusters past its end).
-    const inc = (off: number, bytes: number, what: string, times = 1): void => {
-      if (off < 0 || off + bytes > this.fileEnd + 2 * cs) fail(`${what} (0x${off.toString(16)}) lies past the end of the file`);
-      for (let c = Math.floor(off / cs); c * cs < off + bytes; c++) bump(c, times);
-    };
-    // Each L1 table adds one reference to each L2 table it names; each distinct L2 table is then read once and its
-    // clusters counted once per reference, so L2 tables shared by many L1 tables cost one read.
-    const l2Refs = new Map<number, number>();
-    const collectL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
-      for (let i = 0; i < entries; i++) {
-        if ((i & 0xffff) === 0xffff) await yieldToLoop();
-        const off = entryOffset(readHi(l1, i), readLo(l1, i));
-        if (off === 0) continue;
-        if (off % cs !== 0 || off + cs > this.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
-        l2Refs.set(off, (l2Refs.get(off) ?? 0) + 1);
-      }
-    };
-    const countL2s = async (): Promise<void> => {
-      const l2 = Buffer.alloc(cs);
-      for (const [off, times] of l2Refs) {
-        inc(off, cs, `L2 table 0x${off.toString(16)}`, times);
-        await preadvFull(this.fh, [l2], off, path);
-        for (let j = 0; j < this.l2Entries; j++) {
-          const hi = readHi(l2, j);
-          const lo = readLo(l2, j);
-          const kind = classify(hi, lo, h.version);
-          if (kind === 'normal' || kind === 'zero-alloc') {
-            const d = entryOffset(hi, lo);
-            if (d % cs !== 0 || d + cs > this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j} points to an invalid cluster 0x${d.toString(16)}`);
-            inc(d, cs, 'data cluster', times);
-          } else if (kind === 'compressed') {
-            const r = this.compressedRange(hi, lo);
-            if (r.offset < cs || r.offset >= this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j}: compressed cluster outside the file`);
-            inc(r.offset, r.len, 'compressed cluster', times);
-          }
-        }
-      }
-    };
-
-    // 1. Everything the image's metadata references (snapshots bounded by readSnapshotL1s).
-    inc(0, cs, 'header');
-    if (h.l1Size > 0) inc(h.l1TableOffset, h.l1Size * 8, 'L1 table');
-    await collectL1(this.l1, h.l1Size, 'L1');
-    if (h.nbSnapshots > 0) {
-      const { l1s, tableBytes } = await readSnapshotL1s(this.fh, h, this.fileEnd, path);
-      const l1 = Buffer.alloc(l1s.reduce((m, s) => Math.max(m, s.l1Size * 8), 0));
-      for (const s of l1s) {
-        const bytes = s.l1Size * 8;
-        inc(s.l1Offset, bytes, `snapshot ${s.index} L1 table`);
-        await preadvFull(this.fh, [l1.subarray(0, bytes)], s.l1Offset, path);
-        await collectL1(l1, s.l1Size, `snapshot ${s.index} L1`);
-      }
-      inc(h.snapshotsOffset, tableBytes, 'snapshot table');
-    }
-    await countL2s();
-
-    // 2. The existing refcount structures: reused in place unless they collide with the metadata counted above.
-    const oldTableClusters = this.reftable.length / cs;
-    const blockAt = new Map<number, number>();
-    for (let c = 0; c < oldTableClusters; c++) if ((counts[this.reftableOffset / cs + c] ?? 0) > 0) fail('the refcount table overlaps other metadata or data');
-    for (let rt = 0; rt < this.reftable.length / 8; rt++) {
-      const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
-      if (off === 0) continue;
-      if ((counts[off / cs] ?? 0) > 0) fail(`refcount block ${rt} overlaps other metadata or data`);
-      blockAt.set(rt, off);
-      bump(off / cs, 1);
-    }
-    for (let c = 0; c < oldTableClusters; c++) bump(this.reftableOffset / cs + c, 1);
-
-    // 3. Refcount blocks for every range that has counts, and a table large enough; new ones at the end of the file.
-    let end = Math.max(this.fileEnd, used * cs);
-    let tableOff = this.reftableOffset;
-    let tableEntries = this.reftable.length / 8;
-    let moved = false;
-    for (;;) {
-      let changed = false;
-      const needed = Math.ceil(used / this.rbEntries);
-      for (let rt = 0; rt < needed; rt++) {
-        if (blockAt.has(rt)) continue;
-        let any = false;
-        for (let c = rt * this.rbEntries; c < Math.min(used, (rt + 1) * this.rbEntries); c++) if (counts[c]) { any = true; break; }
-        if (!any) continue;
-        blockAt.set(rt, end);
-        bump(end / cs, 1);
-        end += cs;
-        changed = true;
-      }
-      let wantEntries = needed;
-      for (const rt of blockAt.keys()) wantEntries = Math.max(wantEntries, rt + 1);
-      if (wantEntries > tableEntries) {
-        const clusters = Math.ceil((Math.max(wantEntries + 64, tableEntries * 2) * 8) / cs);
-        if (clusters * cs > MAX_REFTABLE_BYTES) fail('the refcount table would exceed 8 MiB');
-        // The table in use (old, or one placed in an earlier round) is no longer referenced once the header moves.
-        for (let c = 0; c < (tableEntries * 8) / cs; c++) bump(tableOff / cs + c, -1);
-        tableOff = end;
-        tableEntries = (clusters * cs) / 8;
-        for (let c = 0; c < clusters; c++) bump(end / cs + c, 1);
-        end += clusters * cs;
-        moved = true;
-        changed = true;
-      }
-      if (!changed) break;
-    }
-
-    // 4. Encode and write: blocks (+ new table) → sync → table switch → sync → dirty bit cleared → sync.
-    const table = Buffer.alloc(tableEntries * 8);
-    const blocks: Array<[number, Buffer]> = [];
-    for (const [rt, off] of blockAt) {
-      const rb = Buffer.alloc(cs);
-      const base = rt * this.rbEntries;
-      for (let i = 0; i < this.rbEntries && base + i < used; i++) {
-        const v = counts[base + i]!;
-        if (v) setRefcount(rb, i, this.refBits, v);
-      }
-      blocks.push([off, rb]);
-      const [hi, lo] = makeEntry(off, false);
-      writeEntry(table, rt, hi, lo);
-    }
-    await Promise.all(blocks.map(([off, rb]) => pwritevFull(this.fh, [rb], off, path)));
-    if (moved) {
-      await pwritevFull(this.fh, [table], tableOff, path);
-      await this.sync();
-      const hdr = Buffer.alloc(12);
-      hdr.writeBigUInt64BE(BigInt(tableOff), 0);
-      hdr.writeUInt32BE(table.length / cs, 8);
-      await pwritevFull(this.fh, [hdr], 48, path);
-    } else {
-      await this.sync();
-      await pwritevFull(this.fh, [table], tableOff, path);
-    }
-    await this.sync();
-    const incompat = Buffer.alloc(8);
-    incompat.writeBigUInt64BE(h.incompatibleFeatures & ~INCOMPAT_DIRTY, 0);
-    await pwritevFull(this.fh, [incompat], 72, path);
-    await this.sync();
-
-    // 5. In-memory state follows the rebuilt structures.
+    const r = await rebuildFromMetadata({ fh: this.fh, path: this.path, header: h, l1: this.l1, reftable: this.reftable, reftableOffset: this.reftableOffset, fileEnd: this.fileEnd });
     h.incompatibleFeatures &= ~INCOMPAT_DIRTY;
-    h.refcountTableOffset = tableOff;
-    h.refcountTableClusters = table.length / cs;
-    this.reftable = table;
-    this.reftableOffset = tableOff;
+    h.refcountTableOffset = r.tableOffset;
+    h.refcountTableClusters = r.table.length / cs;
+    this.reftable = r.table;
+    this.reftableOffset = r.tableOffset;
     this.refblocks.clear();
     this.refblockDirty.clear();
     this.reftableDirty.clear();
-    for (let c = 0; c < table.length / cs; c++) this.fixedMeta.add(tableOff / cs + c);
-    for (const off of blockAt.values()) this.fixedMeta.add(off / cs);
-    this.fileEnd = Math.max(this.fileEnd, end);
+    for (let c = 0; c < r.table.length / cs; c++) this.fixedMeta.add(r.tableOffset / cs + c);
+    for (const off of r.blockOffsets) this.fixedMeta.add(off / cs);
+    this.fileEnd = Math.max(this.fileEnd, r.fileEnd);
     this.log?.warn(
-      { path, refcountBlocks: blockAt.size, newRefcountBlocks: blocks.filter(([off]) => off >= origEnd).length, refcountTableMoved: moved },
+      { path: this.path, refcountBlocks: r.blockOffsets.length, newRefcountBlocks: r.newBlocks, refcountTableMoved: r.moved },
       'qcow2: image was dirty (lazy refcounts); refcounts rebuilt from metadata and the dirty bit cleared (image repaired)',
     );
   }
@@ -1030,9 +868,4 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.sync();
     }
   }
-}
-
-/** Let other work run during a long walk at open (setImmediate: after pending I/O callbacks). */
-function yieldToLoop(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
 }
