@@ -3,9 +3,10 @@
  * Pure: two Configs in, a plan out; the Daemon applies it. Devices are keyed by name (`<vm>.net<N>`,
  * `<vm>.disk<N>`, the socket name), switches by name. Per interface: a changed lladdr or switch re-creates the
  * device (the guest reconnects); port flags (veb-switch.md §1.2) are applied live. Per disk: a changed image,
- * format, readonly or cache re-opens it, and so does a changed `backing dir` list for disks not configured raw. Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied
- * live (mtu only for new negotiations), and so are the socket owner and the log level. Settings read once at
- * start-up (socket dir, control socket, metrics listener) keep their running value in `effective` and are listed
+ * format, readonly or cache re-opens it, and so does a changed `backing dir` list (disks not configured raw).
+ * Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
+ * and so are the socket owner and the log level. Settings read once at start-up (socket dir, control socket,
+ * metrics listener) keep their running value in `effective` and are listed
  * in `restartRequired`, so `daemon.config` always says what is actually served.
  */
 import path from 'node:path';

@@ -20,6 +20,7 @@ import { BlkDevice } from '../../src/blk/blk-device.js';
 import { VhostUserServer } from '../../src/vhost-user/server.js';
 import { loadNative, nativeAvailable } from '../../src/native/binding.js';
 import { parseConfig } from '../../src/config/parser.js';
+import { planReload } from '../../src/config/diff.js';
 import { Daemon } from '../../src/daemon.js';
 import { createLogger, type Logger } from '../../src/util/log.js';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from '../../src/blk/virtio-blk-defs.js';
@@ -202,6 +203,22 @@ describe('the backing dir keyword', () => {
       `expected an existing directory for backing dir, but ${path.join(root, 'missing')} is not one`,
     );
     expect(parseConfig('', path.join(root, 'vhostd.conf')).backingDirs).toBeUndefined();
+  });
+
+  test('a changed list re-opens on reload every disk not configured raw', () => {
+    const root = tmp();
+    fs.mkdirSync(path.join(root, 'base'));
+    for (const f of ['a.qcow2', 'b.img', 'c.img']) fs.writeFileSync(path.join(root, f), Buffer.alloc(MiB));
+    const vms = 'vm "v" { disk "a.qcow2"; disk "b.img" format raw; disk "c.img" }\n';
+    const prev = parseConfig(vms, path.join(root, 'vhostd.conf'));
+    const next = parseConfig(`backing dir "base"\n${vms}`, path.join(root, 'vhostd.conf'));
+    const plan = planReload(prev, next);
+    expect(plan.disks.reopened.map((c) => [c.name, c.reasons])).toEqual([
+      ['v.disk0', [`backing dir none → ${path.join(root, 'base')}`]],
+      ['v.disk2', [`backing dir none → ${path.join(root, 'base')}`]],
+    ]);
+    expect(plan.disks.unchanged).toEqual(['v.disk1']);
+    expect(planReload(next, next).disks.reopened).toEqual([]);
   });
 });
 
