@@ -4,10 +4,11 @@
  * and walking that table once per snapshot; real snapshots (qemu-img snapshot -c) still open and rebuild cleanly.
  */
 import { describe, expect, test } from 'vitest';
-import { closeSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync, ftruncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { Qcow2Image } from '../../src/blk/qcow2/image.js';
 import { ImageError } from '../../src/blk/qcow2/errors.js';
+import { MAX_L2_TABLES_AT_OPEN } from '../../src/blk/qcow2/rebuild.js';
 import { hasQemuImg, qemuCheck, qemuImg } from '../helpers/qcow2-tools.js';
 import { tempDirsPerTest } from '../helpers/temp-dirs.js';
 
@@ -18,7 +19,8 @@ function setDirty(file: string): void {
   const fd = openSync(file, 'r+');
   try {
     const b = Buffer.alloc(8);
-    b.writeBigUInt64BE(readFileSync(file).readBigUInt64BE(72) | 1n);
+    readSync(fd, b, 0, 8, 72);
+    b.writeBigUInt64BE(b.readBigUInt64BE(0) | 1n);
     writeSync(fd, b, 0, 8, 72);
   } finally {
     closeSync(fd);
@@ -69,7 +71,7 @@ describe.skipIf(!hasQemuImg)('snapshots read at open are bounded', () => {
     expect(err).toBeInstanceOf(ImageError);
     expect((err as ImageError).kind).toBe('Refused');
     expect((err as ImageError).message).toContain(f);
-    expect((err as ImageError).message).toMatch(/the L1 tables of the first 2 of 64 snapshots total 67108864 bytes, more than the file holds/);
+    expect((err as ImageError).message).toMatch(/the L1 tables of the first 2 of 64 snapshots total 67108864 bytes, more than the 33554432 bytes read at open/);
     expect(readFileSync(f).readBigUInt64BE(72) & 1n).toBe(1n); // nothing written: still dirty
   });
 
@@ -79,6 +81,37 @@ describe.skipIf(!hasQemuImg)('snapshots read at open are bounded', () => {
     const img = await Qcow2Image.open(f, { readOnly: false });
     await img.close();
     expect(readFileSync(f).readBigUInt64BE(72) & 1n).toBe(0n); // rebuilt and cleaned
+  });
+
+  test('more distinct L2 tables than are counted at open are refused before any is read', async () => {
+    const f = join(tmp(), 'wide.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', f, '1G');
+    const n = MAX_L2_TABLES_AT_OPEN + 1;
+    const l1At = 1 << 30;
+    const l2At = 2 ** 31;
+    const l1 = Buffer.alloc(n * 8);
+    for (let i = 0; i < n; i++) l1.writeBigUInt64BE((1n << 63n) | BigInt(l2At + i * 65536), i * 8);
+    const fd = openSync(f, 'r+');
+    try {
+      ftruncateSync(fd, l2At + n * 65536); // sparse: every L2 table reads as zeros
+      writeSync(fd, l1, 0, l1.length, l1At);
+      const hdr = Buffer.alloc(12);
+      hdr.writeUInt32BE(n, 0);
+      hdr.writeBigUInt64BE(BigInt(l1At), 4);
+      writeSync(fd, hdr, 0, 12, 36);
+    } finally {
+      closeSync(fd);
+    }
+    setDirty(f);
+    const err = await Qcow2Image.open(f, { readOnly: false }).then(
+      async (img) => {
+        await img.close();
+        return null;
+      },
+      (e: unknown) => e,
+    );
+    expect((err as ImageError).kind).toBe('Refused');
+    expect((err as ImageError).message).toContain(`more than ${MAX_L2_TABLES_AT_OPEN} distinct L2 tables to count at open`);
   });
 
   test('real snapshots still open and rebuild to a clean image', async () => {

@@ -15,6 +15,9 @@ import { classify, compressedLocation, entryOffset, makeEntry, maxRefcount, read
 import { preadvFull, pwritevFull } from './io.js';
 import { readSnapshotL1s } from './snapshots.js';
 
+/** Distinct L2 tables counted at open (each costs a map entry and one read): 512 TiB of mappings at 64 KiB clusters. */
+export const MAX_L2_TABLES_AT_OPEN = 1 << 20;
+
 export interface RebuildInput {
   fh: FileHandle;
   path: string;
@@ -90,7 +93,10 @@ export async function rebuildRefcounts(img: RebuildInput): Promise<RebuildResult
       const off = entryOffset(readHi(l1, i), readLo(l1, i));
       if (off === 0) continue;
       if (off % cs !== 0 || off + cs > img.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
-      l2Refs.set(off, (l2Refs.get(off) ?? 0) + 1);
+      const n = l2Refs.get(off);
+      if (n === undefined && l2Refs.size >= MAX_L2_TABLES_AT_OPEN)
+        throw new ImageError('Refused', `more than ${MAX_L2_TABLES_AT_OPEN} distinct L2 tables to count at open; repair the image with qemu-img check -r all`, { path, op: 'open' });
+      l2Refs.set(off, (n ?? 0) + 1);
     }
   };
   const countL2s = async (): Promise<void> => {

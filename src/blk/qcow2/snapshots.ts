@@ -16,8 +16,8 @@ import { preadvFull } from './io.js';
 /** QEMU: the snapshot table is at most 64 MiB, extra data at most 1 KiB per snapshot. */
 export const MAX_SNAPSHOT_TABLE_BYTES = 64 * 1024 * 1024;
 export const MAX_SNAPSHOT_EXTRA_DATA = 1024;
-/** Snapshot L1 bytes read and walked at open, all snapshots together (a 1 TiB disk's L1 is 16 KiB). */
-export const MAX_SNAPSHOT_L1_BYTES_AT_OPEN = 128 * 1024 * 1024;
+/** Snapshot L1 bytes read and walked at open, all snapshots together: one largest L1 (a 1 TiB disk's is 16 KiB). */
+export const MAX_SNAPSHOT_L1_BYTES_AT_OPEN = 32 * 1024 * 1024;
 
 const ENTRY_HEADER = 40;
 const WINDOW = 64 * 1024;
