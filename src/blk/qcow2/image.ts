@@ -48,6 +48,7 @@ import {
   readBacking,
   RwLock,
   totalLength,
+  yieldToLoop,
   type BackingImage,
 } from './io.js';
 
@@ -192,7 +193,7 @@ export class Qcow2Image implements Disk, BackingImage {
       }
       const img = new Qcow2Image({ fh, path, readOnly: opts.readOnly, header: h, fileSize, l1, reftable, backing, opts });
       try {
-        img.validateTables();
+        await img.validateTables();
         if (!opts.readOnly && h.version === 3 && h.autoclearFeatures !== 0n) {
           // A writer that does not maintain what autoclear bits describe must clear them before writing.
           const z = Buffer.alloc(8);
@@ -214,7 +215,7 @@ export class Qcow2Image implements Disk, BackingImage {
   }
 
   /** Check every active L1 and refcount table entry: aligned, inside the file, not on top of fixed metadata. */
-  private validateTables(): void {
+  private async validateTables(): Promise<void> {
     const cs = this.cs;
     const h = this.header;
     const addRange = (set: Set<number>, off: number, bytes: number): void => {
@@ -237,6 +238,7 @@ export class Qcow2Image implements Disk, BackingImage {
       this.fixedMeta.add(off / cs);
     }
     for (let i = 0; i < h.l1Size; i++) {
+      if ((i & 0xffff) === 0xffff) await yieldToLoop(); // an L1 has up to 4M entries: no long stall at open
       const hi = readHi(this.l1, i);
       const lo = readLo(this.l1, i);
       const off = entryOffset(hi, lo);

@@ -12,7 +12,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { ImageError } from './errors.js';
 import { INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import { classify, compressedLocation, entryOffset, makeEntry, maxRefcount, readHi, readLo, reftableOffset, setRefcount, writeEntry } from './entries.js';
-import { preadvFull, pwritevFull } from './io.js';
+import { preadvFull, pwritevFull, yieldToLoop } from './io.js';
 import { readSnapshotL1s } from './snapshots.js';
 
 /** Distinct L2 tables counted at open (each costs a map entry and one read): 512 TiB of mappings at 64 KiB clusters. */
@@ -219,9 +219,4 @@ export async function rebuildRefcounts(img: RebuildInput): Promise<RebuildResult
   await sync();
 
   return { table, tableOffset: tableOff, blockOffsets: [...blockAt.values()], fileEnd: end, newBlocks: blocks.filter(([off]) => off >= origEnd).length, moved };
-}
-
-/** Let other work run during a long walk at open (setImmediate: after pending I/O callbacks). */
-function yieldToLoop(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
 }
