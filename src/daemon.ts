@@ -26,6 +26,7 @@ import { qemuArgsForDisk, qemuArgsForInterface, qemuMemoryArgs, formatShellArgs 
 import { BlkDevice } from './blk/blk-device.js';
 import type { Disk } from './blk/disk.js';
 import { openDisk } from './blk/open-disk.js';
+import { ImageError } from './blk/qcow2/errors.js';
 import { DEFAULT_PVID, parseIpv4, Switch, type FilterRule, type PortOptions } from './net/switch.js';
 import { parseMac } from './net/mac.js';
 import { NetDevice } from './net/net-device.js';
@@ -119,7 +120,19 @@ export class Daemon {
    */
   async openDisks(): Promise<void> {
     try {
-      for (const vm of this.current.vms) for (const dc of vm.disks ?? []) this.blkPorts.push(await this.openBlkPort(vm.name, dc));
+      for (const vm of this.current.vms) {
+        for (const dc of [...(vm.disks ?? [])]) {
+          try {
+            this.blkPorts.push(await this.openBlkPort(vm.name, dc));
+          } catch (err) {
+            // Refused by the image policy: that disk does not start, every other device does.
+            if (!(err instanceof Error && err.cause instanceof ImageError && err.cause.kind === 'Refused')) throw err;
+            this.log.error({ vm: vm.name, dev: `${vm.name}.disk${dc.index}`, image: dc.path, reason: err.cause.message }, 'disk not started: image refused by the image policy');
+            vm.disks = vm.disks!.filter((d) => d !== dc);
+            if (vm.disks.length === 0) delete vm.disks;
+          }
+        }
+      }
     } catch (err) {
       await this.closeDisks();
       throw err;
@@ -239,12 +252,14 @@ export class Daemon {
 
   // ---------------------------------------------------------------- building blocks (start and reload)
 
-  private async openBlkPort(vm: string, dc: DiskConfig): Promise<BlkPort> {
+  private async openBlkPort(vm: string, dc: DiskConfig, cfg: Config = this.current): Promise<BlkPort> {
     const name = `${vm}.disk${dc.index}`;
     const log = this.log.child({ vm, dev: name, socket: dc.socketPath });
     let disk: Disk;
     try {
-      disk = await openDisk(dc.path, dc.format, dc.readOnly, log, { cacheBytes: dc.cacheBytes });
+      // Image policy: backing files in the image's directory tree or a `backing dir`, never another disk's image.
+      const denyImages = cfg.vms.flatMap((v) => (v.disks ?? []).map((d) => d.path)).filter((p) => p !== dc.path);
+      disk = await openDisk(dc.path, dc.format, dc.readOnly, log, { cacheBytes: dc.cacheBytes, policy: { backingDirs: cfg.backingDirs, denyImages } });
     } catch (err) {
       throw new Error(`${name}: cannot open image ${dc.path}: ${(err as Error).message}`, { cause: err });
     }
@@ -417,7 +432,7 @@ export class Daemon {
     const newDisks: BlkPort[] = [...prep.disks.values()];
     for (const e of prep.deferredDisks) {
       try {
-        newDisks.push(await this.openBlkPort(e.vm, e.config));
+        newDisks.push(await this.openBlkPort(e.vm, e.config, eff));
       } catch (err) {
         // Not served: drop it from the running configuration, so the next reload sees it as new and tries again.
         const vm = eff.vms.find((v) => v.name === e.vm)!;
@@ -466,7 +481,7 @@ export class Daemon {
           fs.accessSync(e.config.path, e.config.readOnly ? fs.constants.R_OK : fs.constants.R_OK | fs.constants.W_OK);
           prep.deferredDisks.push(e);
         } else {
-          prep.disks.set(e.name, await this.openBlkPort(e.vm, e.config));
+          prep.disks.set(e.name, await this.openBlkPort(e.vm, e.config, plan.effective));
         }
       }
       for (const s of plan.switches.added) prep.switches.set(s.name, newSwitch(s));

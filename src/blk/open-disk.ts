@@ -1,21 +1,25 @@
 /**
  * openDisk: the one place the daemon opens images. The format is the configured one, or detected from the file:
  * qcow2 when it starts with the qcow2 magic "QFI\xfb", raw otherwise (a qcow2 image is never probed as raw: its
- * magic always wins).
+ * magic always wins). A probed format is logged as a warning, and a disk probed as raw is wrapped in
+ * ProbedRawGuard so that the guest cannot turn it into a qcow2 image for the next probe. Backing chains follow the
+ * image policy (src/blk/qcow2/backing.ts).
  */
-import { open } from 'node:fs/promises';
 import type { Disk } from './disk.js';
+import { openImageFile } from './image-file.js';
 import { RawDisk } from './raw-disk.js';
 import { Qcow2Image } from './qcow2/image.js';
+import type { ImagePolicy } from './qcow2/backing.js';
+import { ProbedRawGuard } from './probed-raw-guard.js';
 import type { Logger } from '../util/log.js';
 
 export type DiskFormat = 'raw' | 'qcow2';
 
 export const QCOW2_MAGIC = 0x514649fb;
 
-/** 'qcow2' if the file starts with the qcow2 magic, else 'raw'. */
+/** 'qcow2' if the file starts with the qcow2 magic, else 'raw' (a regular file or block device, checked before it is opened). */
 export async function detectFormat(path: string): Promise<DiskFormat> {
-  const fh = await open(path, 'r');
+  const { fh } = await openImageFile(path, { readOnly: true, allowBlockDevice: true });
   try {
     const b = new Uint8Array(4);
     const { bytesRead } = await fh.read(b, 0, 4, 0);
@@ -25,9 +29,19 @@ export async function detectFormat(path: string): Promise<DiskFormat> {
   }
 }
 
+export interface OpenDiskOptions {
+  cacheBytes?: number;
+  /** Where backing files may live, and which images they must never be. */
+  policy?: ImagePolicy;
+}
+
 /** Open an image in the given format (undefined: detect). */
-export async function openDisk(path: string, format: DiskFormat | undefined, readOnly: boolean, log: Logger, opts: { cacheBytes?: number } = {}): Promise<Disk> {
+export async function openDisk(path: string, format: DiskFormat | undefined, readOnly: boolean, log: Logger, opts: OpenDiskOptions = {}): Promise<Disk> {
   const fmt = format ?? (await detectFormat(path));
-  if (fmt === 'raw') return RawDisk.open(path, { readOnly });
-  return Qcow2Image.open(path, { readOnly, log, l2CacheBytes: opts.cacheBytes });
+  if (format === undefined) log.warn({ image: path, format: fmt }, `image format probed as ${fmt}; set format ${fmt} on the disk to fix it`);
+  if (fmt === 'raw') {
+    const raw = await RawDisk.open(path, { readOnly });
+    return format === undefined ? new ProbedRawGuard(raw, log) : raw;
+  }
+  return Qcow2Image.open(path, { readOnly, log, l2CacheBytes: opts.cacheBytes, policy: opts.policy });
 }

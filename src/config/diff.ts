@@ -3,9 +3,10 @@
  * Pure: two Configs in, a plan out; the Daemon applies it. Devices are keyed by name (`<vm>.net<N>`,
  * `<vm>.disk<N>`, the socket name), switches by name. Per interface: a changed lladdr or switch re-creates the
  * device (the guest reconnects); port flags (veb-switch.md §1.2) are applied live. Per disk: a changed image,
- * format, readonly or cache re-opens it. Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied
- * live (mtu only for new negotiations), and so are the socket owner and the log level. Settings read once at
- * start-up (socket dir, control socket, metrics listener) keep their running value in `effective` and are listed
+ * format, readonly or cache re-opens it, and so does a changed `backing dir` list (disks not configured raw).
+ * Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
+ * and so are the socket owner and the log level. Settings read once at start-up (socket dir, control socket,
+ * metrics listener) keep their running value in `effective` and are listed
  * in `restartRequired`, so `daemon.config` always says what is actually served.
  */
 import path from 'node:path';
@@ -148,6 +149,9 @@ export function planReload(prev: Config, nextIn: Config): ReloadPlan {
 
   const oldDisks = disks(prev);
   const newDisks = disks(effective);
+  // `backing dir` changes what a qcow2 chain may reach: images that may have one are re-opened under the new list.
+  const dirsText = (c: Config): string => (c.backingDirs ?? []).join(', ') || 'none';
+  const dirsChanged = dirsText(prev) !== dirsText(effective);
   for (const [name, n] of newDisks) {
     const o = oldDisks.get(name);
     if (!o) {
@@ -162,6 +166,7 @@ export function planReload(prev: Config, nextIn: Config): ReloadPlan {
     if (p.readOnly !== c.readOnly) reasons.push(`readonly ${p.readOnly} → ${c.readOnly}`);
     if (p.cacheBytes !== c.cacheBytes) reasons.push(`cache ${p.cacheBytes ?? 'default'} → ${c.cacheBytes ?? 'default'}`);
     if (p.socketPath !== c.socketPath) reasons.push(`socket ${p.socketPath} → ${c.socketPath}`);
+    if (dirsChanged && c.format !== 'raw') reasons.push(`backing dir ${dirsText(prev)} → ${dirsText(effective)}`);
     if (reasons.length > 0) plan.disks.reopened.push({ name, vm: n.vm, prev: p, next: c, reasons });
     else plan.disks.unchanged.push(name);
   }

@@ -133,6 +133,11 @@ export interface Config {
   metricsListen?: { host: string; port: number };
   /** `log level LEVEL`: absent = info (`vhostd -v` raises it). */
   logLevel?: LogLevel;
+  /**
+   * `backing dir "PATH"` (repeatable): absolute directories where qcow2 backing files may also lie, besides each
+   * image's own directory tree. Absent = only the image's own directory tree.
+   */
+  backingDirs?: string[];
   switches: SwitchConfig[];
   vms: VmConfig[];
 }

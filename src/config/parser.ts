@@ -59,6 +59,7 @@ interface RawConfig {
   owner?: Located<string>;
   metricsListen?: Located<string>;
   logLevel?: Located<LogLevel>;
+  backingDirs?: Located<string>[];
   switches: RawSwitch[];
   vms: RawVm[];
 }
@@ -128,6 +129,12 @@ const TOP: KeywordTable<RawConfig> = {
   control: (p, cfg, kw) => p.setOnce(cfg, 'control', p.string('a control socket path', '"/run/vhostd/vhostd.sock"'), kw, 'control'),
   metrics: (p, cfg, kw) => p.subKeyword(METRICS, cfg, kw),
   log: (p, cfg, kw) => p.subKeyword(LOG, cfg, kw),
+  backing: (p, cfg, kw) => p.subKeyword(BACKING, cfg, kw),
+};
+
+/** `backing dir "PATH"`: may repeat, each adds a directory where qcow2 backing files may lie. */
+const BACKING: KeywordTable<RawConfig> = {
+  dir: (p, cfg) => (cfg.backingDirs ??= []).push(p.string('a backing file directory', '"/var/lib/vhostd/base"')),
 };
 
 /** `socket dir "PATH"`, `socket owner [user][:group]`. */
@@ -680,6 +687,21 @@ function validateDaemonSettings(p: Parser, raw: RawConfig, baseDir: string, sock
     else out.metricsListen = l;
   }
   if (raw.logLevel) out.logLevel = raw.logLevel.value;
+  for (const d of raw.backingDirs ?? []) {
+    if (d.value === '' || d.value.includes('\0')) {
+      p.report(d.pos, 'expected a non-empty backing file directory, got ""');
+      continue;
+    }
+    const dir = resolve(baseDir, d.value);
+    let isDir = false;
+    try {
+      isDir = fs.statSync(dir).isDirectory();
+    } catch {
+      /* reported below */
+    }
+    if (!isDir) p.report(d.pos, `expected an existing directory for backing dir, but ${dir} is not one`);
+    else if (!(out.backingDirs ??= []).includes(dir)) out.backingDirs.push(dir);
+  }
   return out;
 }
 

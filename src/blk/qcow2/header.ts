@@ -1,5 +1,5 @@
 /**
- * qcow2 header codec and validation (reference/qcow2-and-virtio-blk.md §1.2–1.4). Everything big-endian.
+ * qcow2 header codec and validation (docs/qcow2.md; QEMU docs/interop/qcow2.txt). Everything big-endian.
  * parseHeader() checks every field that later code relies on, so that a hostile image is refused here with a
  * clear ImageError instead of causing huge allocations or reads far outside the file.
  */

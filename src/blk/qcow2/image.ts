@@ -1,5 +1,5 @@
 /**
- * Qcow2Image: a qcow2 (v2/v3) image as a Disk (reference/qcow2-and-virtio-blk.md).
+ * Qcow2Image: a qcow2 (v2/v3) image as a Disk (docs/qcow2.md).
  *
  * Data goes straight between the file and the caller's buffers; only copy-on-write fills of partial clusters and
  * compressed clusters go through temporary buffers. Metadata lives in memory: the whole active L1, the refcount
@@ -15,13 +15,15 @@
  * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together; anything that
  * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
  */
-import { open as fsOpen, realpath, type FileHandle } from 'node:fs/promises';
-import { constants as fsc } from 'node:fs';
-import { dirname, isAbsolute, resolve } from 'node:path';
-import { inflateRawSync } from 'node:zlib';
+import type { FileHandle } from 'node:fs/promises';
+import { inflateRaw, constants as zc } from 'node:zlib';
+import { promisify } from 'node:util';
 import type { Disk } from '../disk.js';
+import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
+import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
-import { parseHeader, QCOW2_MAGIC, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
+import { rebuildRefcounts as rebuildFromMetadata } from './rebuild.js';
+import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
 import {
   classify,
   compressedLocation,
@@ -43,10 +45,10 @@ import {
   IovCursor,
   preadvFull,
   pwritevFull,
-  RawBacking,
   readBacking,
   RwLock,
   totalLength,
+  yieldToLoop,
   type BackingImage,
 } from './io.js';
 
@@ -55,16 +57,14 @@ export interface Qcow2OpenOptions {
   log?: { warn(o: object, m: string): void };
   /** Bytes of L2 tables kept in memory (default 32 MiB: a whole 256 GiB disk at 64 KiB clusters). */
   l2CacheBytes?: number;
+  /** What the backing chain may reach (default: the top image's own directory tree only). */
+  policy?: ImagePolicy;
 }
 
-/** Longest backing chain accepted below an image. */
-export const MAX_BACKING_DEPTH = 16;
+export { MAX_BACKING_DEPTH } from './backing.js';
+/** zlib on the libuv thread pool: a compressed cluster never inflates on the event loop. */
+const inflateRawAsync = promisify(inflateRaw);
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
-
-interface ChainState {
-  depth: number;
-  seen: Set<string>;
-}
 
 interface L2Table {
   buf: Buffer;
@@ -150,13 +150,23 @@ export class Qcow2Image implements Disk, BackingImage {
 
   /** Open a qcow2 image; its backing chain is opened read-only. */
   static async open(path: string, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
-    return Qcow2Image.openChain(path, opts, { depth: 0, seen: new Set() });
+    let file: OpenedImageFile;
+    try {
+      file = await openImageFile(path, { readOnly: opts.readOnly });
+    } catch (err) {
+      if (err instanceof ImageFileError && err.reason === 'not-regular') throw new ImageError('InvalidFormat', err.message, { path, op: 'open' }, { cause: err });
+      throw new ImageError('Io', `cannot open: ${(err as Error).message}`, { path, op: 'open' }, { cause: err });
+    }
+    const chain = await newChain(opts.policy);
+    await setAllowedDirs(chain, file.resolved);
+    return Qcow2Image.openChain(path, file, opts, chain);
   }
 
-  private static async openChain(path: string, opts: Qcow2OpenOptions, chain: ChainState): Promise<Qcow2Image> {
-    const fh = await openRegular(path, opts.readOnly);
+  /** Open the qcow2 image in `file` (the handle is owned from here on); its backing chain under `chain`'s rules. */
+  private static async openChain(path: string, file: OpenedImageFile, opts: Qcow2OpenOptions, chain: ChainState): Promise<Qcow2Image> {
+    const fh = file.fh;
     try {
-      const st = await fh.stat();
+      const st = file.stat;
       const id = `${st.dev}:${st.ino}`;
       if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to this image', { path, op: 'open' });
       chain.seen.add(id);
@@ -177,10 +187,13 @@ export class Qcow2Image implements Disk, BackingImage {
       const reftable = Buffer.alloc(h.refcountTableClusters * 2 ** h.clusterBits);
       await preadvFull(fh, [reftable], h.refcountTableOffset, path);
       let backing: BackingImage | null = null;
-      if (h.backingFile !== null) backing = await openBacking(path, h, opts, chain);
+      if (h.backingFile !== null) {
+        const backingOpts: Qcow2OpenOptions = { readOnly: true, log: opts.log, l2CacheBytes: opts.l2CacheBytes };
+        backing = await openBacking(path, file.resolved, h, chain, (f, c) => Qcow2Image.openChain(f.resolved, f, backingOpts, c));
+      }
       const img = new Qcow2Image({ fh, path, readOnly: opts.readOnly, header: h, fileSize, l1, reftable, backing, opts });
       try {
-        img.validateTables();
+        await img.validateTables();
         if (!opts.readOnly && h.version === 3 && h.autoclearFeatures !== 0n) {
           // A writer that does not maintain what autoclear bits describe must clear them before writing.
           const z = Buffer.alloc(8);
@@ -202,7 +215,7 @@ export class Qcow2Image implements Disk, BackingImage {
   }
 
   /** Check every active L1 and refcount table entry: aligned, inside the file, not on top of fixed metadata. */
-  private validateTables(): void {
+  private async validateTables(): Promise<void> {
     const cs = this.cs;
     const h = this.header;
     const addRange = (set: Set<number>, off: number, bytes: number): void => {
@@ -225,6 +238,7 @@ export class Qcow2Image implements Disk, BackingImage {
       this.fixedMeta.add(off / cs);
     }
     for (let i = 0; i < h.l1Size; i++) {
+      if ((i & 0xffff) === 0xffff) await yieldToLoop(); // an L1 has up to 4M entries: no long stall at open
       const hi = readHi(this.l1, i);
       const lo = readLo(this.l1, i);
       const off = entryOffset(hi, lo);
@@ -237,188 +251,24 @@ export class Qcow2Image implements Disk, BackingImage {
     }
   }
 
-  /**
-   * Rebuild every refcount from the metadata of a dirty image (lazy refcounts), as QEMU does on open: header,
-   * active L1, snapshot table, each snapshot's L1, every L2 table reachable from an L1 (once per reference) and the
-   * data clusters each such L2 table maps (compressed: every host cluster its range touches), then the refcount table
-   * and refcount blocks themselves. Missing refcount blocks (and a larger table, if needed) are placed at the end of
-   * the file. Order: refblocks (+ new table) → fdatasync → header switch → fdatasync → dirty bit cleared → fdatasync.
-   * Until the last step the dirty bit stays set, so a crash part-way leaves an image that is rebuilt again.
-   */
+  /** Rebuild the refcounts of a dirty image (rebuild.ts), then follow the rebuilt structures in memory. */
   private async rebuildRefcounts(): Promise<void> {
     const cs = this.cs;
     const h = this.header;
-    const path = this.path;
-    const maxRc = maxRefcount(this.refBits);
-    const origEnd = this.fileEnd;
-    const fail = (m: string): never => {
-      throw new ImageError('CorruptImage', `cannot rebuild the refcounts of a dirty image: ${m}`, { path, op: 'open' });
-    };
-    let counts = new Uint32Array(this.fileEnd / cs + 16);
-    let used = 0; // clusters [0, used) may hold a nonzero count
-    const bump = (c: number, delta: number): void => {
-      if (c >= counts.length) {
-        const grown = new Uint32Array(Math.max(c + 1, counts.length * 2));
-        grown.set(counts);
-        counts = grown;
-      }
-      const v = counts[c]! + delta;
-      if (v > maxRc) fail(`host cluster ${c} is referenced ${v} times, more than ${this.refBits}-bit refcounts can hold`);
-      counts[c] = v;
-      if (v > 0 && c >= used) used = c + 1;
-    };
-    // Metadata references: must lie inside the file (a compressed range may run up to two clusters past its end).
-    const inc = (off: number, bytes: number, what: string): void => {
-      if (off < 0 || off + bytes > this.fileEnd + 2 * cs) fail(`${what} (0x${off.toString(16)}) lies past the end of the file`);
-      for (let c = Math.floor(off / cs); c * cs < off + bytes; c++) bump(c, 1);
-    };
-    const readBuf = async (off: number, bytes: number): Promise<Buffer> => {
-      const b = Buffer.alloc(bytes);
-      await preadvFull(this.fh, [b], off, path);
-      return b;
-    };
-    const countL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
-      const l2 = Buffer.alloc(cs);
-      for (let i = 0; i < entries; i++) {
-        const off = entryOffset(readHi(l1, i), readLo(l1, i));
-        if (off === 0) continue;
-        if (off % cs !== 0 || off + cs > this.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
-        inc(off, cs, `L2 table of ${name} entry ${i}`);
-        await preadvFull(this.fh, [l2], off, path);
-        for (let j = 0; j < this.l2Entries; j++) {
-          const hi = readHi(l2, j);
-          const lo = readLo(l2, j);
-          const kind = classify(hi, lo, h.version);
-          if (kind === 'normal' || kind === 'zero-alloc') {
-            const d = entryOffset(hi, lo);
-            if (d % cs !== 0 || d + cs > this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j} points to an invalid cluster 0x${d.toString(16)}`);
-            inc(d, cs, 'data cluster');
-          } else if (kind === 'compressed') {
-            const r = this.compressedRange(hi, lo);
-            if (r.offset < cs || r.offset >= this.fileEnd) fail(`L2 table 0x${off.toString(16)} entry ${j}: compressed cluster outside the file`);
-            inc(r.offset, r.len, 'compressed cluster');
-          }
-        }
-      }
-    };
-
-    // 1. Everything the image's metadata references.
-    inc(0, cs, 'header');
-    if (h.l1Size > 0) inc(h.l1TableOffset, h.l1Size * 8, 'L1 table');
-    await countL1(this.l1, h.l1Size, 'L1');
-    if (h.nbSnapshots > 0) {
-      let pos = h.snapshotsOffset;
-      for (let s = 0; s < h.nbSnapshots; s++) {
-        if (pos + 40 > this.fileEnd) fail(`snapshot table entry ${s} lies past the end of the file`);
-        const e = await readBuf(pos, 40);
-        const l1Off = Number(e.readBigUInt64BE(0));
-        const l1Size = e.readUInt32BE(8);
-        const len = 40 + e.readUInt32BE(36) + e.readUInt16BE(12) + e.readUInt16BE(14);
-        pos += Math.ceil(len / 8) * 8;
-        if (l1Size * 8 > MAX_L1_BYTES) fail(`snapshot ${s} has an oversized L1 table (${l1Size} entries)`);
-        if (l1Size === 0) continue;
-        if (l1Off % cs !== 0 || l1Off + l1Size * 8 > this.fileEnd) fail(`snapshot ${s} L1 table 0x${l1Off.toString(16)} is invalid`);
-        inc(l1Off, l1Size * 8, `snapshot ${s} L1 table`);
-        await countL1(await readBuf(l1Off, l1Size * 8), l1Size, `snapshot ${s} L1`);
-      }
-      if (pos > this.fileEnd) fail('snapshot table runs past the end of the file');
-      inc(h.snapshotsOffset, pos - h.snapshotsOffset, 'snapshot table');
-    }
-
-    // 2. The existing refcount structures: reused in place unless they collide with the metadata counted above.
-    const oldTableClusters = this.reftable.length / cs;
-    const blockAt = new Map<number, number>();
-    for (let c = 0; c < oldTableClusters; c++) if ((counts[this.reftableOffset / cs + c] ?? 0) > 0) fail('the refcount table overlaps other metadata or data');
-    for (let rt = 0; rt < this.reftable.length / 8; rt++) {
-      const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
-      if (off === 0) continue;
-      if ((counts[off / cs] ?? 0) > 0) fail(`refcount block ${rt} overlaps other metadata or data`);
-      blockAt.set(rt, off);
-      bump(off / cs, 1);
-    }
-    for (let c = 0; c < oldTableClusters; c++) bump(this.reftableOffset / cs + c, 1);
-
-    // 3. Refcount blocks for every range that has counts, and a table large enough; new ones at the end of the file.
-    let end = Math.max(this.fileEnd, used * cs);
-    let tableOff = this.reftableOffset;
-    let tableEntries = this.reftable.length / 8;
-    let moved = false;
-    for (;;) {
-      let changed = false;
-      const needed = Math.ceil(used / this.rbEntries);
-      for (let rt = 0; rt < needed; rt++) {
-        if (blockAt.has(rt)) continue;
-        let any = false;
-        for (let c = rt * this.rbEntries; c < Math.min(used, (rt + 1) * this.rbEntries); c++) if (counts[c]) { any = true; break; }
-        if (!any) continue;
-        blockAt.set(rt, end);
-        bump(end / cs, 1);
-        end += cs;
-        changed = true;
-      }
-      let wantEntries = needed;
-      for (const rt of blockAt.keys()) wantEntries = Math.max(wantEntries, rt + 1);
-      if (wantEntries > tableEntries) {
-        const clusters = Math.ceil((Math.max(wantEntries + 64, tableEntries * 2) * 8) / cs);
-        if (clusters * cs > MAX_REFTABLE_BYTES) fail('the refcount table would exceed 8 MiB');
-        // The table in use (old, or one placed in an earlier round) is no longer referenced once the header moves.
-        for (let c = 0; c < (tableEntries * 8) / cs; c++) bump(tableOff / cs + c, -1);
-        tableOff = end;
-        tableEntries = (clusters * cs) / 8;
-        for (let c = 0; c < clusters; c++) bump(end / cs + c, 1);
-        end += clusters * cs;
-        moved = true;
-        changed = true;
-      }
-      if (!changed) break;
-    }
-
-    // 4. Encode and write: blocks (+ new table) → sync → table switch → sync → dirty bit cleared → sync.
-    const table = Buffer.alloc(tableEntries * 8);
-    const blocks: Array<[number, Buffer]> = [];
-    for (const [rt, off] of blockAt) {
-      const rb = Buffer.alloc(cs);
-      const base = rt * this.rbEntries;
-      for (let i = 0; i < this.rbEntries && base + i < used; i++) {
-        const v = counts[base + i]!;
-        if (v) setRefcount(rb, i, this.refBits, v);
-      }
-      blocks.push([off, rb]);
-      const [hi, lo] = makeEntry(off, false);
-      writeEntry(table, rt, hi, lo);
-    }
-    await Promise.all(blocks.map(([off, rb]) => pwritevFull(this.fh, [rb], off, path)));
-    if (moved) {
-      await pwritevFull(this.fh, [table], tableOff, path);
-      await this.sync();
-      const hdr = Buffer.alloc(12);
-      hdr.writeBigUInt64BE(BigInt(tableOff), 0);
-      hdr.writeUInt32BE(table.length / cs, 8);
-      await pwritevFull(this.fh, [hdr], 48, path);
-    } else {
-      await this.sync();
-      await pwritevFull(this.fh, [table], tableOff, path);
-    }
-    await this.sync();
-    const incompat = Buffer.alloc(8);
-    incompat.writeBigUInt64BE(h.incompatibleFeatures & ~INCOMPAT_DIRTY, 0);
-    await pwritevFull(this.fh, [incompat], 72, path);
-    await this.sync();
-
-    // 5. In-memory state follows the rebuilt structures.
+    const r = await rebuildFromMetadata({ fh: this.fh, path: this.path, header: h, l1: this.l1, reftable: this.reftable, reftableOffset: this.reftableOffset, fileEnd: this.fileEnd });
     h.incompatibleFeatures &= ~INCOMPAT_DIRTY;
-    h.refcountTableOffset = tableOff;
-    h.refcountTableClusters = table.length / cs;
-    this.reftable = table;
-    this.reftableOffset = tableOff;
+    h.refcountTableOffset = r.tableOffset;
+    h.refcountTableClusters = r.table.length / cs;
+    this.reftable = r.table;
+    this.reftableOffset = r.tableOffset;
     this.refblocks.clear();
     this.refblockDirty.clear();
     this.reftableDirty.clear();
-    for (let c = 0; c < table.length / cs; c++) this.fixedMeta.add(tableOff / cs + c);
-    for (const off of blockAt.values()) this.fixedMeta.add(off / cs);
-    this.fileEnd = Math.max(this.fileEnd, end);
+    for (let c = 0; c < r.table.length / cs; c++) this.fixedMeta.add(r.tableOffset / cs + c);
+    for (const off of r.blockOffsets) this.fixedMeta.add(off / cs);
+    this.fileEnd = Math.max(this.fileEnd, r.fileEnd);
     this.log?.warn(
-      { path, refcountBlocks: blockAt.size, newRefcountBlocks: blocks.filter(([off]) => off >= origEnd).length, refcountTableMoved: moved },
+      { path: this.path, refcountBlocks: r.blockOffsets.length, newRefcountBlocks: r.newBlocks, refcountTableMoved: r.moved },
       'qcow2: image was dirty (lazy refcounts); refcounts rebuilt from metadata and the dirty bit cleared (image repaired)',
     );
   }
@@ -692,7 +542,8 @@ export class Qcow2Image implements Disk, BackingImage {
     await preadvFull(this.fh, [src], loc.offset, this.path);
     let data: Buffer;
     try {
-      data = inflateRawSync(src, { finishFlush: 2 /* Z_SYNC_FLUSH: tolerate trailing bytes */, maxOutputLength: this.cs });
+      // Z_SYNC_FLUSH: trailing bytes after the stream are tolerated; the output is bounded to one cluster.
+      data = await inflateRawAsync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: this.cs });
     } catch (err) {
       // maxOutputLength overflow means the stream holds more than one cluster: keep the first cluster only.
       if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw this.corrupt('compressed cluster inflates past the cluster size', guest, 'read');
@@ -1019,60 +870,4 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.sync();
     }
   }
-}
-
-/** Open a file that must be a regular file (never blocks on a FIFO or device). */
-async function openRegular(path: string, readOnly: boolean): Promise<FileHandle> {
-  let fh: FileHandle;
-  try {
-    fh = await fsOpen(path, (readOnly ? fsc.O_RDONLY : fsc.O_RDWR) | fsc.O_NONBLOCK);
-  } catch (err) {
-    throw new ImageError('Io', `cannot open: ${(err as Error).message}`, { path, op: 'open' }, { cause: err });
-  }
-  const st = await fh.stat();
-  if (!st.isFile()) {
-    await fh.close();
-    throw new ImageError('InvalidFormat', 'not a regular file', { path, op: 'open' });
-  }
-  return fh;
-}
-
-/** Open the backing image named by `h` (read-only), enforcing the chain rules of issue 4 §2. */
-async function openBacking(path: string, h: Qcow2Header, opts: Qcow2OpenOptions, chain: ChainState): Promise<BackingImage> {
-  const name = h.backingFile!;
-  const ctx = { path, op: 'open backing' };
-  if (name.length === 0) throw new ImageError('InvalidFormat', 'empty backing file name', ctx);
-  if (/^[a-z][a-z0-9+.-]*:/i.test(name) && !isAbsolute(name))
-    throw new ImageError('UnsupportedFeature', `backing file "${name}" uses a protocol prefix; only plain file names are allowed`, { ...ctx, feature: 'backing protocol' });
-  if (chain.depth + 1 > MAX_BACKING_DEPTH) throw new ImageError('InvalidFormat', `backing chain deeper than ${MAX_BACKING_DEPTH}`, ctx);
-  const dir = dirname(await realpath(path).catch(() => path));
-  const target = isAbsolute(name) ? name : resolve(dir, name);
-  const fmt = h.backingFormat;
-  if (fmt !== null && fmt !== 'qcow2' && fmt !== 'raw')
-    throw new ImageError('UnsupportedFeature', `backing format "${fmt}" is not supported (qcow2 or raw)`, { ...ctx, feature: `backing format ${fmt}` });
-  const fh = await openRegular(target, true);
-  let keep = false;
-  try {
-    const magic = Buffer.alloc(4);
-    await preadvFull(fh, [magic], 0, target);
-    const isQcow2 = magic.readUInt32BE(0) === QCOW2_MAGIC;
-    const format = fmt ?? (isQcow2 ? 'qcow2' : null);
-    if (format === null)
-      throw new ImageError('InvalidFormat', `backing file ${target} has no stated format and is not qcow2 (probing raw is refused)`, ctx);
-    if (format === 'raw') {
-      const st = await fh.stat();
-      const id = `${st.dev}:${st.ino}`;
-      if (chain.seen.has(id)) throw new ImageError('InvalidFormat', 'backing chain loops back to an image in the chain', ctx);
-      keep = true;
-      return new RawBacking(fh, target, st.size);
-    }
-  } finally {
-    if (!keep) await fh.close();
-  }
-  // openChain is private to the class; this module-level helper is part of the same implementation.
-  return (Qcow2Image as unknown as { openChain(p: string, o: Qcow2OpenOptions, c: ChainState): Promise<Qcow2Image> }).openChain(
-    target,
-    { readOnly: true, log: opts.log, l2CacheBytes: opts.l2CacheBytes },
-    { depth: chain.depth + 1, seen: chain.seen },
-  );
 }

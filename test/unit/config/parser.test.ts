@@ -182,7 +182,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('unknown keywords list the expected ones', () => {
-    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log');
+    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log, backing');
     expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
     expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk');
     expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
@@ -193,7 +193,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('a non-keyword where a statement starts', () => {
-    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log) at top level, got "}"');
+    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log, backing) at top level, got "}"');
     expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, vport, static, rule) in the switch block, got string "mtu"');
   });
 
@@ -263,7 +263,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   it('reports collected errors together with the syntax error that stopped parsing', () => {
     expect(errorOf('switch "s" { mtu 1 }\nbogus').split('\n')).toEqual([
       'vhostd.conf:1:18: expected an mtu from 68 to 65535, got 1',
-      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm, control, metrics, log',
+      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm, control, metrics, log, backing',
     ]);
   });
 

@@ -206,10 +206,16 @@ describe('backing files are opened safely', () => {
     await img.close();
   });
 
-  test('a backing file that is not a regular file is refused', async () => {
+  test('a backing file that is not a regular file is refused, even in an allowed directory', async () => {
     const dir = tmp();
     withBacking(dir, 'top.qcow2', '/dev/zero', 'raw');
-    expect((await openErr(join(dir, 'top.qcow2'))).message).toMatch(/not a regular file/);
+    expect((await openErr(join(dir, 'top.qcow2'))).message).toMatch(/outside the allowed directories/);
+    const err = await Qcow2Image.open(join(dir, 'top.qcow2'), { readOnly: true, policy: { backingDirs: ['/dev'] } }).then(
+      () => null,
+      (e: ImageError) => e,
+    );
+    expect(err?.kind).toBe('Refused');
+    expect(err?.message).toMatch(/character device, not a regular file/);
   });
 
   test('a protocol prefix (json:) is refused', async () => {
