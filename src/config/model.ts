@@ -133,6 +133,8 @@ export interface Config {
   metricsListen?: { host: string; port: number };
   /** `log level LEVEL`: absent = info (`vhostd -v` raises it). */
   logLevel?: LogLevel;
+  /** `max guest memory SIZE`: most guest RAM bytes one front-end may map; absent = DEFAULT_MAX_GUEST_MEMORY. */
+  maxGuestMemory?: number;
   switches: SwitchConfig[];
   vms: VmConfig[];
 }
@@ -147,6 +149,10 @@ export const MIN_TIMEOUT = 8;
 export const MAX_TIMEOUT = 3600;
 export const MIN_MTU = 68;
 export const MAX_MTU = 65535;
+/** `max guest memory` default and range. */
+export const DEFAULT_MAX_GUEST_MEMORY = 2 ** 40;
+export const MIN_MAX_GUEST_MEMORY = 2 ** 30;
+export const MAX_MAX_GUEST_MEMORY = 2 ** 46;
 /** Used when `socket dir` is absent; resolved like any relative path. */
 export const DEFAULT_SOCKET_DIR = 'run';
 
