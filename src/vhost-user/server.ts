@@ -101,7 +101,14 @@ export class VhostUserServer {
         continue;
       }
       this.connections++;
-      this.startSession(fd);
+      try {
+        this.startSession(fd);
+      } catch (err) {
+        // Out of memory or fds for the watcher: drop this connection, keep listening.
+        closeQuietly(this.native, fd);
+        this.droppedConnections++;
+        this.log.error({ reason: (err as Error).message ?? String(err) }, 'front-end connection dropped');
+      }
     }
   }
 
