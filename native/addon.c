@@ -14,6 +14,7 @@ NAPI_MODULE_INIT() {
     FN("munmap", mem_munmap),
     FN("memfdCreate", mem_memfd_create),
     FN("fdSize", mem_fd_size),
+    FN("fdStat", mem_fd_stat),
     FN("eventfd", event_eventfd),
     FN("eventfdRead", event_read),
     FN("eventfdWrite", event_write),

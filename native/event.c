@@ -1,5 +1,6 @@
 /* eventfd create/read/write, close() and a full fence. */
 #include <errno.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -14,12 +15,26 @@ napi_value event_eventfd(napi_env env, napi_callback_info info) {
   return make_number(env, fd);
 }
 
+/* Whether fd is ready for `events` now. The front-end shares the open file description of every eventfd it sends
+ * and may clear O_NONBLOCK on it; asking first keeps a read of an empty (or a write to a full) eventfd from
+ * blocking the event loop (a race with a front-end that fills or drains its own eventfd in between remains; see
+ * docs/security.md). */
+static int ready_now(int fd, short events) {
+  struct pollfd p = {.fd = fd, .events = events, .revents = 0};
+  int r;
+  do r = poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  /* POLLNVAL/POLLERR: let the syscall itself report the error. */
+  return r > 0 && (p.revents & (events | POLLNVAL | POLLERR));
+}
+
 napi_value event_read(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int32_t fd;
   uint64_t value;
   ssize_t n;
   if (get_args(env, info, 1, argv, NULL) || arg_i32(env, argv[0], "fd", &fd)) return NULL;
+  if (!ready_now(fd, POLLIN)) return make_number(env, -1);
   do n = read(fd, &value, sizeof(value));
   while (n < 0 && errno == EINTR);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return make_number(env, -1);
@@ -36,6 +51,7 @@ napi_value event_write(napi_env env, napi_callback_info info) {
   if (get_args(env, info, 2, argv, NULL) || arg_i32(env, argv[0], "fd", &fd) ||
       arg_uint(env, argv[1], "n", 9007199254740991.0, &value))
     return NULL;
+  if (!ready_now(fd, POLLOUT)) return make_undefined(env); /* full: the reader is already woken */
   do n = write(fd, &value, sizeof(value));
   while (n < 0 && errno == EINTR);
   /* EAGAIN: the counter would overflow, so the reader is already woken. */

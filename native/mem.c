@@ -1,5 +1,7 @@
 /* mmap of shared fds as external ArrayBuffers; munmap detaches. memfd_create and fstat for tests and checks. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -130,4 +132,33 @@ napi_value mem_fd_size(napi_env env, napi_callback_info info) {
   if (get_args(env, info, 1, argv, NULL) || arg_i32(env, argv[0], "fd", &fd)) return NULL;
   if (fstat(fd, &st) < 0) return throw_errno(env, "fstat", errno);
   return make_number(env, (double)st.st_size);
+}
+
+static int set_number(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value n;
+  return napi_create_double(env, v, &n) != napi_ok || napi_set_named_property(env, obj, key, n) != napi_ok;
+}
+
+/* fstat + F_GETFL + readlink(/proc/self/fd/N): what a received fd is, for the checks in TypeScript. */
+napi_value mem_fd_stat(napi_env env, napi_callback_info info) {
+  napi_value argv[1], obj, link;
+  int32_t fd;
+  struct stat st;
+  char path[64], target[256];
+  if (get_args(env, info, 1, argv, NULL) || arg_i32(env, argv[0], "fd", &fd)) return NULL;
+  if (fstat(fd, &st) < 0) return throw_errno(env, "fstat", errno);
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0) return throw_errno(env, "fcntl", errno);
+  snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(path, target, sizeof(target) - 1);
+  if (n < 0) n = 0; /* no /proc: the link stays empty and eventfd checks refuse */
+  target[n] = 0;
+  NAPI_CALL(env, napi_create_object(env, &obj));
+  NAPI_CALL(env, napi_create_string_utf8(env, target, (size_t)n, &link));
+  if (set_number(env, obj, "mode", (double)st.st_mode) || set_number(env, obj, "size", (double)st.st_size) ||
+      set_number(env, obj, "flags", (double)flags) || napi_set_named_property(env, obj, "link", link) != napi_ok) {
+    throw_napi_failure(env, "fdStat");
+    return NULL;
+  }
+  return obj;
 }

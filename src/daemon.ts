@@ -20,6 +20,7 @@ import {
   type RuleConfig,
   type SocketOwner,
   type SwitchConfig,
+  DEFAULT_MAX_GUEST_MEMORY,
 } from './config/model.js';
 import { changedPortFlags, planReload, type Changed, type Entry, type ReloadPlan } from './config/diff.js';
 import { qemuArgsForDisk, qemuArgsForInterface, qemuMemoryArgs, formatShellArgs } from './config/qemu-args.js';
@@ -32,6 +33,7 @@ import { parseMac } from './net/mac.js';
 import { NetDevice } from './net/net-device.js';
 import { openVport, type TapPort } from './net/tap-port.js';
 import { VhostUserServer } from './vhost-user/server.js';
+import type { FrontendLimits } from './vhost-user/fd-checks.js';
 import type { Logger } from './util/log.js';
 import { setLogLevel } from './util/log.js';
 import { applySocketOwner } from './util/socket-owner.js';
@@ -98,6 +100,8 @@ export class Daemon {
   private running = false;
   private agingTimer: NodeJS.Timeout | null = null;
   private current: Config;
+  /** What every front-end may ask for; read per request, so a reload applies to the next memory table. */
+  private readonly limits: FrontendLimits = limitsOf(() => this.current);
   /** Reloads run one at a time, in the order they were asked for. */
   private reloads: Promise<unknown> = Promise.resolve();
 
@@ -264,7 +268,7 @@ export class Daemon {
       throw new Error(`${name}: cannot open image ${dc.path}: ${(err as Error).message}`, { cause: err });
     }
     const device = new BlkDevice({ name, disk, log, serial: name });
-    const server = new VhostUserServer(this.native, dc.socketPath, device, log);
+    const server = new VhostUserServer(this.native, dc.socketPath, device, log, this.limits);
     log.info({ image: dc.path, format: disk.format, readOnly: disk.readOnly, sectors: disk.size / 512 }, 'disk opened');
     return { vm, index: dc.index, disk, device, server };
   }
@@ -281,7 +285,7 @@ export class Daemon {
       device.detach();
       throw err;
     }
-    return { vm, index: iface.index, device, server: new VhostUserServer(this.native, iface.socketPath, device, log) };
+    return { vm, index: iface.index, device, server: new VhostUserServer(this.native, iface.socketPath, device, log, this.limits) };
   }
 
   private openVport(sw: Switch, s: SwitchConfig): TapPort {
@@ -654,5 +658,14 @@ export function filterRule(r: RuleConfig): FilterRule {
     src: mac(r.src),
     dst: mac(r.dst),
     arp: r.arp && { rarp: r.arp.rarp, op: r.arp.op, sha: mac(r.arp.sha), spa: ip(r.arp.spa), tha: mac(r.arp.tha), tpa: ip(r.arp.tpa) },
+  };
+}
+
+/** The front-end limits of the running configuration (`max guest memory`), read when a request needs them. */
+function limitsOf(config: () => Config): FrontendLimits {
+  return {
+    get maxGuestMemory(): number {
+      return config().maxGuestMemory ?? DEFAULT_MAX_GUEST_MEMORY;
+    },
   };
 }

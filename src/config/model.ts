@@ -138,6 +138,8 @@ export interface Config {
    * image's own directory tree. Absent = only the image's own directory tree.
    */
   backingDirs?: string[];
+  /** `max guest memory SIZE`: most guest RAM bytes one front-end may map; absent = DEFAULT_MAX_GUEST_MEMORY. */
+  maxGuestMemory?: number;
   switches: SwitchConfig[];
   vms: VmConfig[];
 }
@@ -152,6 +154,10 @@ export const MIN_TIMEOUT = 8;
 export const MAX_TIMEOUT = 3600;
 export const MIN_MTU = 68;
 export const MAX_MTU = 65535;
+/** `max guest memory` default and range. */
+export const DEFAULT_MAX_GUEST_MEMORY = 2 ** 40;
+export const MIN_MAX_GUEST_MEMORY = 2 ** 30;
+export const MAX_MAX_GUEST_MEMORY = 2 ** 46;
 /** Used when `socket dir` is absent; resolved like any relative path. */
 export const DEFAULT_SOCKET_DIR = 'run';
 

@@ -18,6 +18,8 @@ import {
   MAX_MAX_ADDR,
   MAX_MTU,
   MAX_TIMEOUT,
+  MAX_MAX_GUEST_MEMORY,
+  MIN_MAX_GUEST_MEMORY,
   MIN_MTU,
   MIN_TIMEOUT,
   type RuleConfig,
@@ -60,6 +62,7 @@ interface RawConfig {
   metricsListen?: Located<string>;
   logLevel?: Located<LogLevel>;
   backingDirs?: Located<string>[];
+  maxGuestMemory?: Located<number>;
   switches: RawSwitch[];
   vms: RawVm[];
 }
@@ -130,12 +133,29 @@ const TOP: KeywordTable<RawConfig> = {
   metrics: (p, cfg, kw) => p.subKeyword(METRICS, cfg, kw),
   log: (p, cfg, kw) => p.subKeyword(LOG, cfg, kw),
   backing: (p, cfg, kw) => p.subKeyword(BACKING, cfg, kw),
+  /** `max guest memory SIZE`: the most guest RAM one front-end may map (SET_MEM_TABLE, ADD_MEM_REG). */
+  max: (p, cfg, kw) => {
+    p.expectWord('guest', 'after max (max guest memory SIZE)');
+    p.expectWord('memory', 'after max guest (max guest memory SIZE)');
+    const v = p.next();
+    const bytes = v.kind === 'word' ? parseMemorySize(v.text) : null;
+    if (bytes === null) p.fail(v, `expected a guest memory size from 1G to 64T like 1T or 512G after max guest memory, got ${describeToken(v)}`);
+    p.setOnce(cfg, 'maxGuestMemory', { value: bytes as number, pos: pos(v) }, kw, 'max guest memory');
+  },
 };
 
 /** `backing dir "PATH"`: may repeat, each adds a directory where qcow2 backing files may lie. */
 const BACKING: KeywordTable<RawConfig> = {
   dir: (p, cfg) => (cfg.backingDirs ??= []).push(p.string('a backing file directory', '"/var/lib/vhostd/base"')),
 };
+
+/** `max guest memory SIZE`: K/M/G/T suffixes (binary), 1 GiB..64 TiB; null when malformed or out of range. */
+function parseMemorySize(text: string): number | null {
+  const m = /^(\d+)([KMGT])?$/i.exec(text);
+  if (!m) return null;
+  const bytes = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] ?? ' ').toUpperCase());
+  return bytes >= MIN_MAX_GUEST_MEMORY && bytes <= MAX_MAX_GUEST_MEMORY ? bytes : null;
+}
 
 /** `socket dir "PATH"`, `socket owner [user][:group]`. */
 const SOCKET: KeywordTable<RawConfig> = {
@@ -702,6 +722,7 @@ function validateDaemonSettings(p: Parser, raw: RawConfig, baseDir: string, sock
     if (!isDir) p.report(d.pos, `expected an existing directory for backing dir, but ${dir} is not one`);
     else if (!(out.backingDirs ??= []).includes(dir)) out.backingDirs.push(dir);
   }
+  if (raw.maxGuestMemory) out.maxGuestMemory = raw.maxGuestMemory.value;
   return out;
 }
 

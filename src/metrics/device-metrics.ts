@@ -25,6 +25,12 @@ export function registerDeviceMetrics(reg: Registry, src: MetricsSource): void {
   counterFrom(reg, 'vhostd_device_connection_errors_total', 'Front-end connections dropped because of a vhost-user protocol error', (emit) =>
     eachDevice(emit, (p) => p.server.droppedConnections),
   );
+  counterFrom(reg, 'vhostd_device_accept_errors_total', 'Times accept4 failed on the device socket (e.g. EMFILE) and accepting paused', (emit) =>
+    eachDevice(emit, (p) => p.server.acceptErrors),
+  );
+  counterFrom(reg, 'vhostd_device_reply_backpressure_total', 'Times reading a front-end paused because it did not read its replies', (emit) =>
+    eachDevice(emit, (p) => p.server.replyBackpressure),
+  );
 
   /** Rings of the current session that were ever set up (a blk device offers 16, a guest uses a few). */
   const eachRing = (emit: Emit, value: (v: Vring) => number): void => {
@@ -42,6 +48,9 @@ export function registerDeviceMetrics(reg: Registry, src: MetricsSource): void {
   );
   counterFrom(reg, 'vhostd_vring_calls_total', 'Calls (interrupts) sent to the guest for the virtqueue in this front-end session', (emit) =>
     eachRing(emit, (v) => v.calls),
+  );
+  counterFrom(reg, 'vhostd_vring_fd_errors_total', 'Failed reads or writes of the kick, call or err eventfd in this front-end session', (emit) =>
+    eachRing(emit, (v) => v.fdErrors),
   );
   gaugeFrom(reg, 'vhostd_vring_running', '1 when the virtqueue is started and enabled and being served', (emit) =>
     eachRing(emit, (v) => (v.serving ? 1 : 0)),

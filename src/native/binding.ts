@@ -15,7 +15,7 @@ import type { NativeBinding } from './types.js';
 /** Every function the addon must export; a stale build that lacks one is rejected at load. */
 const EXPORTS: readonly (keyof NativeBinding)[] = [
   'listenUnix', 'acceptUnix', 'connectUnix', 'recvMsg', 'sendMsg', 'mmapShared', 'munmap', 'memfdCreate',
-  'eventfd', 'eventfdRead', 'eventfdWrite', 'watch', 'close', 'fdSize', 'fence', 'tapOpen', 'read', 'write',
+  'eventfd', 'eventfdRead', 'eventfdWrite', 'watch', 'close', 'fdSize', 'fdStat', 'fence', 'tapOpen', 'read', 'write',
 ];
 
 let cached: NativeBinding | undefined;

@@ -17,6 +17,18 @@ export const POLL_DISCONNECT = 4;
 /** Most fds one vhost-user message may carry (VHOST_MEMORY_BASELINE_NREGIONS). */
 export const MAX_FDS_PER_MSG = 8;
 
+/** fstat(), fcntl(F_GETFL) and readlink(/proc/self/fd/N) of one fd. */
+export interface FdStat {
+  /** st_mode: type bits (S_IFMT) and permissions. */
+  mode: number;
+  /** st_size in bytes. */
+  size: number;
+  /** File status flags: access mode (O_ACCMODE bits) and O_NONBLOCK among others. */
+  flags: number;
+  /** The /proc/self/fd link, e.g. "anon_inode:[eventfd]", "pipe:[123]", "/memfd:guest (deleted)"; "" if unknown. */
+  link: string;
+}
+
 /** An fd readiness watcher on Node's event loop (uv_poll_t). */
 export interface FdWatcher {
   /** (Re)start watching for `events` (POLL_* bits). */
@@ -43,8 +55,8 @@ export interface NativeBinding {
   /** sendmsg() of buf[off, off+len) with fds (may be empty) as SCM_RIGHTS. Returns bytes sent or -1 on EAGAIN. */
   sendMsg(fd: number, buf: Uint8Array, off: number, len: number, fds: ArrayLike<number>): number;
   /**
-   * mmap(MAP_SHARED) of fd bytes [offset, offset+size), size <= 4 GiB. C aligns the offset down to the page size
-   * internally; the returned external ArrayBuffer covers exactly the requested bytes. If never munmap()ed, a
+   * mmap(MAP_SHARED) of fd bytes [offset, offset+size), size <= 4 GiB. The caller checks the fd's size first
+   * (fdStat): bytes past the end of the file raise SIGBUS. C aligns the offset down to the page size internally; the returned external ArrayBuffer covers exactly the requested bytes. If never munmap()ed, a
    * finalizer unmaps it when collected.
    */
   mmapShared(fd: number, size: number, offset: number, writable: boolean): ArrayBuffer;
@@ -54,9 +66,11 @@ export interface NativeBinding {
   memfdCreate(name: string, size: number): number;
   /** eventfd(initval, EFD_NONBLOCK|EFD_CLOEXEC). */
   eventfd(initval: number): number;
-  /** read() 8 bytes: the counter value (as a number, < 2^53), or -1 on EAGAIN. */
+  /** read() 8 bytes: the counter value (as a number, < 2^53), or -1 when nothing is there (EAGAIN; checked with a
+   * zero-timeout poll first, so a blocking fd never blocks). A short read (not an eventfd) throws EINVAL. */
   eventfdRead(fd: number): number;
-  /** write() n (u64) to the eventfd. EAGAIN (counter would overflow) is ignored: the reader is already woken. */
+  /** write() n (u64) to the eventfd. A full counter (EAGAIN, or not writable by a zero-timeout poll on a blocking
+   * fd) is ignored: the reader is already woken. */
   eventfdWrite(fd: number, n: number): void;
   /** Watch fd for POLL_* events; cb(status, events) runs on the Node event loop. status < 0 is a libuv error. */
   watch(fd: number, events: number, cb: (status: number, events: number) => void): FdWatcher;
@@ -64,6 +78,8 @@ export interface NativeBinding {
   close(fd: number): void;
   /** fstat(fd).st_size, for checks on received fds. */
   fdSize(fd: number): number;
+  /** What a received fd is, for the checks in src/vhost-user/fd-checks.ts. Throws EBADF on a closed fd. */
+  fdStat(fd: number): FdStat;
   /** Full memory barrier (__atomic_thread_fence(__ATOMIC_SEQ_CST)); used only by benchmarks for comparison. */
   fence(): void;
   /**

@@ -52,6 +52,7 @@ import {
   virtioFeatureNames,
 } from './features.js';
 import { Vring } from './vring.js';
+import { DEFAULT_LIMITS, checkAreaFd, checkRegionFds, checkVringFd, type FrontendLimits } from './fd-checks.js';
 
 /** GET_MAX_MEM_SLOTS answer: must never decrease across reconnects (§2.5). */
 export const MAX_MEM_SLOTS = 32;
@@ -94,6 +95,7 @@ export class BackendSession {
     readonly device: VirtioDevice,
     private readonly out: ReplySink,
     private readonly log: Logger,
+    private readonly limits: FrontendLimits = DEFAULT_LIMITS,
   ) {
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new Vring(i, native, device, log));
     this.handlers = new Map<number, Handler>([
@@ -208,6 +210,11 @@ export class BackendSession {
     return this.offeredProtocolFeatures && hasBit(this.protocolFeatures, VHOST_USER_PROTOCOL_F_REPLY_ACK);
   }
 
+  /** Guest memory ADD_MEM_REG may still add: the limit minus every other region (a repeated region is not new). */
+  private memoryBudget(desc: RegionDescriptor): number {
+    return this.regions.reduce((left, r) => (sameRegion(r.desc, desc) ? left : left - r.desc.size), this.limits.maxGuestMemory);
+  }
+
   private expectFds(msg: Message, n: number): void {
     if (msg.fds.length !== n) {
       throw new VhostError('ERR_VU_BAD_FDS', `${requestName(msg.request)}: ${msg.fds.length} fds attached, expected ${n}`);
@@ -281,6 +288,7 @@ export class BackendSession {
   private setMemTable(msg: Message): null {
     const descs = decodeMemTable(msg.payload, msg.request);
     this.expectFds(msg, descs.length);
+    checkRegionFds(this.native, msg.request, descs, msg.fds, this.limits.maxGuestMemory);
     const fds = msg.fds.splice(0);
     const mapped: MappedRegion[] = [];
     try {
@@ -298,6 +306,7 @@ export class BackendSession {
   private addMemReg(msg: Message): null {
     const desc = decodeSingleRegion(msg.payload, msg.request);
     this.expectFds(msg, 1);
+    checkRegionFds(this.native, msg.request, [desc], msg.fds, this.memoryBudget(desc));
     const [fd] = msg.fds.splice(0);
     // QEMU 7.2 sends the same region once per queue pair (§5.7): an identical region is acked, not mapped twice.
     if (this.regions.some((r) => sameRegion(r.desc, desc))) {
@@ -365,6 +374,7 @@ export class BackendSession {
     const dv = new DataView(msg.payload.buffer, msg.payload.byteOffset, 16);
     const size = readU64(dv, 0, msg.request, 'mmap_size');
     const offset = readU64(dv, 8, msg.request, 'mmap_offset');
+    checkAreaFd(this.native, msg.request, msg.fds[0], offset, size, 'ERR_VU_BAD_FDS');
     const [fd] = msg.fds.splice(0);
     if (size === 0 || size > 2 ** 32) {
       closeAll(this.native, [fd]);
@@ -448,6 +458,7 @@ export class BackendSession {
     const f = decodeVringFile(msg.payload, msg.request);
     this.expectFds(msg, f.noFd ? 0 : 1);
     const v = this.vring(f.index, msg.request);
+    checkVringFd(this.native, msg.request, f.index, msg.fds[0], which);
     const fd = f.noFd ? -1 : msg.fds.splice(0)[0];
     if (which === 'call') v.setCallFd(fd);
     else if (which === 'err') v.setErrFd(fd);
@@ -526,6 +537,7 @@ export class BackendSession {
   private setInflightFd(msg: Message): null {
     const req = decodeInflight(msg);
     this.expectFds(msg, 1);
+    checkAreaFd(this.native, msg.request, msg.fds[0], req.mmapOffset, req.mmapSize, 'ERR_VU_PROTOCOL');
     const [fd] = msg.fds.splice(0);
     let buf: ArrayBuffer;
     try {

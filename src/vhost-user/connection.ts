@@ -4,17 +4,31 @@
  * carried them, reference vhost-user.md §1.1), hands each message to the handler strictly in order (QEMU waits
  * for every reply), and sends replies. It owns the fds of a message only until the handler takes them; fds of
  * a message that fails before dispatch are closed here.
+ *
+ * Bounds (docs/security.md): a message may collect at most MAX_FDS_PER_MSG fds over all the recvmsg calls that read
+ * its bytes; one more drops the connection (no front-end sends more: QEMU and DPDK cap themselves at 8). Replies the
+ * front-end does not read are queued up to REPLY_BACKLOG_BYTES; past that the connection reads no more requests
+ * until the queue drains, so a front-end that never reads cannot grow the daemon. REPLY_BACKLOG_MAX_BYTES (for sends
+ * that are not replies to a request read here) drops the connection.
  */
 import type { FdWatcher, NativeBinding } from '../native/types.js';
 import { MAX_FDS_PER_MSG, POLL_READABLE, POLL_WRITABLE } from '../native/types.js';
 import { closeAll } from '../native/fd.js';
+import { VhostError } from '../util/errors.js';
 import { HEADER_SIZE, MAX_PAYLOAD, decodeHeader, type Message } from './message.js';
+
+/** Queued reply bytes past which no more requests are read. */
+export const REPLY_BACKLOG_BYTES = 64 * 1024;
+/** Queued bytes past which the connection is dropped. */
+export const REPLY_BACKLOG_MAX_BYTES = 1024 * 1024;
 
 export interface ConnectionHandler {
   /** Handle one message; a returned promise pauses reading until it settles. Throwing closes the connection. */
   onMessage(msg: Message): void | Promise<void>;
   /** The connection ended (EOF, error or close()); `err` is set when it was dropped because of an error. */
   onClose(err?: unknown): void;
+  /** Reading paused because `pendingBytes` of replies are not read by the front-end (once per pause). */
+  onBackpressure?(pendingBytes: number): void;
 }
 
 export class VhostUserConnection {
@@ -26,6 +40,9 @@ export class VhostUserConnection {
   private fds: number[] = [];
   private watcher: FdWatcher | null;
   private pendingOut: Uint8Array[] = [];
+  private pendingBytes = 0;
+  /** Reading is paused until the reply queue drains below REPLY_BACKLOG_BYTES. */
+  private backlogged = false;
   private busy = false;
   closed = false;
 
@@ -42,13 +59,21 @@ export class VhostUserConnection {
     if (this.closed) return;
     if (this.pendingOut.length > 0) {
       if (fds.length > 0) throw new Error('cannot queue a message with fds behind a partial write');
-      this.pendingOut.push(bytes);
+      this.queue(bytes);
       return;
     }
     const n = this.native.sendMsg(this.fd, bytes, 0, bytes.length, fds);
     if (n === bytes.length) return;
-    this.pendingOut.push(n < 0 ? bytes : bytes.subarray(n));
+    this.queue(n < 0 ? bytes : bytes.subarray(n));
     this.updateWatch();
+  }
+
+  private queue(bytes: Uint8Array): void {
+    this.pendingOut.push(bytes);
+    this.pendingBytes += bytes.length;
+    if (this.pendingBytes > REPLY_BACKLOG_MAX_BYTES) {
+      throw new VhostError('ERR_VU_PROTOCOL', `front-end does not read its replies: ${this.pendingBytes} bytes queued`);
+    }
   }
 
   close(err?: unknown): void {
@@ -58,6 +83,8 @@ export class VhostUserConnection {
     this.watcher = null;
     closeAll(this.native, this.fds);
     this.fds = [];
+    this.pendingOut = [];
+    this.pendingBytes = 0;
     try {
       this.native.close(this.fd);
     } catch {
@@ -68,7 +95,7 @@ export class VhostUserConnection {
 
   private updateWatch(): void {
     if (!this.watcher) return;
-    const events = (this.busy ? 0 : POLL_READABLE) | (this.pendingOut.length ? POLL_WRITABLE : 0);
+    const events = (this.busy || this.backlogged ? 0 : POLL_READABLE) | (this.pendingOut.length ? POLL_WRITABLE : 0);
     if (events) this.watcher.start(events);
     else this.watcher.stop();
   }
@@ -81,7 +108,7 @@ export class VhostUserConnection {
     }
     try {
       if (events & POLL_WRITABLE) this.flushOut();
-      if (events & POLL_READABLE && !this.busy) this.readMessages();
+      if (events & POLL_READABLE && !this.busy && !this.backlogged) this.readMessages();
     } catch (err) {
       this.close(err);
     }
@@ -92,19 +119,32 @@ export class VhostUserConnection {
       const b = this.pendingOut[0];
       const n = this.native.sendMsg(this.fd, b, 0, b.length, []);
       if (n < 0) break;
+      this.pendingBytes -= n;
       if (n < b.length) {
         this.pendingOut[0] = b.subarray(n);
         break;
       }
       this.pendingOut.shift();
     }
+    if (this.backlogged && this.pendingBytes < REPLY_BACKLOG_BYTES) this.backlogged = false;
     this.updateWatch();
   }
 
   private readMessages(): void {
     while (!this.closed && !this.busy) {
+      if (this.pendingBytes >= REPLY_BACKLOG_BYTES) {
+        if (this.backlogged) return;
+        this.backlogged = true;
+        this.updateWatch();
+        this.handler.onBackpressure?.(this.pendingBytes);
+        return;
+      }
       const n = this.native.recvMsg(this.fd, this.buf, this.have, this.need - this.have, this.fdsOut);
       for (let i = 1; i <= this.fdsOut[0]; i++) this.fds.push(this.fdsOut[i]);
+      if (this.fds.length > MAX_FDS_PER_MSG) {
+        // A message whose every byte carries fds would make us hold thousands; close() closes them at once.
+        throw new VhostError('ERR_VU_BAD_FDS', `more than ${MAX_FDS_PER_MSG} fds attached to one message (${this.fds.length} so far, after ${this.have + Math.max(n, 0)} bytes)`);
+      }
       if (n < 0) return; // EAGAIN: wait for more
       if (n === 0) {
         this.close(this.have > 0 ? new Error('front-end closed the connection in the middle of a message') : undefined);

@@ -3,16 +3,23 @@
  * at a time; when that front-end disconnects (QEMU restart, `reconnect=1`, a restarted DPDK process) everything
  * the connection held is released (rings stopped, memory unmapped, every fd closed) and the socket accepts the
  * next connection. A connection-fatal error drops that connection only, with one log line.
+ *
+ * accept4 failing (EMFILE/ENFILE when the fd table is full, ENOMEM, ...) pauses accepting: one log line per pause,
+ * a counter, and a retry after ACCEPT_RETRY_MS; the pending connection waits in the listen backlog meanwhile.
  */
 import fs from 'node:fs';
 import type { FdWatcher, NativeBinding } from '../native/types.js';
 import { POLL_READABLE } from '../native/types.js';
 import { closeQuietly } from '../native/fd.js';
 import type { VirtioDevice } from '../device/device.js';
-import type { Logger } from '../util/log.js';
+import { RateLimitedLog, type Logger } from '../util/log.js';
 import { BackendSession } from './backend.js';
+import { DEFAULT_LIMITS, type FrontendLimits } from './fd-checks.js';
 import { VhostUserConnection } from './connection.js';
 import { requestName, type Message } from './message.js';
+
+/** How long accepting stays paused after accept4 failed. */
+const ACCEPT_RETRY_MS = 200;
 
 export class VhostUserServer {
   private listenFd = -1;
@@ -23,13 +30,22 @@ export class VhostUserServer {
   /** Connections accepted so far and connections dropped because of a protocol error. */
   connections = 0;
   droppedConnections = 0;
+  /** Times accept4 failed (the fd table was full, ...) and accepting paused. */
+  acceptErrors = 0;
+  /** Times reading a connection paused because its front-end did not read its replies. */
+  replyBackpressure = 0;
+  private acceptRetry: NodeJS.Timeout | null = null;
+  private readonly limitedLog: RateLimitedLog;
 
   constructor(
     private readonly native: NativeBinding,
     readonly socketPath: string,
     readonly device: VirtioDevice,
     private readonly log: Logger,
-  ) {}
+    private readonly limits: FrontendLimits = DEFAULT_LIMITS,
+  ) {
+    this.limitedLog = new RateLimitedLog(log);
+  }
 
   get connected(): boolean {
     return this.conn !== null;
@@ -51,6 +67,8 @@ export class VhostUserServer {
 
   /** Stop listening, drop the connection and remove the socket file. */
   close(): void {
+    if (this.acceptRetry) clearTimeout(this.acceptRetry);
+    this.acceptRetry = null;
     this.conn?.close();
     this.watcher?.close();
     this.watcher = null;
@@ -68,7 +86,13 @@ export class VhostUserServer {
 
   private acceptPending(): void {
     for (;;) {
-      const fd = this.native.acceptUnix(this.listenFd);
+      let fd: number;
+      try {
+        fd = this.native.acceptUnix(this.listenFd);
+      } catch (err) {
+        this.pauseAccepting(err);
+        return;
+      }
       if (fd < 0) return;
       if (this.conn) {
         // vhost-user has one front-end per device; a second one would fight over the rings.
@@ -77,8 +101,29 @@ export class VhostUserServer {
         continue;
       }
       this.connections++;
-      this.startSession(fd);
+      try {
+        this.startSession(fd);
+      } catch (err) {
+        // Out of memory or fds for the watcher: drop this connection, keep listening.
+        closeQuietly(this.native, fd);
+        this.droppedConnections++;
+        this.log.error({ reason: (err as Error).message ?? String(err) }, 'front-end connection dropped');
+      }
     }
+  }
+
+  /** Stop watching the listening socket (it stays readable: the loop would spin) and try again later. */
+  private pauseAccepting(err: unknown): void {
+    this.acceptErrors++;
+    this.watcher?.stop();
+    this.limitedLog.warn('accept', { reason: (err as Error).message ?? String(err), retryMs: ACCEPT_RETRY_MS, times: this.acceptErrors }, 'cannot accept a front-end connection; accepting paused');
+    this.acceptRetry = setTimeout(() => {
+      this.acceptRetry = null;
+      if (!this.watcher) return; // closed meanwhile
+      this.watcher.start(POLL_READABLE);
+      this.acceptPending();
+    }, ACCEPT_RETRY_MS);
+    this.acceptRetry.unref();
   }
 
   private startSession(fd: number): void {
@@ -101,8 +146,12 @@ export class VhostUserServer {
           this.log.info('front-end disconnected');
         }
       },
+      onBackpressure: (pendingBytes: number) => {
+        this.replyBackpressure++;
+        this.limitedLog.warn('backpressure', { pendingBytes, times: this.replyBackpressure }, 'front-end does not read its replies; reading its requests paused');
+      },
     });
-    session = new BackendSession(this.native, this.device, conn, this.log);
+    session = new BackendSession(this.native, this.device, conn, this.log, this.limits);
     this.conn = conn;
     this.session = session;
     this.log.info('front-end connected');

@@ -17,7 +17,7 @@ import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { SplitQueue } from '../virtqueue/split-queue.js';
 import type { InflightQueue } from '../virtqueue/inflight.js';
-import type { Logger } from '../util/log.js';
+import { RateLimitedLog, type Logger } from '../util/log.js';
 import type { VringAddr } from './message.js';
 import { VhostError } from '../util/errors.js';
 
@@ -38,6 +38,9 @@ export class Vring implements DeviceQueue {
   /** Kicks seen and calls sent, for status output and tests. */
   kicks = 0;
   calls = 0;
+  /** Reads or writes of the kick/call/err eventfds that failed (a front-end that broke its own fds). */
+  fdErrors = 0;
+  private fdLog: RateLimitedLog | null = null;
   private q: SplitQueue | null = null;
   private watcher: FdWatcher | null = null;
   private pollTimer: NodeJS.Timeout | null = null;
@@ -71,7 +74,7 @@ export class Vring implements DeviceQueue {
     const q = this.q;
     if (!q) return;
     if (q.publishUsed() && this.callFd >= 0) {
-      this.native.eventfdWrite(this.callFd, 1);
+      this.signal(this.callFd, 'call');
       this.calls++;
     }
     if (q.broken && !this.brokenReported) this.reportBroken(q.brokenReason ?? 'broken');
@@ -105,7 +108,7 @@ export class Vring implements DeviceQueue {
     this.brokenReported = false;
     this.watchKick();
     // libvhost-user kicks itself after resubmitting "in case of I/O hang after reconnecting" (§2.9).
-    if (selfKick && this.kickFd >= 0) this.native.eventfdWrite(this.kickFd, 1);
+    if (selfKick && this.kickFd >= 0) this.signal(this.kickFd, 'kick');
     this.updateServing();
   }
 
@@ -251,18 +254,43 @@ export class Vring implements DeviceQueue {
     this.pollTimer = null;
   }
 
+  /**
+   * A watcher callback: nothing may throw out of it (an exception there ends the process). The kick fd was checked
+   * to be an eventfd, but the front-end shares it and can still make a read fail; the ring then stops being watched.
+   */
   private onKick(status: number): void {
     if (status < 0 || this.kickFd < 0) return;
-    // Drain the eventfd first: a kick that arrives while we process sets it again and wakes us once more.
-    if (this.native.eventfdRead(this.kickFd) < 0) return;
+    try {
+      // Drain the eventfd first: a kick that arrives while we process sets it again and wakes us once more.
+      if (this.native.eventfdRead(this.kickFd) < 0) return;
+    } catch (err) {
+      this.fdFailed('kick', err);
+      this.unwatchKick();
+      return;
+    }
     this.kicks++;
     if (this.serving) this.device.queueKick(this.index);
+  }
+
+  /** One eventfd write that never throws (call/err/self-kick run inside device and watcher callbacks). */
+  private signal(fd: number, which: 'call' | 'err' | 'kick'): void {
+    try {
+      this.native.eventfdWrite(fd, 1);
+    } catch (err) {
+      this.fdFailed(which, err);
+    }
+  }
+
+  private fdFailed(which: 'call' | 'err' | 'kick', err: unknown): void {
+    this.fdErrors++;
+    this.fdLog ??= new RateLimitedLog(this.log);
+    this.fdLog.warn(which, { vq: this.index, fd: which, reason: (err as Error).message ?? String(err) }, `${which} eventfd failed`);
   }
 
   private reportBroken(reason: string): void {
     this.brokenReported = true;
     this.log.warn({ vq: this.index, reason }, 'guest broke the virtqueue; queue stopped until the device is reset');
-    if (this.errFd >= 0) this.native.eventfdWrite(this.errFd, 1);
+    if (this.errFd >= 0) this.signal(this.errFd, 'err');
     this.stopServing();
   }
 }

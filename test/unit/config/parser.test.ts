@@ -182,7 +182,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('unknown keywords list the expected ones', () => {
-    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log, backing');
+    expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log, backing, max');
     expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
     expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk');
     expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
@@ -193,7 +193,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   });
 
   it('a non-keyword where a statement starts', () => {
-    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log, backing) at top level, got "}"');
+    expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log, backing, max) at top level, got "}"');
     expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, vport, static, rule) in the switch block, got string "mtu"');
   });
 
@@ -263,11 +263,28 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   it('reports collected errors together with the syntax error that stopped parsing', () => {
     expect(errorOf('switch "s" { mtu 1 }\nbogus').split('\n')).toEqual([
       'vhostd.conf:1:18: expected an mtu from 68 to 65535, got 1',
-      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm, control, metrics, log, backing',
+      'vhostd.conf:2:1: unknown keyword "bogus" at top level, expected one of: socket, switch, vm, control, metrics, log, backing, max',
     ]);
   });
 
   it('lexical errors carry the file name', () => {
     expect(errorOf('socket dir "/run\n', 'my.conf')).toBe('my.conf:1:12: unterminated string, expected a closing " on the same line');
+  });
+});
+
+describe('parseConfig: max guest memory', () => {
+  it('takes K/M/G/T sizes from 1G to 64T; absent means the default', () => {
+    expect(parseConfig('max guest memory 1T', 'c', { baseDir: '/etc' }).maxGuestMemory).toBe(2 ** 40);
+    expect(parseConfig('max guest memory 512G', 'c', { baseDir: '/etc' }).maxGuestMemory).toBe(512 * 2 ** 30);
+    expect(parseConfig('max guest memory 1048576K', 'c', { baseDir: '/etc' }).maxGuestMemory).toBe(2 ** 30);
+    expect(parseConfig('', 'c', { baseDir: '/etc' }).maxGuestMemory).toBeUndefined();
+  });
+
+  it('refuses sizes out of range, malformed ones and a second setting', () => {
+    expect(errorOf('max guest memory 512M')).toBe('vhostd.conf:1:18: expected a guest memory size from 1G to 64T like 1T or 512G after max guest memory, got "512M"');
+    expect(errorOf('max guest memory 65T')).toContain('expected a guest memory size from 1G to 64T');
+    expect(errorOf('max guest memory lots')).toContain('expected a guest memory size from 1G to 64T');
+    expect(errorOf('max memory 1T')).toContain('vhostd.conf:1:5:');
+    expect(errorOf('max guest memory 1T\nmax guest memory 2T')).toBe('vhostd.conf:2:1: duplicate max guest memory, already set at 1:18');
   });
 });

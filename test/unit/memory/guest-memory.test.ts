@@ -35,6 +35,22 @@ describe('GuestMemory construction', () => {
     expect(codeOf(() => new GuestMemory([region(0x0, 0x1000, 0x5000), region(0x10000, 0x1000, 0x5fff)]))).toBe('ERR_MEM_OVERLAP');
   });
 
+  test('an overlap between regions that are not neighbours in the given order is found, in GPA and in UVA space', () => {
+    // A big region swallowing a later one: sorted by start, the overlap is between neighbours.
+    const shuffled = [region(0x40000, 0x1000, 0x900000), region(0x0, 0x1000, 0x800000), region(0x10000, 0x40000, 0x700000)];
+    expect(() => new GuestMemory(shuffled)).toThrow(/GPA space: GPA \[0x10000-0x50000\).*and GPA \[0x40000-0x41000\)/);
+    const uva = [region(0x0, 0x1000, 0x10000), region(0x100000, 0x1000, 0x30000), region(0x200000, 0x40000, 0x0)];
+    expect(() => new GuestMemory(uva)).toThrow(/UVA space/);
+  });
+
+  test('thousands of disjoint windows (as a TiB region makes) are accepted and sorted by GPA', () => {
+    const buf = new ArrayBuffer(0x1000);
+    const windows: MemoryRegion[] = [];
+    for (let i = 4095; i >= 0; i--) windows.push(new MemoryRegion({ gpa: i * 0x1000, size: 0x1000, uva: 2 ** 46 - i * 0x1000, mmapOffset: 0 }, buf));
+    const m = new GuestMemory(windows);
+    expect(m.regions.map((r) => r.gpa / 0x1000)).toEqual(Array.from({ length: 4096 }, (_, i) => i));
+  });
+
   test('adjacent regions are accepted', () => {
     const m = new GuestMemory([region(0x1000, 0x1000), region(0x2000, 0x1000)]);
     expect(m.regions.length).toBe(2);

@@ -1,0 +1,471 @@
+/**
+ * A hostile front-end against the real daemon in a child process (docs/security.md, "Front-end: fds, messages and
+ * memory regions"). For every fd-carrying request it sends the wrong kinds of fds (short and empty memfds, FIFOs
+ * with a byte in them, read-only fds, full blocking FIFOs, sockets), then does what makes the daemon use the fd
+ * (starts a ring, sends a frame, breaks the ring). It also attaches fds to every byte of a message, floods
+ * GET_FEATURES without reading the replies, claims TiB regions and fills the daemon's fd table. After each attack:
+ * the daemon lives, another vm's device answers within 100 ms, and once the hostile connection is closed the
+ * daemon's fd count and RSS are back at their baseline.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { loadNative, nativeAvailable } from '../../src/native/binding.js';
+import {
+  FrontendRequest as R,
+  encodeMemTable,
+  encodeRequest,
+  encodeSingleRegion,
+  encodeVringAddr,
+  encodeVringFile,
+  encodeVringState,
+  u64Payload,
+  type RegionDescriptor,
+} from '../../src/vhost-user/message.js';
+import { VHOST_F_LOG_ALL, bit } from '../../src/vhost-user/features.js';
+import { FakeFrontend } from '../helpers/fake-frontend.js';
+import { GuestRam } from '../helpers/guest-ram.js';
+import { HOSTILE_FD_KINDS, HostileFds, type HostileFdKind } from '../helpers/hostile-fds.js';
+import { VhostdProcess } from '../e2e/support/vhostd-process.js';
+
+const native = nativeAvailable();
+if (!native.ok && process.env.CI === 'true') throw new Error(`native addon missing in CI: ${native.reason}`);
+if (!native.ok) console.warn(`skipping hostile front-end tests: ${native.reason}`);
+
+const MiB = 2 ** 20;
+const TiB = 2 ** 40;
+const ANSWER_MS = 100;
+const RSS_SLACK_KIB = 48 * 1024;
+const QUEUE = 1; // net TX
+const NUM = 256;
+
+const CONF = `
+switch "s" { }
+vm "victim" { interface { switch "s" } }
+vm "evil" {
+  interface { switch "s" }
+  disk "evil.img" format raw
+}
+`;
+
+function fdCount(pid: number): number {
+  return fs.readdirSync(`/proc/${pid}/fd`).length;
+}
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** The daemon, its victim front-end and what "healthy" and "baseline" mean for it. */
+class Harness {
+  vp!: VhostdProcess;
+  victim!: FakeFrontend;
+  fdBase = 0;
+  rssBase = 0;
+
+  constructor(private readonly conf: string, private readonly opts: { nofile?: number } = {}) {}
+
+  async start(): Promise<void> {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-hostile-'));
+    fs.writeFileSync(path.join(dir, 'evil.img'), Buffer.alloc(MiB));
+    this.vp = new VhostdProcess(this.conf, { dir, nofile: this.opts.nofile });
+    await this.vp.start();
+    this.victim = FakeFrontend.connect(this.vp.socket('victim'));
+    await this.victim.getFeatures();
+    await sleep(200);
+    this.fdBase = fdCount(this.pid);
+    this.rssBase = rssKiB(this.pid);
+  }
+
+  get pid(): number {
+    return this.vp.proc!.pid!;
+  }
+
+  get alive(): boolean {
+    return this.vp.proc!.exitCode === null && this.vp.proc!.signalCode === null;
+  }
+
+  /** One GET_FEATURES round trip to the victim's device, in ms (Infinity when it does not come). */
+  async probe(timeoutMs = 2000): Promise<number> {
+    const t = performance.now();
+    try {
+      this.victim.send(R.GET_FEATURES);
+      await this.victim.nextReply(timeoutMs);
+    } catch {
+      return Infinity;
+    }
+    return performance.now() - t;
+  }
+
+  async expectHealthy(what: string): Promise<void> {
+    expect(this.alive, `${what}: daemon died: ${this.vp.stderr.slice(-2000)}`).toBe(true);
+    expect(await this.probe(), `${what}: the victim's device answers in time`).toBeLessThan(ANSWER_MS);
+  }
+
+  /** Connections seen on a device minus those that ended: 0 once the daemon has released it. */
+  openOn(dev: string): number {
+    let n = 0;
+    for (const l of this.vp.logs) {
+      if (l.dev !== dev) continue;
+      if (l.msg === 'front-end connected') n++;
+      else if (l.msg === 'front-end disconnected' || l.msg === 'front-end connection dropped') n--;
+    }
+    return n;
+  }
+
+  async connect(dev: 'evil.net0' | 'evil.disk0'): Promise<FakeFrontend> {
+    await this.waitReleased(dev);
+    return FakeFrontend.connect(dev === 'evil.net0' ? this.vp.socket('evil') : this.vp.diskSocket('evil'));
+  }
+
+  async waitReleased(dev: string): Promise<void> {
+    const end = Date.now() + 5000;
+    while (this.openOn(dev) > 0 && Date.now() < end) await sleep(10);
+    expect(this.openOn(dev), `${dev} released its connection`).toBe(0);
+  }
+
+  /** fds and RSS back at the baseline after the hostile connection closed. */
+  async expectBaseline(what: string): Promise<void> {
+    const end = Date.now() + 5000;
+    while (fdCount(this.pid) > this.fdBase && Date.now() < end) await sleep(20);
+    expect(fdCount(this.pid), `${what}: fd count back at baseline`).toBeLessThanOrEqual(this.fdBase);
+    expect(rssKiB(this.pid), `${what}: RSS back near baseline`).toBeLessThan(this.rssBase + RSS_SLACK_KIB);
+  }
+
+  /** Log lines of `dev` whose reason mentions `text`. */
+  reasons(dev: string, text: string): unknown[] {
+    return this.vp.logs.filter((l) => l.dev === dev && typeof l.reason === 'string' && l.reason.includes(text));
+  }
+
+  async stop(): Promise<void> {
+    this.victim?.close();
+    await this.vp?.stop();
+    this.vp?.cleanup();
+  }
+}
+
+/** Features and protocol features (REPLY_ACK included, so every request below is acked). */
+async function negotiate(fe: FakeFrontend, logAll = false): Promise<void> {
+  const offered = await fe.getFeatures();
+  const pf = await fe.getProtocolFeatures();
+  await fe.setProtocolFeatures(pf);
+  fe.setOwner();
+  await fe.ack(R.SET_FEATURES, u64Payload(logAll ? offered : offered & ~bit(VHOST_F_LOG_ALL)));
+}
+
+interface RingFds {
+  kick: number;
+  call: number;
+  err: number;
+}
+
+/** Rings of queue QUEUE at the start of region `r` (desc, avail +4 KiB, used +8 KiB), started and enabled. */
+async function startRing(fe: FakeFrontend, r: RegionDescriptor, fds: RingFds, logUsed = false): Promise<void> {
+  await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: QUEUE, num: NUM }));
+  await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: QUEUE, flags: logUsed ? 1 : 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: r.gpa + 0x2000 }));
+  await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: QUEUE, num: 0 }));
+  await fe.ack(R.SET_VRING_CALL, encodeVringFile(QUEUE, false), [fds.call]);
+  await fe.ack(R.SET_VRING_ERR, encodeVringFile(QUEUE, false), [fds.err]);
+  await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: QUEUE, num: 1 }));
+  await fe.ack(R.SET_VRING_KICK, encodeVringFile(QUEUE, false), [fds.kick]);
+}
+
+/** Put one 76-byte TX frame (virtio-net header + broadcast Ethernet frame) on the ring and kick; or break the ring. */
+function txFrame(ram: GuestRam, kickFd: number, opts: { breakRing?: boolean } = {}): void {
+  const u8 = ram.mem.regions[0].u8;
+  const dv = new DataView(u8.buffer, u8.byteOffset, u8.byteLength);
+  const gpa = ram.regions[0].gpa;
+  const buf = 0x10000;
+  u8.fill(0, buf, buf + 76);
+  u8.fill(0xff, buf + 12, buf + 18);
+  u8.set([0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00], buf + 18);
+  dv.setBigUint64(0, BigInt(gpa + buf), true);
+  dv.setUint32(8, 76, true);
+  dv.setUint16(12, 0, true);
+  dv.setUint16(0x1000 + 4, 0, true); // avail.ring[0] = head 0
+  dv.setUint16(0x1000 + 2, opts.breakRing ? 1000 : 1, true); // avail.idx (1000: more than the ring holds)
+  loadNative().eventfdWrite(kickFd, 1);
+}
+
+/** Run `attack` on a fresh connection; errors from a dropped connection are the expected refusal. */
+async function hostile(h: Harness, dev: 'evil.net0' | 'evil.disk0', attack: (fe: FakeFrontend) => Promise<void>): Promise<FakeFrontend> {
+  const fe = await h.connect(dev);
+  try {
+    await attack(fe);
+  } catch {
+    /* the back-end dropped us */
+  }
+  await sleep(50);
+  return fe;
+}
+
+describe.skipIf(!native.ok)('hostile front-end against the daemon', () => {
+  const h = new Harness(CONF);
+  let fds: HostileFds;
+  let ram: GuestRam;
+  const good = (): RingFds => {
+    const n = loadNative();
+    return { kick: n.eventfd(0), call: n.eventfd(0), err: n.eventfd(0) };
+  };
+  const closeRing = (r: RingFds): void => {
+    for (const fd of [r.kick, r.call, r.err]) loadNative().close(fd);
+  };
+
+  beforeAll(async () => {
+    await h.start();
+    fds = new HostileFds(h.vp.dir);
+    ram = new GuestRam({ regions: 1 });
+  }, 30_000);
+
+  afterAll(async () => {
+    ram?.close();
+    fds?.close();
+    await h.stop();
+  });
+
+  /** Every kind of bad fd, plus a read-only memfd where a memory fd is expected. */
+  const kinds = (): { kind: string; fd: () => number }[] => [
+    ...HOSTILE_FD_KINDS.map((k: HostileFdKind) => ({ kind: k, fd: () => fds.make(k) })),
+    { kind: 'read-only memfd', fd: () => fds.readOnlyMemfd(4 * MiB) },
+  ];
+
+  test('SET_MEM_TABLE with a short, empty, read-only or non-memory fd is refused before any ring reads it', async () => {
+    for (const { kind, fd } of kinds()) {
+      const ring = good();
+      const region: RegionDescriptor = { gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 };
+      // The rings sit 64 KiB into the region: past the end of a 4 KiB memfd.
+      const ringAt = { ...region, gpa: region.gpa + 0x10000, uva: region.uva + 0x10000 };
+      const fe = await hostile(h, 'evil.net0', async (fe) => {
+        await negotiate(fe);
+        await fe.setMemTable([region], [fd()]);
+        await startRing(fe, ringAt, ring);
+      });
+      await h.expectHealthy(`SET_MEM_TABLE with a ${kind}`);
+      expect(fe.closed, `SET_MEM_TABLE with a ${kind} drops the connection`).toBe(true);
+      fe.close();
+      closeRing(ring);
+      await h.expectBaseline(`SET_MEM_TABLE with a ${kind}`);
+    }
+    expect(h.reasons('evil.net0', 'SET_MEM_TABLE: region 0').length).toBeGreaterThan(0);
+  }, 60_000);
+
+  test('ADD_MEM_REG with a short, empty, read-only or non-memory fd is refused before any ring reads it', async () => {
+    for (const { kind, fd } of kinds()) {
+      const ring = good();
+      const region: RegionDescriptor = { gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 };
+      const ringAt = { ...region, gpa: region.gpa + 0x10000, uva: region.uva + 0x10000 };
+      const fe = await hostile(h, 'evil.net0', async (fe) => {
+        await negotiate(fe);
+        await fe.ack(R.ADD_MEM_REG, encodeSingleRegion(region), [fd()]);
+        await startRing(fe, ringAt, ring);
+      });
+      await h.expectHealthy(`ADD_MEM_REG with a ${kind}`);
+      expect(fe.closed, `ADD_MEM_REG with a ${kind} drops the connection`).toBe(true);
+      fe.close();
+      closeRing(ring);
+      await h.expectBaseline(`ADD_MEM_REG with a ${kind}`);
+    }
+    expect(h.reasons('evil.net0', 'ADD_MEM_REG: region 0').length).toBeGreaterThan(0);
+  }, 60_000);
+
+  test('SET_LOG_BASE with a short, empty or non-memory fd is refused before the dirty log is written', async () => {
+    for (const { kind, fd } of kinds()) {
+      const ring = good();
+      const fe = await hostile(h, 'evil.net0', async (fe) => {
+        await negotiate(fe, true);
+        await fe.setMemTable(ram.regions, ram.fds());
+        const log = new Uint8Array(16);
+        new DataView(log.buffer).setBigUint64(0, BigInt(MiB), true);
+        await fe.call(R.SET_LOG_BASE, log, [fd()]);
+        await startRing(fe, ram.regions[0], ring, true);
+        txFrame(ram, ring.kick); // the used-ring write is logged: the daemon writes the log area
+      });
+      await h.expectHealthy(`SET_LOG_BASE with a ${kind}`);
+      expect(fe.closed, `SET_LOG_BASE with a ${kind} drops the connection`).toBe(true);
+      fe.close();
+      closeRing(ring);
+      await h.expectBaseline(`SET_LOG_BASE with a ${kind}`);
+    }
+    expect(h.reasons('evil.net0', 'SET_LOG_BASE: area').length).toBeGreaterThan(0);
+  }, 60_000);
+
+  test('SET_INFLIGHT_FD with a short, empty or non-memory fd gets a failure reply; the session goes on', async () => {
+    for (const { kind, fd } of kinds()) {
+      const fe = await h.connect('evil.disk0');
+      await negotiate(fe);
+      const p = new Uint8Array(24);
+      const dv = new DataView(p.buffer);
+      dv.setBigUint64(0, 8192n, true); // more than a 4 KiB memfd holds; one queue of 128 needs 2112 bytes
+      dv.setUint16(16, 1, true);
+      dv.setUint16(18, 128, true);
+      let ack: bigint | string;
+      try {
+        ack = await fe.ack(R.SET_INFLIGHT_FD, p, [fd()]);
+      } catch (err) {
+        ack = (err as Error).message;
+      }
+      await h.expectHealthy(`SET_INFLIGHT_FD with a ${kind}`);
+      expect(ack, `SET_INFLIGHT_FD with a ${kind} is refused`).toBe(1n);
+      expect(await fe.getFeatures()).toBeGreaterThan(0n); // still connected
+      fe.close();
+      await h.expectBaseline(`SET_INFLIGHT_FD with a ${kind}`);
+    }
+    expect(h.reasons('evil.disk0', 'SET_INFLIGHT_FD: area').length).toBeGreaterThan(0);
+  }, 60_000);
+
+  for (const which of ['kick', 'call', 'err'] as const) {
+    const req = { kick: 'SET_VRING_KICK', call: 'SET_VRING_CALL', err: 'SET_VRING_ERR' }[which];
+    test(`${req} with a FIFO, pipe, read-only, blocking or socket fd is refused; the daemon never reads or writes it`, async () => {
+      for (const kind of HOSTILE_FD_KINDS) {
+        const ring = good();
+        const bad = { ...ring, [which]: fds.make(kind) };
+        const fe = await hostile(h, 'evil.net0', async (fe) => {
+          await negotiate(fe);
+          await fe.setMemTable(ram.regions, ram.fds());
+          await startRing(fe, ram.regions[0], bad);
+          // call: a used buffer is signalled; err: a broken ring is signalled; kick: the FIFO's byte is read.
+          txFrame(ram, ring.kick, { breakRing: which === 'err' });
+        });
+        await h.expectHealthy(`${req} with a ${kind}`);
+        expect(fe.closed, `${req} with a ${kind} drops the connection`).toBe(true);
+        fe.close();
+        closeRing(ring);
+        await h.expectBaseline(`${req} with a ${kind}`);
+      }
+      expect(h.reasons('evil.net0', `${req}: vring ${QUEUE} refused`).length).toBeGreaterThan(0);
+    }, 60_000);
+  }
+
+  test('fds attached to every byte of a message: the daemon holds at most 8 and drops the connection', async () => {
+    const fe = await h.connect('evil.net0');
+    const n = loadNative();
+    const efd = n.eventfd(0);
+    const msg = encodeRequest(R.SET_MEM_TABLE, new Uint8Array(0x1000));
+    let peak = 0;
+    try {
+      for (let i = 0; i < 600 && !fe.closed; i++) {
+        if (n.sendMsg(fe.fd, msg, i, 1, [efd, efd, efd, efd, efd, efd, efd, efd]) < 0) await sleep(5);
+        if (i % 50 === 0) peak = Math.max(peak, fdCount(h.pid));
+      }
+    } catch {
+      /* EPIPE / ECONNRESET: dropped */
+    }
+    await sleep(100);
+    peak = Math.max(peak, fdCount(h.pid));
+    n.close(efd);
+    await h.expectHealthy('fds on every byte');
+    expect(peak - h.fdBase, 'fds held by the daemon').toBeLessThanOrEqual(16);
+    await fe.waitClosed();
+    fe.close();
+    expect(h.reasons('evil.net0', 'more than 8 fds attached to one message').length).toBeGreaterThan(0);
+    await h.expectBaseline('fds on every byte');
+  }, 30_000);
+
+  test('a front-end that never reads its replies stops being read; the daemon does not grow', async () => {
+    await h.waitReleased('evil.net0');
+    const n = loadNative();
+    const fd = n.connectUnix(h.vp.socket('evil'));
+    const one = encodeRequest(R.GET_FEATURES, new Uint8Array(0));
+    const chunk = new Uint8Array(one.length * 5000);
+    for (let i = 0; i < 5000; i++) chunk.set(one, i * one.length);
+    let sent = 0;
+    let stalls = 0;
+    let off = 0;
+    while (sent < 16 * MiB && stalls < 10) {
+      const k = n.sendMsg(fd, chunk, off, chunk.length - off, []);
+      if (k < 0) {
+        stalls++;
+        await sleep(20);
+        continue;
+      }
+      stalls = 0;
+      sent += k;
+      off = (off + k) % chunk.length;
+    }
+    await h.expectHealthy('reply flood');
+    expect(rssKiB(h.pid), 'RSS during the flood').toBeLessThan(h.rssBase + RSS_SLACK_KIB);
+    expect(sent, 'request bytes the daemon took before it stopped reading').toBeLessThan(4 * MiB);
+    expect(h.vp.logs.some((l) => l.dev === 'evil.net0' && l.msg.includes('does not read its replies'))).toBe(true);
+    n.close(fd);
+    await h.waitReleased('evil.net0');
+    await h.expectBaseline('reply flood');
+  }, 120_000);
+
+  test('a 1 TiB region on a 4 KiB memfd and a 2 TiB region over the memory limit are refused at once', async () => {
+    const n = loadNative();
+    const tiny = n.memfdCreate('tiny', 4096);
+    const sparse = n.memfdCreate('sparse-2t', 2 * TiB); // size only: no memory behind it
+    for (const [what, fd, size] of [['1 TiB on a 4 KiB memfd', tiny, TiB], ['2 TiB over max guest memory', sparse, 2 * TiB]] as const) {
+      const fe = await h.connect('evil.net0');
+      await negotiate(fe);
+      fe.send(R.SET_MEM_TABLE, encodeMemTable([{ gpa: 0, size, uva: 0x7f00_0000_0000, mmapOffset: 0 }]), { fds: [fd], needReply: true });
+      const ms = await h.probe(); // sent right behind the hostile request
+      expect(ms, `${what}: the victim's device answers while the region is handled`).toBeLessThan(ANSWER_MS);
+      await fe.waitClosed();
+      fe.close();
+      await h.expectHealthy(what);
+      await h.expectBaseline(what);
+    }
+    n.close(tiny);
+    n.close(sparse);
+    expect(h.reasons('evil.net0', 'but the fd has 0x1000 bytes').length).toBeGreaterThan(0);
+    expect(h.reasons('evil.net0', 'exceeds the limit').length).toBeGreaterThan(0);
+  }, 60_000);
+});
+
+describe.skipIf(!native.ok)('hostile front-end fills the fd table', () => {
+  const CONF_FD = `
+switch "s" { }
+vm "victim" { interface { switch "s" } }
+vm "evil" { disk "evil.img" format raw }
+`;
+  let h: Harness;
+
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  test('accept4 failing with EMFILE pauses accepting; the connection is served once fds are free', async () => {
+    // Learn the daemon's own fd count, then run it with room for 24 more.
+    const probe = new Harness(CONF_FD);
+    await probe.start();
+    const own = probe.fdBase;
+    await probe.stop();
+    h = new Harness(CONF_FD, { nofile: own + 24 });
+    await h.start();
+    const limit = own + 24;
+    const n = loadNative();
+    const evil = await h.connect('evil.disk0');
+    await negotiate(evil);
+    // The victim's front-end goes away (QEMU restarts); it comes back once the table is full.
+    h.victim.close();
+    await h.waitReleased('victim.net0');
+    const held: number[] = [];
+    const room = limit - fdCount(h.pid);
+    expect(room).toBeGreaterThan(0);
+    expect(room).toBeLessThanOrEqual(32);
+    for (let i = 0; i < room; i++) {
+      const fd = n.eventfd(0);
+      held.push(fd);
+      const q = i >> 1;
+      await evil.ack(i & 1 ? R.SET_VRING_ERR : R.SET_VRING_CALL, encodeVringFile(q, false), [fd]);
+    }
+    expect(fdCount(h.pid), 'the daemon fd table is full').toBe(limit);
+    // The second vm's front-end reconnects now: accept4 fails with EMFILE.
+    const late = FakeFrontend.connect(h.vp.socket('victim'));
+    late.send(R.GET_FEATURES);
+    await sleep(500);
+    expect(h.alive, `daemon died: ${h.vp.stderr.slice(-2000)}`).toBe(true);
+    expect(h.vp.logs.some((l) => l.msg.includes('accepting paused'))).toBe(true);
+    evil.close();
+    for (const fd of held) n.close(fd);
+    const r = await late.nextReply(5000); // accepted on a retry once the hostile session let its fds go
+    expect(r.request).toBe(R.GET_FEATURES);
+    h.victim = late;
+    await h.expectHealthy('EMFILE on accept');
+  }, 90_000);
+});
