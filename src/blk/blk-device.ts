@@ -12,7 +12,10 @@
  * Stop and drain: queueStop() stops taking chains and returns a promise that settles once every request taken
  * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then (vhost-user.md §5.13).
  * reset() (the front-end went away) detaches queues: their late completions are dropped, not written to a ring
- * a new front-end may own.
+ * a new front-end may own. pause() (a memory change is coming) stops every queue taking chains and settles once
+ * nothing is in flight; resume() processes what was kicked meanwhile.
+ *
+ * DISCARD / WRITE_ZEROES are cut into BLK_BULK_CHUNK pieces with an event-loop turn before each (see bulk()).
  *
  * Durability (§5.2.6.4 / reference §5.6): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
  * disk.flush(). In write-through mode (the driver wrote wce=0, or negotiated neither FLUSH nor CONFIG_WCE) every

@@ -165,7 +165,7 @@ export class BackendSession {
         device.resume?.();
       }
     }
-    this.log.debug({ req: requestName(msg.request), inflight: true }, 'memory change waits for in-flight requests');
+    this.log.debug({ req: requestName(msg.request) }, 'memory change waits for in-flight requests');
     return drained.then(() => {
       // Connection dropped meanwhile: release() already reset the device; the fds left in msg are closed for us.
       if (this.released) return;

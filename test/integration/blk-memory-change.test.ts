@@ -23,7 +23,7 @@ import { VHOST_LOG_PAGE } from '../../src/memory/dirty-log.js';
 import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js';
 import type { PlacedBuf } from '../helpers/driver-queue.js';
 import { u64 } from '../helpers/fake-frontend.js';
-import { waitFor, type LogLine } from '../helpers/backend-fixture.js';
+import { settle, waitFor, type LogLine } from '../helpers/backend-fixture.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -124,8 +124,11 @@ class Fixture {
     return { done: Promise.all(all).then(() => undefined), completions, writes, placed };
   }
 
-  /** Send a memory change, give the back-end the chance to act on it, then let the held I/O run. */
-  async changeWhileHeld<T>(send: () => Promise<T>, completions: (BlkCompletion | null)[]): Promise<{ reply: T; completedAtReply: number }> {
+  /**
+   * Send a memory change, give the back-end the chance to act on it, then let the held I/O run. `meanwhile` runs
+   * while the change is pending (requests submitted then must wait for the new memory).
+   */
+  async changeWhileHeld<T>(send: () => Promise<T>, completions: (BlkCompletion | null)[], meanwhile?: () => Promise<void>): Promise<{ reply: T; completedAtReply: number }> {
     let completedAtReply = -1;
     const reply = send().then((r) => {
       completedAtReply = completions.filter((c) => c !== null).length;
@@ -133,6 +136,7 @@ class Fixture {
     });
     // Either the back-end says it waits (fixed), or it answers at once (it applied the change under the I/O).
     await Promise.race([reply, waitFor(() => this.logs.some((l) => l.msg === 'memory change waits for in-flight requests'), 'the memory change to arrive')]);
+    await meanwhile?.();
     this.disk.open();
     return { reply: await reply, completedAtReply };
   }
@@ -184,15 +188,24 @@ describe('virtio-blk: memory changes wait for in-flight I/O', () => {
     await fx.open();
     const { done, completions, writes } = await fx.submitHeld();
     const d = fx.driver;
-    const { reply, completedAtReply } = await fx.changeWhileHeld(() => d.fe.setMemTable(d.ram.regions, d.ram.fds()), completions);
+    let late: Promise<BlkCompletion> | null = null;
+    const f = fx;
+    const { reply, completedAtReply } = await fx.changeWhileHeld(() => d.fe.setMemTable(d.ram.regions, d.ram.fds()), completions, async () => {
+      // Kicked while the change waits: not taken until the new table is in place.
+      late = d.read(0, 4096);
+      await settle();
+      expect(f.disk.waiting).toBe(IN_FLIGHT);
+    });
     expect(reply).toBe(0n);
     await done;
     fx.check(completions, writes);
     expect(completedAtReply).toBe(IN_FLIGHT);
-    // The queue runs on over the new table.
-    const after = await d.read(0, 4096);
-    expect(after.status).toBe(VIRTIO_BLK_S_OK);
-    expect(Buffer.from(after.data).equals(Buffer.from(fx.contents.subarray(0, 4096)))).toBe(true);
+    // The late request runs over the new table, and so does the queue after it.
+    for (const p of [late!, d.read(8, 4096)]) {
+      const c = await p;
+      expect(c.status).toBe(VIRTIO_BLK_S_OK);
+    }
+    expect(Buffer.from((await late!).data).equals(Buffer.from(fx.contents.subarray(0, 4096)))).toBe(true);
   });
 
   test('REM_MEM_REG of the region holding request buffers, 64 in flight: the removal waits; ADD_MEM_REG brings it back', async () => {
