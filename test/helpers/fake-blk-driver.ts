@@ -352,7 +352,8 @@ export class FakeBlkDriver {
       this.pending[q].delete(e.id);
       p.resolve({ status: all.length ? all[all.length - 1] : -1, usedLen: e.len, data: all.slice(0, Math.min(p.dataLen, all.length - 1)) });
     }
-    dq.collectUsed();
+    dq.collectUsed(end); // only what was looked at: a back-end in another process may have published more since
+
   }
 
   /** Requests posted and not completed. */
