@@ -31,20 +31,32 @@ const IMAGE = 4 * MiB;
 const REQ = 24 * KiB;
 const IN_FLIGHT = 64;
 
-/** A Disk whose reads and writes wait for open() before they touch the image (and the guest's buffers). */
+/**
+ * A Disk whose reads and writes wait for their gate to open before they touch the image (and the guest's buffers).
+ * Requests wait on the gate current when they arrive; newGate() starts another one for later requests.
+ */
 class GatedDisk implements Disk {
   waiting = 0;
-  private release: (() => void) | null = null;
-  private gate: Promise<void> = new Promise((r) => (this.release = r));
-  constructor(private readonly inner: Disk) {}
+  private readonly gates: { p: Promise<void>; open: () => void }[] = [];
+  constructor(private readonly inner: Disk) {
+    this.newGate();
+  }
   get size(): number { return this.inner.size; }
   get readOnly(): boolean { return this.inner.readOnly; }
   get path(): string { return this.inner.path; }
   get format(): string { return this.inner.format; }
-  open(): void { this.release?.(); }
+  newGate(): void {
+    let open!: () => void;
+    const p = new Promise<void>((r) => (open = r));
+    this.gates.push({ p, open });
+  }
+  /** Open gate i (default: all). */
+  open(i?: number): void {
+    for (const [k, g] of this.gates.entries()) if (i === undefined || k === i) g.open();
+  }
   private async held(): Promise<void> {
     this.waiting++;
-    await this.gate;
+    await this.gates[this.gates.length - 1].p;
     this.waiting--;
   }
   async read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
@@ -254,6 +266,46 @@ describe('virtio-blk: memory changes wait for in-flight I/O', () => {
       expect(Buffer.from(dm.read(b.gpa, b.len)).equals(Buffer.from(f.contents.subarray(off, off + b.len))), `read piece ${k}`).toBe(true);
     });
     expect(f.device.counters.ioErrors).toBe(0);
+  });
+
+  test('connection dropped after a ring was stopped twice with requests in flight each time: memory stays until all completed', async () => {
+    fx = new Fixture();
+    await fx.open();
+    const f = fx;
+    const d = f.driver;
+    const mappings = (): number => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:guest-ram')).length;
+    const withBackend = mappings();
+    const q = d.queues[0];
+    const bufsOf = (heads: number[]): PlacedBuf[] => heads.flatMap((h) => q.chains.get(h)!.bufs.filter((b) => b.write && b.len > 1));
+    // First batch (held at gate 0), then the ring is disabled and enabled again: the first batch drains on its own.
+    const first: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      void d.read(i * 8, 4096, 0, { kick: false });
+      first.push([...q.chains.keys()].at(-1)!);
+    }
+    d.kick(0);
+    await waitFor(() => f.disk.waiting === 8, 'the first batch held');
+    d.fe.setVringEnable(0, false);
+    f.disk.newGate();
+    d.fe.setVringEnable(0, true);
+    for (let i = 8; i < 16; i++) void d.read(i * 8, 4096, 0, { kick: false });
+    d.kick(0);
+    await waitFor(() => f.disk.waiting === 16, 'the second batch held');
+    d.fe.setVringEnable(0, false); // the ring's drain is now the second batch's only
+    await d.fe.getQueueNum();
+    const firstBufs = bufsOf(first);
+    d.disconnect();
+    await waitFor(() => !f.server.connected, 'the back-end to see the disconnect');
+    f.disk.open(1); // the second batch completes; the first is still using guest memory
+    await waitFor(() => f.disk.waiting === 8 && f.device.counters.inflight === 8, 'the second batch done');
+    await settle();
+    expect(mappings()).toBe(withBackend);
+    f.disk.open(0);
+    await f.device.drainAll();
+    await waitFor(() => mappings() < withBackend, 'the back-end to unmap guest memory');
+    firstBufs.forEach((b, i) => {
+      expect(Buffer.from(q.dm.read(b.gpa, b.len)).equals(Buffer.from(f.contents.subarray(i * 4096, i * 4096 + b.len))), `first batch read ${i}`).toBe(true);
+    });
   });
 
   test('SET_LOG_BASE with 64 requests in flight: replied after they completed, their pages marked in the log being replaced', async () => {
