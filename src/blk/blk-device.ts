@@ -12,7 +12,10 @@
  * Stop and drain: queueStop() stops taking chains and returns a promise that settles once every request taken
  * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then (vhost-user.md §5.13).
  * reset() (the front-end went away) detaches queues: their late completions are dropped, not written to a ring
- * a new front-end may own.
+ * a new front-end may own. pause() (a memory change is coming) stops every queue taking chains and settles once
+ * nothing is in flight; resume() processes what was kicked meanwhile.
+ *
+ * DISCARD / WRITE_ZEROES are cut into BLK_BULK_CHUNK pieces with an event-loop turn before each (see bulk()).
  *
  * Durability (§5.2.6.4 / reference §5.6): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
  * disk.flush(). In write-through mode (the driver wrote wce=0, or negotiated neither FLUSH nor CONFIG_WCE) every
@@ -32,7 +35,7 @@ import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
 import type { Disk } from './disk.js';
 import { newBlkLatency, type BlkLatency } from './latency.js';
-import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest } from './request.js';
+import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest, type BlkSegment } from './request.js';
 import {
   BLK_REQ_HDR_SIZE,
   BlkConfig,
@@ -64,6 +67,11 @@ export const BLK_MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB
 export const BLK_MAX_DISCARD_SEG = 16;
 export const BLK_MAX_WRITE_ZEROES_SECTORS = 1 << 16; // 32 MiB
 export const BLK_MAX_WRITE_ZEROES_SEG = 16;
+/** Discard / write-zeroes work per event-loop turn (bytes; a multiple of the largest qcow2 cluster, 2 MiB). */
+export const BLK_BULK_CHUNK = 8 * 1024 * 1024;
+
+/** Let the event loop run (timers, sockets, other devices) before the next chunk of bulk work. */
+const yieldTurn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
 export interface BlkCounters {
   reads: number;
@@ -107,6 +115,8 @@ interface QueueState {
   free: DescriptorChain[];
   publishScheduled: boolean;
   drainWaiters: (() => void)[];
+  /** A kick or start arrived while the device was paused: process the ring at resume(). */
+  deferred: boolean;
 }
 
 export class BlkDevice implements VirtioDevice {
@@ -133,6 +143,12 @@ export class BlkDevice implements VirtioDevice {
   /** Every state with requests in flight (current and detached), for drainAll(). */
   private readonly busy = new Set<QueueState>();
   private readonly hdrScratch = new Uint8Array(BLK_REQ_HDR_SIZE);
+  /** pause() is in effect: no chain is taken from any queue. */
+  private paused = false;
+  /** Waiting for counters.inflight to reach 0 (pause, whenIdle). */
+  private idleWaiters: (() => void)[] = [];
+  /** Discard and write-zeroes run one at a time per device, one chunk per event-loop turn (see bulk()). */
+  private bulkTail: Promise<unknown> = Promise.resolve();
 
   constructor(opts: BlkDeviceOptions) {
     this.name = opts.name;
@@ -193,7 +209,7 @@ export class BlkDevice implements VirtioDevice {
 
   queueStart(q: DeviceQueue): void {
     const st: QueueState = {
-      dq: q, vq: q.queue, active: true, attached: true, inflight: 0, free: [], publishScheduled: false, drainWaiters: [],
+      dq: q, vq: q.queue, active: true, attached: true, inflight: 0, free: [], publishScheduled: false, drainWaiters: [], deferred: false,
     };
     this.queues.set(q.index, st);
     this.process(st);
@@ -253,6 +269,8 @@ export class BlkDevice implements VirtioDevice {
   }
 
   reset(): void {
+    // The connection is gone; a pause it left (released while waiting) must not hold the next one.
+    this.paused = false;
     for (const st of this.queues.values()) {
       st.active = false;
       st.attached = false;
@@ -264,6 +282,33 @@ export class BlkDevice implements VirtioDevice {
     this.updateCacheMode();
   }
 
+  /**
+   * Memory change ahead: stop taking chains on every queue and settle once nothing is in flight. Requests hold views
+   * of guest memory that preadv/pwritev use on the thread pool, and their status bytes are written on completion, so
+   * the old mapping must stay until they are done (docs/security.md, "Memory changes while I/O is in flight").
+   */
+  pause(): Promise<void> | null {
+    this.paused = true;
+    return this.whenIdle();
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    for (const st of this.queues.values()) {
+      if (!st.deferred) continue;
+      st.deferred = false;
+      this.process(st);
+    }
+  }
+
+  /** Settles when counters.inflight is 0, with every completion published first. */
+  whenIdle(): Promise<void> | null {
+    for (const st of this.queues.values()) if (st.publishScheduled && st.attached) this.publishNow(st);
+    if (this.counters.inflight === 0) return null;
+    return new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
   /** Settles when no request is in flight on any queue (shutdown: before the disk is closed). */
   async drainAll(): Promise<void> {
     await Promise.all([...this.busy].map((st) => new Promise<void>((resolve) => (st.inflight === 0 ? resolve() : st.drainWaiters.push(resolve)))));
@@ -273,6 +318,10 @@ export class BlkDevice implements VirtioDevice {
 
   private process(st: QueueState): void {
     const vq = st.vq;
+    if (this.paused) {
+      st.deferred = true;
+      return;
+    }
     for (;;) {
       if (!st.active || vq.broken) break;
       vq.disableNotification();
@@ -357,17 +406,39 @@ export class BlkDevice implements VirtioDevice {
         await disk.flush();
         return 0;
       case 'discard':
-        this.counters.discards++;
-        for (const s of req.segments) await disk.discard(s.offset, s.len);
+      case 'write-zeroes': {
+        if (req.kind === 'discard') this.counters.discards++;
+        else this.counters.writeZeroes++;
+        const run = this.bulkTail.then(() => this.bulk(req.kind, req.segments));
+        this.bulkTail = run.catch(() => undefined);
+        await run;
         if (this.writeThrough) await disk.flush();
         return 0;
-      case 'write-zeroes':
-        this.counters.writeZeroes++;
-        for (const s of req.segments) await disk.writeZeroes(s.offset, s.len, s.unmap);
-        if (this.writeThrough) await disk.flush();
-        return 0;
+      }
       default:
         throw new Error(`unexpected request ${req.kind}`);
+    }
+  }
+
+  /**
+   * DISCARD / WRITE_ZEROES: up to max_discard_seg segments of max_discard_sectors each (16 x 2 GiB) is a lot of
+   * metadata work (qcow2 walks every cluster, mostly without real I/O, so nothing would yield). The segments are cut
+   * at BLK_BULK_CHUNK-aligned offsets (cluster-aligned for every qcow2 cluster size, so the result is the same as one
+   * call) and the device yields to the event loop before every chunk; requests run one after another (bulkTail), so
+   * one turn does at most one chunk per device however many such requests are queued.
+   */
+  private async bulk(kind: 'discard' | 'write-zeroes', segments: readonly BlkSegment[]): Promise<void> {
+    const disk = this.disk;
+    for (const s of segments) {
+      const end = s.offset + s.len;
+      let o = s.offset;
+      do {
+        await yieldTurn();
+        const next = Math.min(end, (Math.floor(o / BLK_BULK_CHUNK) + 1) * BLK_BULK_CHUNK);
+        if (kind === 'discard') await disk.discard(o, next - o);
+        else await disk.writeZeroes(o, next - o, s.unmap);
+        o = next;
+      } while (o < end);
     }
   }
 
@@ -381,6 +452,13 @@ export class BlkDevice implements VirtioDevice {
         if (st.publishScheduled && st.attached) this.publishNow(st);
         this.wakeDrain(st);
       }
+    }
+    if (this.counters.inflight === 0 && this.idleWaiters.length > 0) {
+      // Used entries must reach used.idx before the rings are rebuilt over the new memory, or they are lost.
+      for (const q of this.queues.values()) if (q.publishScheduled && q.attached) this.publishNow(q);
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
     }
   }
 

@@ -48,4 +48,15 @@ export interface VirtioDevice {
   setMtu(mtu: number): string | null;
   /** The frontend disconnected: forget negotiated state (queues were already stopped). */
   reset(): void;
+  /**
+   * Guest memory is about to change (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG, SET_LOG_BASE): take no more chains
+   * from any queue until resume(), and return a promise that settles once every request in flight (on any queue,
+   * started or stopped) has completed and been published, or null when none is. Only devices whose requests outlive
+   * the turn that took them (blk: I/O on the thread pool) implement it; net completes synchronously.
+   */
+  pause?(): Promise<void> | null;
+  /** After pause(): take chains again, and process the queues that were kicked or started meanwhile. */
+  resume?(): void;
+  /** Settles when no request is in flight on any queue (null: none is). The connection's memory must outlive it. */
+  whenIdle?(): Promise<void> | null;
 }

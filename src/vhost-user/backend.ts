@@ -136,8 +136,18 @@ export class BackendSession {
   ]);
 
   /**
-   * Handle one request. Returns a promise only when the reply has to wait (GET_VRING_BASE while a blk queue still
-   * has requests in flight); the connection reads nothing more until it settles.
+   * Requests that map or unmap guest memory or the dirty log. They wait until no blk request is in flight: requests
+   * hold views of the current mappings (preadv/pwritev use them on the thread pool, the status byte and the dirty
+   * log are written at completion), and munmap under them loses statuses, fails I/O with EFAULT, or moves disk data
+   * to or from whatever is mapped there next. Draining (as GET_VRING_BASE does) rather than keeping old mappings
+   * alive by reference keeps one mapping per region and one dirty log at any time, and completions are logged in
+   * the log the front-end reads (docs/security.md, "Memory changes while I/O is in flight").
+   */
+  private static readonly memoryChanges = new Set<number>([R.SET_MEM_TABLE, R.ADD_MEM_REG, R.REM_MEM_REG, R.SET_LOG_BASE]);
+
+  /**
+   * Handle one request. Returns a promise only when the reply has to wait (GET_VRING_BASE, or a memory change,
+   * while a blk queue still has requests in flight); the connection reads nothing more until it settles.
    */
   handle(msg: Message): void | Promise<void> {
     const needReply = (msg.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.replyAckAllowed();
@@ -147,6 +157,29 @@ export class BackendSession {
       if (BackendSession.alwaysReply.has(msg.request) || needReply) this.reply(msg.request, u64Payload(1));
       return;
     }
+    const device = this.device;
+    if (!BackendSession.memoryChanges.has(msg.request) || !device.pause) return this.run(msg, needReply, handler);
+    const drained = device.pause();
+    if (!drained) {
+      try {
+        return this.run(msg, needReply, handler);
+      } finally {
+        device.resume?.();
+      }
+    }
+    this.log.debug({ req: requestName(msg.request) }, 'memory change waits for in-flight requests');
+    return drained.then(() => {
+      // Connection dropped meanwhile: release() already reset the device; the fds left in msg are closed for us.
+      if (this.released) return;
+      try {
+        return this.run(msg, needReply, handler);
+      } finally {
+        device.resume?.();
+      }
+    });
+  }
+
+  private run(msg: Message, needReply: boolean, handler: Handler): void | Promise<void> {
     let body: Uint8Array | null | Promise<Uint8Array | null>;
     try {
       body = handler(msg);
@@ -192,6 +225,9 @@ export class BackendSession {
     this.released = true;
     const drains = this.vrings.map((v) => v.release()).filter((d): d is Promise<void> => d !== null);
     this.device.reset();
+    // Device-wide as well: a ring stopped and restarted more than once keeps only its latest drain.
+    const idle = this.device.whenIdle?.() ?? null;
+    if (idle) drains.push(idle);
     // Requests still in flight read or write guest memory from the thread pool: unmap only after they finish.
     if (drains.length === 0) this.dropMemory();
     else void Promise.all(drains).then(() => this.dropMemory());

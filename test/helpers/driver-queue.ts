@@ -181,10 +181,12 @@ export class DriverSplitQueue {
     return { id: this.dm.u32(at), len: this.dm.u32(at + 4) };
   }
 
-  /** Used elements published since the last call; their descriptors return to the free list. */
-  collectUsed(): { id: number; len: number }[] {
+  /**
+   * Used elements published since the last call, up to `end` (default: used.idx now); their descriptors return to the
+   * free list. A device in another process may publish more while the caller looks at them: pass the index it read.
+   */
+  collectUsed(end = this.usedIdx()): { id: number; len: number }[] {
     const out: { id: number; len: number }[] = [];
-    const end = this.usedIdx();
     while (this.lastUsedSeen !== end) {
       const e = this.usedElem(this.lastUsedSeen);
       out.push(e);

@@ -44,6 +44,8 @@ export interface FakeBlkDriverOptions {
   inflight?: boolean;
   /** Called with the inflight memfd between GET_INFLIGHT_FD and SET_INFLIGHT_FD (tests plant states). */
   onInflightFd?: (fd: number, size: number) => void;
+  /** Fill every status byte with 0xff before the chain is made available (a status never written shows). */
+  poisonStatus?: boolean;
 }
 
 export interface BlkCompletion {
@@ -115,9 +117,11 @@ export class FakeBlkDriver {
   readonly completionsByHead = new Map<string, number>();
   private readonly socket: string;
   private closed = false;
+  private readonly poisonStatus: boolean;
 
   constructor(o: FakeBlkDriverOptions) {
     this.socket = o.socket;
+    this.poisonStatus = o.poisonStatus ?? false;
     this.useInflight = o.inflight ?? true;
     this.onInflightFd = o.onInflightFd;
     this.numQueues = o.numQueues ?? 1;
@@ -255,7 +259,12 @@ export class FakeBlkDriver {
   /** Post a raw chain; resolves when the device completes it. `dataLen`: writable data bytes before the status. */
   submitRaw(q: number, req: RawRequest, dataLen = 0, kick = true): Promise<BlkCompletion> {
     const dq = this.queues[q];
-    const head = dq.addChain(req.bufs, req.opts);
+    const head = dq.addChain(req.bufs, this.poisonStatus ? { ...req.opts, noPublish: true } : req.opts);
+    if (this.poisonStatus) {
+      const status = dq.chains.get(head)!.bufs.at(-1)!;
+      dq.dm.write(status.gpa + status.len - 1, Uint8Array.of(0xff));
+      if (!req.opts?.noPublish) dq.publish([head]);
+    }
     // The timer also keeps the event loop alive (the native fd watchers do not).
     const p = new Promise<BlkCompletion>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`request (head ${head}, queue ${q}) not completed within 10 s`)), 10_000);
@@ -343,7 +352,8 @@ export class FakeBlkDriver {
       this.pending[q].delete(e.id);
       p.resolve({ status: all.length ? all[all.length - 1] : -1, usedLen: e.len, data: all.slice(0, Math.min(p.dataLen, all.length - 1)) });
     }
-    dq.collectUsed();
+    dq.collectUsed(end); // only what was looked at: a back-end in another process may have published more since
+
   }
 
   /** Requests posted and not completed. */
