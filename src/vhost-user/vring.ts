@@ -229,7 +229,10 @@ export class Vring implements DeviceQueue {
     this.serving = false;
     const r = this.device.queueStop(this.index);
     if (r) {
-      const p: Promise<void> = r.then(() => {
+      // A ring stopped again before an earlier drain settled (disable, enable, disable) still owes that earlier
+      // batch: the drain covers both, so GET_VRING_BASE never replies while any of them is in flight.
+      const prev = this.drainP;
+      const p: Promise<void> = (prev ? Promise.all([prev, r]) : r).then(() => {
         if (this.drainP === p) this.drainP = null;
       });
       this.drainP = p;

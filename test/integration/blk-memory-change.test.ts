@@ -308,6 +308,34 @@ describe('virtio-blk: memory changes wait for in-flight I/O', () => {
     });
   });
 
+  test('GET_VRING_BASE after a ring was stopped twice with requests in flight each time: replied after both batches', async () => {
+    fx = new Fixture();
+    await fx.open();
+    const f = fx;
+    const d = f.driver;
+    for (let i = 0; i < 8; i++) void d.read(i * 8, 4096, 0, { kick: false });
+    d.kick(0);
+    await waitFor(() => f.disk.waiting === 8, 'the first batch held');
+    d.fe.setVringEnable(0, false);
+    f.disk.newGate();
+    d.fe.setVringEnable(0, true);
+    for (let i = 8; i < 16; i++) void d.read(i * 8, 4096, 0, { kick: false });
+    d.kick(0);
+    await waitFor(() => f.disk.waiting === 16, 'the second batch held');
+    let replied = false;
+    const base = d.fe.getVringBase(0).then((b) => {
+      replied = true;
+      return b;
+    });
+    f.disk.open(1); // the second batch completes; the first still holds guest memory
+    await waitFor(() => f.disk.waiting === 8 && f.device.counters.inflight === 8, 'the second batch done');
+    await settle();
+    expect(replied, 'GET_VRING_BASE answered while the first batch was in flight').toBe(false);
+    f.disk.open(0);
+    expect((await base).num).toBe(16);
+    expect(f.device.counters.inflight).toBe(0);
+  });
+
   test('SET_LOG_BASE with 64 requests in flight: replied after they completed, their pages marked in the log being replaced', async () => {
     fx = new Fixture();
     await fx.open();
