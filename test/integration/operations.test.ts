@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { beforeAll, describe, expect, test } from 'vitest';
+import { afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { nativeAvailable } from '../../src/native/binding.js';
 import { packageRootFrom } from '../../src/util/package-root.js';
 import { VhostdProcess, VHOSTD_BIN } from '../e2e/support/vhostd-process.js';
@@ -197,6 +197,9 @@ interface Child {
   stop(): Promise<number | null>;
 }
 
+/** Daemons still running, killed after each test even when it failed or timed out. */
+const running = new Set<() => void>();
+
 /** Start `argv` (ending in vhostd.js -f conf); resolves once it logs `vhostd started`, or when it exits. */
 async function startVhostd(argv: string[]): Promise<Child> {
   const p = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -219,8 +222,20 @@ async function startVhostd(argv: string[]): Promise<Child> {
   p.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const exited = new Promise<number | null>((resolve) => p.on('close', (code) => resolve(code)));
   let done = false;
+  const daemonPid = (): number => (logs.find((l) => typeof l.pid === 'number')?.pid as number | undefined) ?? p.pid!;
+  const kill = (): void => {
+    for (const pid of new Set([daemonPid(), p.pid!])) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  };
+  running.add(kill);
   void exited.then(() => {
     done = true;
+    running.delete(kill);
     wake();
   });
   await new Promise<void>((resolve) => {
@@ -235,8 +250,7 @@ async function startVhostd(argv: string[]): Promise<Child> {
     exited,
     // SIGTERM to the daemon itself (its pid is in every log line): a wrapper such as strace would only detach.
     stop: () => {
-      const pid = logs.find((l) => typeof l.pid === 'number')?.pid as number | undefined;
-      if (!done) process.kill(pid ?? p.pid!, 'SIGTERM');
+      if (!done) process.kill(daemonPid(), 'SIGTERM');
       return exited;
     },
   };
@@ -255,6 +269,9 @@ async function freePort(): Promise<number> {
 describe.skipIf(whyNot !== null && process.env.CI !== 'true')('vhostd under the restrictions of the systemd unit', () => {
   beforeAll(() => {
     if (whyNot) throw new Error(`least-privilege tests cannot run: ${whyNot}`);
+  });
+  afterEach(() => {
+    for (const kill of running) kill();
   });
   const GID = 4242; // the socket group (QEMU's in production), not a group the daemon has otherwise
   const ifname = `vpl${process.pid % 100000}`;
