@@ -9,7 +9,7 @@
 set -u
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd)
+PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd strace)
 LOG="${TMPDIR:-/tmp}/vhostd-install-peers.log"
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -43,6 +43,7 @@ missing_list() {
   busybox_static_ok || m+=("static busybox")
   have ip || m+=("ip (iproute2: network namespaces for the vport tests)")
   have systemd-analyze || m+=("systemd-analyze (checks the example unit in contrib/systemd)")
+  have strace || m+=("strace (the system calls the daemon makes, against the unit's SystemCallFilter=)")
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.xz" >/dev/null; then have xz || m+=("xz"); fi
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.zst" >/dev/null; then have zstd || m+=("zstd"); fi
   echo "${m[*]:-}"
@@ -50,7 +51,7 @@ missing_list() {
 
 missing="$(missing_list)"
 if [ -z "$missing" ]; then
-  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze)"
+  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze, strace)"
   exit 0
 fi
 

@@ -238,6 +238,8 @@ export interface GuestOptions {
   netdevs?: GuestNetdev[];
   disks?: GuestDisk[];
   memMiB?: number; // default 256
+  /** Guest RAM in KiB, for a size that is not a whole number of MiB (overrides memMiB; see migration.ts). */
+  memKiB?: number;
   /** Client chardev reconnect: true = 1 s, or a number of seconds. */
   reconnect?: boolean | number;
   appendCmdline?: string;
@@ -274,7 +276,7 @@ export interface Guest {
 export function qemuArgs(o: GuestOptions): string[] {
   const k = findGuestKernel();
   if (!k) throw new Error('no guest kernel');
-  const mem = o.memMiB ?? 256;
+  const mem = o.memKiB !== undefined ? `${o.memKiB}K` : `${o.memMiB ?? 256}M`;
   const rc = o.reconnect === true ? 1 : typeof o.reconnect === 'number' ? o.reconnect : 0;
   const boot = [
     '-nographic', '-no-reboot', '-nic', 'none',
@@ -283,14 +285,14 @@ export function qemuArgs(o: GuestOptions): string[] {
   ];
   const machine = ['-name', o.name, '-accel', 'tcg', '-cpu', 'max', '-M', 'q35', '-smp', '1'];
   if (o.attachArgs) {
-    if (o.netdevs?.length || o.disks?.length || o.memMiB !== undefined || o.reconnect !== undefined) {
+    if (o.netdevs?.length || o.disks?.length || o.memMiB !== undefined || o.memKiB !== undefined || o.reconnect !== undefined) {
       throw new Error('attachArgs: the attaching arguments come from outside; do not also set netdevs, disks, memMiB or reconnect');
     }
     return [...machine, ...boot, ...(o.bios === 'qboot' ? ['-bios', 'qboot.rom'] : []), ...o.attachArgs, ...(o.extraArgs ?? [])];
   }
   const args = [
-    ...machine, '-m', String(mem),
-    '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-machine', 'memory-backend=mem',
+    ...machine, '-m', mem,
+    '-object', `memory-backend-memfd,id=mem,size=${mem},share=on`, '-machine', 'memory-backend=mem',
     ...boot,
   ];
   // default MACs: unique per process and guest: 52:54:00:<pid>:<guest#>:<nic#>

@@ -9,7 +9,17 @@
 // every marker line the guest prints) continues on the destination's stdout, while the source
 // QEMU sits in the `postmigrate` run state until it is told to quit.
 //
-// Everything is passed through startGuest()'s existing `extraArgs`, so guest.ts is unchanged.
+// Everything else is passed through startGuest()'s `extraArgs`.
+//
+// Guest RAM of a migrated guest: MIGRATION_MEM_KIB, deliberately not a multiple of 256 KiB. QEMU 7.2 under TCG
+// loses guest stores during a migration that needs more than one pass over RAM: when a RAM block's length is a
+// multiple of 64 pages, the dirty-bitmap sync takes a word-at-a-time fast path that clears the migration dirty bits
+// without resetting the vCPU's TLB, so later stores through the still-writable TLB entries are never marked dirty and
+// never sent (fixed upstream in QEMU 9.0, "physmem: Fix migration dirty bitmap coherency with TCG memory access").
+// The destination then runs on stale kernel memory: hrtimer trees (a NULL dereference in rb_erase from the timer
+// interrupt), preempt counts, stacks. It showed when a loaded machine made the migration take an extra pass
+// (dirty-sync-count 4 instead of 3), with any CPU model and either back-end. With a length that is not a multiple of
+// 64 pages QEMU syncs page by page, and that path resets the TLB.
 import net from 'node:net';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -149,6 +159,9 @@ export function migrationDir(): string {
   return mkdtempSync(path.join(os.tmpdir(), 'vhostd-mig-'));
 }
 
+/** RAM of a migrated guest: 256 MiB + 8 KiB (QEMU rounds -m to 8 KiB), so never a multiple of 256 KiB (see above). */
+export const MIGRATION_MEM_KIB = 256 * 1024 + 8;
+
 /** QEMU args for a QMP server on a unix socket that never blocks QEMU's start. */
 export function qmpArgs(sockPath: string): string[] {
   return ['-qmp', `unix:${sockPath},server=on,wait=off`];
@@ -162,6 +175,8 @@ export interface MigratableGuest {
 
 /** Start a guest with a QMP monitor and connect to it. */
 export async function startGuestWithQmp(o: GuestOptions, qmpPath: string): Promise<MigratableGuest> {
+  const kib = o.memKiB ?? (o.memMiB ?? 256) * 1024;
+  if (kib % 256 === 0) throw new Error(`a migrated TCG guest needs RAM that is not a multiple of 256 KiB (got ${kib} KiB): use MIGRATION_MEM_KIB`);
   const guest = startGuest({ ...o, extraArgs: [...(o.extraArgs ?? []), ...qmpArgs(qmpPath)] });
   try {
     const qmp = await Promise.race([
