@@ -1,15 +1,20 @@
 /**
  * Frame: an Ethernet frame as the switch sees it, without the virtio-net header: a window
- * [offset, offset+length) of a scatter-gather list over the sender's buffers. The switch never copies;
+ * [offset, offset+length) of a scatter-gather list over the sender's buffers. The switch never copies the frame;
  * the egress port copies once, straight from the sender's buffers into its own, with frameCopyTo().
  * One Frame object per ingress port is reused for every frame (nothing allocated per frame).
+ *
+ * Single fetch (docs/security.md, "Switch: single fetch and hashing of guest MACs"): the sender's buffers are guest
+ * memory another vCPU may rewrite at any time. The switch decides on a private copy of the header bytes it inspects
+ * (`snap`, taken once per frame at ingress by frameSnapshot()), and frameCopyTo() writes those bytes from the copy
+ * and only the rest from the sender's buffers, so the header forwarded is the header that was checked.
  *
  * 802.1Q rewrite without a copy (veb-switch.md §1.3 step 6): for the duration of one Port.deliver() call the
  * switch may set `stripTag` (the source bytes 12..15, an 802.1Q tag, are skipped) and/or `vlanTag` (a 4-byte tag
  * 0x8100 + TCI is inserted at byte 12), and sets `length` to the length as sent. Both together replace a tag.
  * Ports must copy with frameCopyTo(), which honours them; the switch restores the fields after deliver().
  */
-import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
+import { SgList, sgCopy, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
 
 /** "No tag to insert". */
 export const NO_VLAN_TAG = -1;
@@ -49,10 +54,51 @@ export class Frame {
   csumOffset = 0;
   /** GSO frames: end of the TCP header as parsed (csum_start + data offset), for the egress MTU check; else 0. */
   gsoHdrEnd = 0;
+  /**
+   * Private copy of the frame's first `snapLen` bytes (as received, before any VLAN rewrite): what the switch's
+   * checks read and what frameCopyTo() sends. 0 = no snapshot (a port's own scratch frames). Preallocated per Frame.
+   */
+  readonly snap = new Uint8Array(SNAP_MAX);
+  snapLen = 0;
 
   constructor(sg: SgList) {
     this.sg = sg;
   }
+}
+
+/**
+ * Bytes the ingress snapshot always covers: Ethernet header and two 802.1Q tags (enough to see a second tag behind
+ * the first, the double-tagged check). Checks that look further (ARP rules) extend it with frameSnapshot().
+ */
+export const SNAP_HDR = 22;
+/** Snapshot capacity: an ARP body behind two tags (22 + 28) and room to spare, rounded up. */
+export const SNAP_MAX = 64;
+
+/**
+ * Make `snap` hold the frame's first min(n, length, SNAP_MAX) bytes, copying from the sender's buffers only the
+ * bytes not copied yet (each byte is fetched at most once per frame). Returns snapLen. A port starts every frame
+ * with snapLen = 0 (the switch's forward() does it); the snapshot then grows, never changes.
+ */
+export function frameSnapshot(frame: Frame, n: number): number {
+  const have = frame.snapLen;
+  let want = n < frame.length ? n : frame.length;
+  if (want > SNAP_MAX) want = SNAP_MAX;
+  if (want <= have) return have;
+  frame.snapLen = have + sgCopyOut(frame.sg, frame.offset + have, frame.snap, have, want - have);
+  return frame.snapLen;
+}
+
+/**
+ * Copy source bytes [pos, pos+len) of the frame (as received) to `dst` at `dstPos`: the snapshot part from `snap`,
+ * the rest from the sender's buffers. Returns bytes copied.
+ */
+function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+  const sn = frame.snapLen;
+  if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len);
+  const k = sn - pos < len ? sn - pos : len;
+  const done = sgCopyIn(dst, dstPos, frame.snap, pos, k);
+  if (done < k || k === len) return done;
+  return done + sgCopy(dst, dstPos + done, frame.sg, frame.offset + pos + k, len - k);
 }
 
 /** Scratch for the inserted tag bytes (module-level: nothing allocated per frame). */
@@ -61,21 +107,19 @@ const TAG_AT = 12;
 
 /**
  * Copy bytes [pos, pos+len) of `frame` as sent (tag inserted/stripped as the frame's fields say) into `dst` at
- * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. With no
- * rewrite this is exactly one sgCopy from the sender's buffers.
+ * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. The snapshot
+ * bytes come from `snap` (what the switch checked), the rest straight from the sender's buffers.
  */
 export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
   const ins = frame.vlanTag >= 0 ? 4 : 0;
   const skip = frame.stripTag ? 4 : 0;
-  const src = frame.sg;
-  const base = frame.offset;
-  if (ins === 0 && skip === 0) return sgCopy(dst, dstPos, src, base + pos, len);
+  if (ins === 0 && skip === 0) return srcCopy(frame, pos, dst, dstPos, len);
   let done = 0;
   const end = pos + len;
   // [0, 12): addresses, from the source as is.
   if (pos < TAG_AT) {
     const n = Math.min(end, TAG_AT) - pos;
-    done += sgCopy(dst, dstPos, src, base + pos, n);
+    done += srcCopy(frame, pos, dst, dstPos, n);
     pos += n;
   }
   // [12, 12+ins): the inserted tag.
@@ -90,6 +134,6 @@ export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: numb
     pos += n;
   }
   // The rest: source byte (i - ins + skip).
-  if (pos < end) done += sgCopy(dst, dstPos + done, src, base + pos - ins + skip, end - pos);
+  if (pos < end) done += srcCopy(frame, pos - ins + skip, dst, dstPos + done, end - pos);
   return done;
 }
