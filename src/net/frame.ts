@@ -67,11 +67,12 @@ export class Frame {
 }
 
 /**
- * Bytes the ingress snapshot always covers: Ethernet header and two 802.1Q tags (enough to see a second tag behind
- * the first, the double-tagged check). Checks that look further (ARP rules) extend it with frameSnapshot().
+ * Bytes the ingress snapshot always covers: the Ethernet header (addresses, ethertype). Checks that look further
+ * extend it with frameSnapshot(): an 802.1Q tag and the ethertype behind it (18, enough to see a second tag: the
+ * double-tagged check), an ARP body for ARP rules (up to 18 + 28).
  */
-export const SNAP_HDR = 22;
-/** Snapshot capacity: an ARP body behind two tags (22 + 28) and room to spare, rounded up. */
+export const SNAP_HDR = 14;
+/** Snapshot capacity: an ARP body behind a tag (18 + 28) and room to spare, rounded up. */
 export const SNAP_MAX = 64;
 
 /**
@@ -84,7 +85,18 @@ export function frameSnapshot(frame: Frame, n: number): number {
   let want = n < frame.length ? n : frame.length;
   if (want > SNAP_MAX) want = SNAP_MAX;
   if (want <= have) return have;
-  frame.snapLen = have + sgCopyOut(frame.sg, frame.offset + have, frame.snap, have, want - have);
+  const sg = frame.sg;
+  const pos = frame.offset + have;
+  if (sg.count !== 0 && pos + (want - have) <= sg.lens[0]) {
+    // Usual case, the header inside the first entry: one plain loop (no entry walk).
+    const b = sg.bufs[0];
+    const o = sg.offs[0] + pos;
+    const d = frame.snap;
+    for (let k = have; k < want; k++) d[k] = b[o + k - have];
+    frame.snapLen = want;
+    return want;
+  }
+  frame.snapLen = have + sgCopyOut(sg, pos, frame.snap, have, want - have);
   return frame.snapLen;
 }
 

@@ -603,6 +603,7 @@ export class Switch {
     this.fPrio = false;
     this.fPcp = 0;
     if (et === ETHERTYPE_VLAN) {
+      frameSnapshot(frame, ETHER_HDR_LEN + 4); // the tag and the ethertype behind it join the snapshot
       const tci = u16At(frame, 14);
       const inner = u16At(frame, 16);
       if (tci < 0 || inner < 0) {

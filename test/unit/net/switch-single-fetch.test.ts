@@ -58,6 +58,8 @@ class RacingPort implements Port {
 }
 
 const SPOOF = '02:00:00:00:00:66';
+/** Snapshot of an 802.1Q-tagged frame: header, tag, inner ethertype. */
+const TAGGED_SNAP = 18;
 
 describe('frameCopyTo sends the snapshot', () => {
   /** Reference: the frame as sent, built from `orig` (the snapshot's source) and `now` (the sender's bytes now). */
@@ -77,15 +79,17 @@ describe('frameCopyTo sends the snapshot', () => {
   ] as const) {
     test(`header bytes come from the snapshot, the rest from the sender (strip=${strip}, insert=${tag !== NO_VLAN_TAG})`, () => {
       const orig = bytesOf(MB, MA, { tags: [10], etype: 0x0806, len: 90 });
-      // Sender entries cut inside the snapshot, at its end and after it; the receiver's in 7-byte pieces.
-      const frame = frameFrom(orig, [3, 13, SNAP_HDR, 40]);
+      // A tagged frame's snapshot (18 bytes); sender entries cut inside it, at its end and after it; the
+      // receiver's in 7-byte pieces.
+      const frame = frameFrom(orig, [3, 13, TAGGED_SNAP, 40]);
       expect(frameSnapshot(frame, SNAP_HDR)).toBe(SNAP_HDR);
+      expect(frameSnapshot(frame, TAGGED_SNAP)).toBe(TAGGED_SNAP);
       const now = orig.map((b) => b ^ 0xff);
       scribble(frame, 0, [...now]);
       frame.stripTag = strip;
       frame.vlanTag = tag;
       frame.length = orig.length + (tag === NO_VLAN_TAG ? 0 : 4) - (strip ? 4 : 0);
-      const want = expected(orig, now, SNAP_HDR, strip, tag);
+      const want = expected(orig, now, TAGGED_SNAP, strip, tag);
       expect(want.length).toBe(frame.length);
       // Whole copy into a receiver list of small entries.
       const dst = new Uint8Array(frame.length + 5);
@@ -115,7 +119,8 @@ describe('frameCopyTo sends the snapshot', () => {
     expect([...frame.snap.subarray(14, 40)]).toEqual(new Array(26).fill(0xee));
     expect(frameSnapshot(frame, 1000)).toBe(SNAP_MAX);
     const short = frameFrom(bytesOf(MB, MA, { len: 16 }));
-    expect(frameSnapshot(short, SNAP_HDR)).toBe(16);
+    expect(frameSnapshot(short, SNAP_HDR)).toBe(SNAP_HDR);
+    expect(frameSnapshot(short, 40)).toBe(16);
   });
 
   test('a frame without a snapshot (snapLen 0) is copied from the sender as is', () => {
