@@ -108,9 +108,18 @@ function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: nu
   const sn = frame.snapLen;
   if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len);
   const k = sn - pos < len ? sn - pos : len;
-  const done = sgCopyIn(dst, dstPos, frame.snap, pos, k);
-  if (done < k || k === len) return done;
-  return done + sgCopy(dst, dstPos + done, frame.sg, frame.offset + pos + k, len - k);
+  if (dst.count !== 0 && dstPos + k <= dst.lens[0]) {
+    // Usual case, the head inside the receiver's first entry: one plain loop (no entry walk).
+    const b = dst.bufs[0];
+    const o = dst.offs[0] + dstPos;
+    const s = frame.snap;
+    for (let i = 0; i < k; i++) b[o + i] = s[pos + i];
+  } else {
+    const d = sgCopyIn(dst, dstPos, frame.snap, pos, k);
+    if (d < k) return d; // the receiver's list ends inside the head
+  }
+  if (k === len) return k;
+  return k + sgCopy(dst, dstPos + k, frame.sg, frame.offset + pos + k, len - k);
 }
 
 /** Scratch for the inserted tag bytes (module-level: nothing allocated per frame). */

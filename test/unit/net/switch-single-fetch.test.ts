@@ -8,9 +8,11 @@
 import { describe, expect, test } from 'vitest';
 import { SgList } from '../../../src/memory/sg-list.js';
 import { Frame, NO_VLAN_TAG, SNAP_HDR, SNAP_MAX, frameCopyTo, frameSnapshot } from '../../../src/net/frame.js';
+import { OFFLOAD_DROP, SoftOffload, gsoHeaderEnd } from '../../../src/net/offload.js';
 import { NO_PORT, type Port } from '../../../src/net/port.js';
 import { parseIpv4 } from '../../../src/net/switch.js';
 import { MA, MB, MC, arpPayload, bytesOf, frameFrom, macBytes, setup } from './veb-helpers.js';
+import { tcpFrame } from '../../helpers/tcp-frame.js';
 
 /** Write `bytes` at logical frame offset `pos` of the sender's buffers (what a second vCPU does). */
 function scribble(frame: Frame, pos: number, bytes: number[]): void {
@@ -198,5 +200,28 @@ describe('the switch forwards the header it checked, whatever the sender writes 
     sw.forward(a, frame);
     sw.endBatch();
     expect(b.take()).toEqual([`${MB}<${MA}`, `${MC}<${MA}`]);
+  });
+});
+
+describe('software TSO segments the headers the switch checked', () => {
+  function tsoFrame(): { frame: Frame; l4: number; hdrs: number } {
+    const b = tcpFrame(false, 4000);
+    const frame = frameFrom(b.frame, [20]);
+    frame.vnetFlags = 1; // NEEDS_CSUM
+    frame.gsoType = 1; // TCPV4
+    frame.gsoSize = 1000;
+    frame.csumStart = b.csumStart;
+    frame.csumOffset = 16;
+    frame.gsoHdrEnd = gsoHeaderEnd(frame.sg, frame.offset, frame.csumStart); // as NetDevice reads it on TX
+    return { frame, l4: b.l4, hdrs: b.hdrs };
+  }
+
+  test('a TCP data offset rewritten after ingress (bigger segments than the MTU check saw) is dropped', () => {
+    const { frame, l4, hdrs } = tsoFrame();
+    expect(frame.gsoHdrEnd).toBe(hdrs);
+    const soft = new SoftOffload();
+    expect(soft.prepare(frame)).toBe(4);
+    scribble(frame, l4 + 12, [0xf0]); // data offset 15 words: 28 bytes more header in every segment
+    expect(soft.prepare(frame)).toBe(OFFLOAD_DROP);
   });
 });
