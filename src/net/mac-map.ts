@@ -7,11 +7,14 @@
  * Keyed placement (docs/security.md, "Switch: single fetch and hashing of guest MACs"): V8 hashes small-integer Map
  * keys with a fixed, unseeded function and chains colliding keys in one bucket, so a guest that sends a few thousand
  * source MACs chosen to share a bucket turns every lookup into a walk of the whole chain (measured: 4,000 such keys,
- * ~50 ns → ~40 µs per get). MacMap therefore stores each MAC under a keyed permutation of its halves: a 4-round
- * Feistel network over the two 24-bit halves with round keys drawn at random once per process (or given, for
- * tests). Without the keys a guest cannot tell which addresses share a bucket, so chains stay as short as for
- * random keys (V8's OrderedHashMap keeps at most 2 entries per bucket on average and grows by doubling); the number
- * of entries is bounded by the MAC table's limits. Iteration (control path) inverts the permutation.
+ * ~50 ns → ~40 µs per get). MacMap therefore stores each MAC under a keyed permutation of its halves: a 2-round
+ * Feistel network over the two 24-bit halves (upper' = upper ^ F(lower), lower' = lower ^ F'(upper')) whose round
+ * keys are drawn at random once per process (or given, for tests). Both stored halves depend on secret keys and on
+ * the whole address, so without the keys a guest cannot tell which addresses share a bucket of either level, and
+ * chains stay as short as for random keys (V8's OrderedHashMap holds at most 2 entries per bucket on average and
+ * grows by doubling); the number of entries is bounded by the MAC table's limits. The guest never sees the stored
+ * halves. Two rounds, not more: the placement is computed on every lookup, and these keys only have to hide bucket
+ * choices, not resist an attacker who sees outputs. Iteration (control path) inverts the permutation.
  */
 import { randomFillSync } from 'node:crypto';
 import type { MacKey } from './mac.js';
@@ -21,7 +24,7 @@ export const HALF = 0x100_0000; // 2^24
 const MASK = HALF - 1;
 
 /** Round keys of this process: random, drawn once at start-up. */
-const PROCESS_KEYS: readonly number[] = Array.from(randomFillSync(new Uint32Array(4)));
+const PROCESS_KEYS: readonly number[] = Array.from(randomFillSync(new Uint32Array(2)));
 
 /** Feistel round function: a 32-bit mixer (murmur3's finalizer) of the half and the round key, cut to 24 bits. */
 function mix(x: number, k: number): number {
@@ -39,58 +42,38 @@ export class MacMap<V> {
   private count = 0;
   private readonly k0: number;
   private readonly k1: number;
-  private readonly k2: number;
-  private readonly k3: number;
-  /** Output of place(): the permuted halves (small integers in fields: nothing allocated). */
-  private pHi = 0;
-  private pLo = 0;
+  /** Output of place(): the stored halves of the last key placed (small integers in fields: nothing allocated). */
+  placedHi = 0;
+  placedLo = 0;
 
-  /** `keys`: four 32-bit round keys (tests); default: this process's random keys. */
+  /** `keys`: two 32-bit round keys (tests); default: this process's random keys. */
   constructor(keys: readonly number[] = PROCESS_KEYS) {
-    if (keys.length !== 4) throw new RangeError('MacMap needs 4 round keys');
+    if (keys.length !== 2) throw new RangeError('MacMap needs 2 round keys');
     this.k0 = keys[0] | 0;
     this.k1 = keys[1] | 0;
-    this.k2 = keys[2] | 0;
-    this.k3 = keys[3] | 0;
   }
 
   get size(): number {
     return this.count;
   }
 
-  /** Keyed permutation of (hi, lo) into pHi/pLo. */
-  private place(hi: number, lo: number): void {
-    let l = hi;
-    let r = lo;
-    let t = l ^ mix(r, this.k0);
-    l = r;
-    r = t;
-    t = l ^ mix(r, this.k1);
-    l = r;
-    r = t;
-    t = l ^ mix(r, this.k2);
-    l = r;
-    r = t;
-    t = l ^ mix(r, this.k3);
-    this.pHi = r;
-    this.pLo = t;
+  /** Keyed permutation of (hi, lo) into placedHi/placedLo (hot path: two round functions). */
+  place(hi: number, lo: number): void {
+    const h = hi ^ mix(lo, this.k0);
+    this.placedHi = h;
+    this.placedLo = lo ^ mix(h, this.k1);
   }
 
   /** Inverse of place(): the MacKey stored under (pHi, pLo). */
   private unplace(pHi: number, pLo: number): MacKey {
-    let l = pHi;
-    let r = pLo;
-    let t = r ^ mix(l, this.k3);
-    r = l;
-    l = t;
-    t = r ^ mix(l, this.k2);
-    r = l;
-    l = t;
-    t = r ^ mix(l, this.k1);
-    r = l;
-    l = t;
-    t = r ^ mix(l, this.k0);
-    return t * HALF + l;
+    const lo = pLo ^ mix(pHi, this.k1);
+    return (pHi ^ mix(lo, this.k0)) * HALF + lo;
+  }
+
+  /** get() by stored halves, as place() on a map with the same keys left them (one place() for several maps). */
+  getPlaced(pHi: number, pLo: number): V | undefined {
+    const inner = this.outer.get(pHi);
+    return inner === undefined ? undefined : inner.get(pLo);
   }
 
   get(key: MacKey): V | undefined {
@@ -100,20 +83,20 @@ export class MacMap<V> {
   /** get() by halves (hi = key / 2^24, lo = key % 2^24): small integers, so no boxing even across calls. */
   getHL(hi: number, lo: number): V | undefined {
     this.place(hi, lo);
-    const inner = this.outer.get(this.pHi);
-    return inner === undefined ? undefined : inner.get(this.pLo);
+    const inner = this.outer.get(this.placedHi);
+    return inner === undefined ? undefined : inner.get(this.placedLo);
   }
 
   has(key: MacKey): boolean {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const inner = this.outer.get(this.pHi);
-    return inner !== undefined && inner.has(this.pLo);
+    const inner = this.outer.get(this.placedHi);
+    return inner !== undefined && inner.has(this.placedLo);
   }
 
   set(key: MacKey, value: V): this {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const hi = this.pHi;
-    const lo = this.pLo;
+    const hi = this.placedHi;
+    const lo = this.placedLo;
     let inner = this.outer.get(hi);
     if (inner === undefined) {
       inner = new Map<number, V>();
@@ -126,9 +109,9 @@ export class MacMap<V> {
 
   delete(key: MacKey): boolean {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const hi = this.pHi;
+    const hi = this.placedHi;
     const inner = this.outer.get(hi);
-    if (inner === undefined || !inner.delete(this.pLo)) return false;
+    if (inner === undefined || !inner.delete(this.placedLo)) return false;
     this.count--;
     if (inner.size === 0) this.outer.delete(hi);
     return true;

@@ -87,7 +87,8 @@ export class MacTable {
   readonly moveDampCount: number;
   readonly moveDampSec: number;
 
-  // MacMap, not Map: a 48-bit key would be boxed on every Map operation (an allocation per frame).
+  // MacMap, not Map: a 48-bit key would be boxed on every Map operation (an allocation per frame), and a guest could
+  // pick MACs that share a bucket. All of them use the process's keys, so one place() serves several (lookupHL).
   private main = new MacMap<PortId>();
   private shadow = new MacMap<PortId>();
   /** Static entries: consulted before `main` by lookup(), never replaced by learn(), never aged or evicted. */
@@ -200,13 +201,17 @@ export class MacTable {
     return this.learnSlow(hi * HALF + lo, port);
   }
 
-  /** lookup() for the data path, with the key as 24-bit halves (see learnHL). */
+  /** lookup() for the data path, with the key as 24-bit halves (see learnHL). One keyed placement for both maps. */
   lookupHL(hi: number, lo: number): PortId {
+    const main = this.main;
+    main.place(hi, lo);
+    const ph = main.placedHi;
+    const pl = main.placedLo;
     if (this.statics.size !== 0) {
-      const sp = this.statics.getHL(hi, lo);
+      const sp = this.statics.getPlaced(ph, pl);
       if (sp !== undefined) return sp;
     }
-    const p = this.main.getHL(hi, lo);
+    const p = main.getPlaced(ph, pl);
     return p === undefined ? NO_PORT : p;
   }
 
