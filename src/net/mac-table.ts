@@ -345,7 +345,8 @@ export class MacTable {
 
   /**
    * Evict the oldest dynamic entry of `port` (first in `main`'s iteration order: after a rotation it follows first
-   * sighting in the previous generation, grouped by the address's upper 24 bits, see MacMap). False if it has none.
+   * sighting in the previous generation, grouped by MacMap's stored upper half, which almost every MAC has to itself).
+   * False if it has none.
    */
   private evictOldest(port: PortId): boolean {
     if (port < 0 || port >= this.counts.length || this.counts[port] === 0) return false;
