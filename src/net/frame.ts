@@ -87,12 +87,13 @@ export function frameSnapshot(frame: Frame, n: number): number {
   if (want <= have) return have;
   const sg = frame.sg;
   const pos = frame.offset + have;
-  if (sg.count !== 0 && pos + (want - have) <= sg.lens[0]) {
-    // Usual case, the header inside the first entry: one plain loop (no entry walk).
+  const at = sg.count !== 0 ? sg.offs[0] + pos : 0;
+  if (sg.count !== 0 && pos + (want - have) <= sg.lens[0] && at <= 0x7fff_ffff) {
+    // Usual case, the header inside the first entry at an int32 offset: a plain loop with small-integer indices.
     const b = sg.bufs[0];
-    const o = sg.offs[0] + pos;
+    const o = (at | 0) - have;
     const d = frame.snap;
-    for (let k = have; k < want; k++) d[k] = b[o + k - have];
+    for (let k = have; k < want; k++) d[k] = b[o + k];
     frame.snapLen = want;
     return want;
   }
@@ -108,10 +109,11 @@ function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: nu
   const sn = frame.snapLen;
   if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len);
   const k = sn - pos < len ? sn - pos : len;
-  if (dst.count !== 0 && dstPos + k <= dst.lens[0]) {
-    // Usual case, the head inside the receiver's first entry: one plain loop (no entry walk).
+  const at = dst.count !== 0 ? dst.offs[0] + dstPos : 0;
+  if (dst.count !== 0 && dstPos + k <= dst.lens[0] && at <= 0x7fff_ffff) {
+    // Usual case, the head inside the receiver's first entry: one plain loop with small-integer indices.
     const b = dst.bufs[0];
-    const o = dst.offs[0] + dstPos;
+    const o = at | 0;
     const s = frame.snap;
     for (let i = 0; i < k; i++) b[o + i] = s[pos + i];
   } else {

@@ -110,10 +110,10 @@ describe.skipIf(!native.ok)('switch single fetch against a concurrent writer', (
       eval: true,
       workerData: { addon: addonPath, fd: a.ram.fd, size: region.size, mmapOffset: region.mmapOffset, at: gpa - region.gpa + HDR, ctl: ctl.buffer },
     });
-    worker.on('error', (e) => {
-      throw e;
-    });
-    await waitFor(() => Atomics.load(ctl, 1) > 0, 'the writer running');
+    let workerError: Error | null = null;
+    worker.on('error', (e) => (workerError = e));
+    await waitFor(() => workerError !== null || Atomics.load(ctl, 1) > 0, 'the writer running');
+    expect(workerError).toBeNull();
 
     const violations: string[] = [];
     let received = 0;
