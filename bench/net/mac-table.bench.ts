@@ -3,11 +3,15 @@
  * refresh, a shadow hit), lookup hits and misses, and one rotate() (the aging step, O(entries), run from tick()).
  * Keys are spread 48-bit unicast MACs, ports 0..15; lookups run in shuffled order. Every learn result and every
  * lookup is checked (the expected port, or NO_PORT for a miss) before anything is reported.
+ * Hostile keys: 4,000 MACs built to share one V8 Map bucket as plain integer keys (docs/security.md, "Switch: single
+ * fetch and hashing of guest MACs"): lookup hits in a MacTable (keyed placement) and, for contrast, in a plain Map
+ * of their lower halves (the layout before it).
  */
 import { LEARN_KNOWN, LEARN_NEW, MacTable } from '../../src/net/mac-table.js';
 import { NO_PORT } from '../../src/net/port.js';
 import { measure, round, table, type Stats } from '../support/harness.js';
 import { report, type BenchRow } from '../support/report.js';
+import { collidingMacs } from '../../test/unit/net/mac-collisions.js';
 
 const SIZES = [64, 1024, 4096, 16384, 65536];
 /** Operations per sample for learn and lookup (small tables are learned into many fresh tables per sample). */
@@ -139,11 +143,55 @@ for (const n of SIZES) {
   printed.push([n, cell(learnNew), cell(learnKnown), cell(lookupHit), cell(lookupMiss), `${round(rotate.median / 1000, 1)} (${round(rotate.p99 / 1000, 1)})`, round(rotate.median / n, 1)]);
 }
 
+// Hostile keys: what a guest sending these source MACs costs every lookup.
+const COLLIDING = 4000;
+const cKeys = collidingMacs(COLLIDING);
+const cPorts = cKeys.map((_, i) => i % PORTS);
+const cTable = filled(COLLIDING, cKeys, cPorts);
+const cPlain = new Map<number, number>(cKeys.map((k, i) => [k % 0x100_0000, cPorts[i]]));
+const collKeyed = measure({
+  setup: () => ({ ok: 0 }),
+  run: (st) => {
+    let ok = 0;
+    for (let j = 0; j < OPS; j++) {
+      const i = j % COLLIDING;
+      if (cTable.lookup(cKeys[i]) === cPorts[i]) ok++;
+    }
+    st.ok = ok;
+    return OPS;
+  },
+  check: (st, ops) => check(st.ok === ops, `colliding lookup: ${st.ok}/${ops} found`),
+});
+// One pass per sample: each lookup walks a chain of up to 4,000 entries.
+const collPlain = measure({
+  setup: () => ({ ok: 0 }),
+  run: (st) => {
+    let ok = 0;
+    for (let i = 0; i < COLLIDING; i++) if (cPlain.get(cKeys[i] % 0x100_0000) === cPorts[i]) ok++;
+    st.ok = ok;
+    return COLLIDING;
+  },
+  check: (st, ops) => check(st.ok === ops, `colliding plain-map lookup: ${st.ok}/${ops} found`),
+  warmup: 2,
+  samples: 10,
+});
+for (const [name, s] of [
+  ['lookup-hit colliding', collKeyed],
+  ['lookup-hit colliding unkeyed-map', collPlain],
+] as const) {
+  rows.push({ bench: 'net/mac-table', case: `${name} macs=${COLLIDING}`, unit: 'ns/op', value: round(s.median), median: round(s.median), p99: round(s.p99), opsPerSec: Math.round(s.opsPerSec), samples: s.samples });
+}
+
 report(rows);
 process.stderr.write(
   table(
     `net/mac-table: ns/op median (p99); rotate in µs per call with all entries active; ${OPS} ops per sample`,
     ['macs', 'learn new', 'learn known', 'lookup hit', 'lookup miss', 'rotate µs', 'rotate ns/entry'],
     printed,
-  ),
+  ) +
+    table(
+      `net/mac-table: ${COLLIDING} MACs colliding in V8's integer-key hash, lookup hit ns/op median (p99)`,
+      ['MacTable (keyed placement)', 'plain Map (unkeyed)'],
+      [[cell(collKeyed), cell(collPlain)]],
+    ),
 );

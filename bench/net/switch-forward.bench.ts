@@ -1,15 +1,15 @@
 /**
  * Switch.forward + endBatch (src/net/switch.ts) with 2, 8 and 16 fake ports, unicast (every MAC learned first) and
  * flood (broadcast), 64- and 1500-byte frames, batches of 32 frames from one ingress port (as a TX queue hands
- * them over). The fake port does what a real one must: one copy (sgCopyOut into a preallocated buffer) and a count;
+ * them over). The fake port does what a real one must: one copy (frameCopyTo into a preallocated buffer) and a count;
  * flush() counts. Unicast frames of a batch cycle over the other ports; ingress rotates per batch.
  * Asserted per sample: deliveries per port exactly as the traffic pattern says (unicast: one per frame, flood:
  * ports-1 per frame), flushes per batch, the last copied frame's bytes; per case: no switch drop counter moved.
  * Each configuration also runs with ports that count without copying (the switch's own share). Allocation of
  * the timed loops is recorded (v8.GCProfiler, outside the timed span) to check issue 3 §5 "no allocation per frame".
  */
-import { sgCopyOut, SgList } from '../../src/memory/sg-list.js';
-import { Frame } from '../../src/net/frame.js';
+import { SgList } from '../../src/memory/sg-list.js';
+import { Frame, frameCopyTo } from '../../src/net/frame.js';
 import { BROADCAST, macKeyAt } from '../../src/net/mac.js';
 import { NO_PORT, type Port } from '../../src/net/port.js';
 import { PORT_COUNTER_NAMES, Switch } from '../../src/net/switch.js';
@@ -35,13 +35,16 @@ class BenchPort implements Port {
   shortCopies = 0;
   flushes = 0;
   readonly buf = new Uint8Array(2048);
+  private readonly bufSg = new SgList(1);
   constructor(
     readonly name: string,
     readonly mtu: number,
     readonly mac: number,
-  ) {}
+  ) {
+    this.bufSg.push(this.buf, 0, this.buf.length);
+  }
   deliver(frame: Frame): boolean {
-    if (this.copy && sgCopyOut(frame.sg, frame.offset, this.buf, 0, frame.length) !== frame.length) this.shortCopies++;
+    if (this.copy && frameCopyTo(frame, 0, this.bufSg, 0, frame.length) !== frame.length) this.shortCopies++;
     this.delivered++;
     this.bytes += frame.length;
     return true;

@@ -1,15 +1,21 @@
 /**
  * Frame: an Ethernet frame as the switch sees it, without the virtio-net header: a window
- * [offset, offset+length) of a scatter-gather list over the sender's buffers. The switch never copies;
+ * [offset, offset+length) of a scatter-gather list over the sender's buffers. The switch never copies the frame;
  * the egress port copies once, straight from the sender's buffers into its own, with frameCopyTo().
  * One Frame object per ingress port is reused for every frame (nothing allocated per frame).
+ *
+ * Single fetch (docs/security.md, "Switch: single fetch and hashing of guest MACs"): the sender's buffers are guest
+ * memory another vCPU may rewrite at any time. The switch decides on a private copy of the header bytes it inspects
+ * (`snap`, taken once per frame at ingress by frameSnapshot()), and frameCopyTo() writes those bytes from the copy
+ * and only the rest from the sender's buffers, so the header forwarded is the header that was checked.
  *
  * 802.1Q rewrite without a copy (veb-switch.md §1.3 step 6): for the duration of one Port.deliver() call the
  * switch may set `stripTag` (the source bytes 12..15, an 802.1Q tag, are skipped) and/or `vlanTag` (a 4-byte tag
  * 0x8100 + TCI is inserted at byte 12), and sets `length` to the length as sent. Both together replace a tag.
  * Ports must copy with frameCopyTo(), which honours them; the switch restores the fields after deliver().
  */
-import { SgList, sgCopy, sgCopyIn } from '../memory/sg-list.js';
+import { SgList, sgCopy, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
+import { ETHER_HDR_LEN } from './ethernet.js';
 
 /** "No tag to insert". */
 export const NO_VLAN_TAG = -1;
@@ -49,10 +55,108 @@ export class Frame {
   csumOffset = 0;
   /** GSO frames: end of the TCP header as parsed (csum_start + data offset), for the egress MTU check; else 0. */
   gsoHdrEnd = 0;
+  /**
+   * Private copy of the frame's first `snapLen` bytes (as received, before any VLAN rewrite): what the switch's
+   * checks read and what frameCopyTo() sends. 0 = no snapshot (a port's own scratch frames). Preallocated per Frame.
+   */
+  readonly snap = new Uint8Array(SNAP_MAX);
+  snapLen = 0;
 
   constructor(sg: SgList) {
     this.sg = sg;
   }
+}
+
+/**
+ * Bytes the ingress snapshot always covers: the Ethernet header (addresses, ethertype). Checks that look further
+ * extend it with frameSnapshot(): an 802.1Q tag and the ethertype behind it (18, enough to see a second tag: the
+ * double-tagged check), an ARP body for ARP rules (up to 18 + 28).
+ */
+export const SNAP_HDR = 14;
+/** Snapshot capacity: an ARP body behind a tag (18 + 28) and room to spare, rounded up. */
+export const SNAP_MAX = 64;
+
+/**
+ * Make `snap` hold the frame's first min(n, length, SNAP_MAX) bytes, copying from the sender's buffers only the
+ * bytes not copied yet (each byte is fetched at most once per frame). Returns snapLen. A port starts every frame
+ * with snapLen = 0 (the switch's forward() does it); the snapshot then grows, never changes.
+ */
+export function frameSnapshot(frame: Frame, n: number): number {
+  const have = frame.snapLen;
+  let want = n < frame.length ? n : frame.length;
+  if (want > SNAP_MAX) want = SNAP_MAX;
+  if (want <= have) return have;
+  const sg = frame.sg;
+  const pos = frame.offset + have;
+  const at = sg.count !== 0 ? sg.offs[0] + pos : 0;
+  if (sg.count !== 0 && pos + (want - have) <= sg.lens[0] && at <= 0x7fff_ffff) {
+    // Usual case, the header inside the first entry at an int32 offset: a plain loop with small-integer indices.
+    const b = sg.bufs[0];
+    const o = (at | 0) - have;
+    const d = frame.snap;
+    let k = have;
+    if (have === 0 && want >= ETHER_HDR_LEN) {
+      // The Ethernet header unrolled: a byte loop costs V8 a bounds check per byte.
+      d[0] = b[o];
+      d[1] = b[o + 1];
+      d[2] = b[o + 2];
+      d[3] = b[o + 3];
+      d[4] = b[o + 4];
+      d[5] = b[o + 5];
+      d[6] = b[o + 6];
+      d[7] = b[o + 7];
+      d[8] = b[o + 8];
+      d[9] = b[o + 9];
+      d[10] = b[o + 10];
+      d[11] = b[o + 11];
+      d[12] = b[o + 12];
+      d[13] = b[o + 13];
+      k = ETHER_HDR_LEN;
+    }
+    for (; k < want; k++) d[k] = b[o + k];
+    frame.snapLen = want;
+    return want;
+  }
+  frame.snapLen = have + sgCopyOut(sg, pos, frame.snap, have, want - have);
+  return frame.snapLen;
+}
+
+/**
+ * Copy source bytes [pos, pos+len) of the frame (as received) to `dst` at `dstPos`: the snapshot part from `snap`,
+ * the rest from the sender's buffers. Returns bytes copied.
+ */
+function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+  const sn = frame.snapLen;
+  if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len);
+  const at = dst.count !== 0 ? dst.offs[0] + dstPos : 0;
+  if (pos === 0 && sn >= ETHER_HDR_LEN && len >= sn && dst.count !== 0 && dstPos + sn <= dst.lens[0] && at <= 0x7fff_ffff) {
+    // Usual case: the whole snapshot into the receiver's first entry. The Ethernet header unrolled (a byte loop
+    // costs V8 a bounds check per byte), a tag or ARP body after it in a loop.
+    const b = dst.bufs[0];
+    const o = at | 0;
+    const h = frame.snap;
+    b[o] = h[0];
+    b[o + 1] = h[1];
+    b[o + 2] = h[2];
+    b[o + 3] = h[3];
+    b[o + 4] = h[4];
+    b[o + 5] = h[5];
+    b[o + 6] = h[6];
+    b[o + 7] = h[7];
+    b[o + 8] = h[8];
+    b[o + 9] = h[9];
+    b[o + 10] = h[10];
+    b[o + 11] = h[11];
+    b[o + 12] = h[12];
+    b[o + 13] = h[13];
+    for (let i = ETHER_HDR_LEN; i < sn; i++) b[o + i] = h[i];
+    if (len === sn) return sn;
+    return sn + sgCopy(dst, dstPos + sn, frame.sg, frame.offset + sn, len - sn);
+  }
+  const k = sn - pos < len ? sn - pos : len;
+  const d = sgCopyIn(dst, dstPos, frame.snap, pos, k);
+  if (d < k || k === len) return d; // done, or the receiver's list ends inside the head
+  return k + sgCopy(dst, dstPos + k, frame.sg, frame.offset + pos + k, len - k);
 }
 
 /** Scratch for the inserted tag bytes (module-level: nothing allocated per frame). */
@@ -61,21 +165,25 @@ const TAG_AT = 12;
 
 /**
  * Copy bytes [pos, pos+len) of `frame` as sent (tag inserted/stripped as the frame's fields say) into `dst` at
- * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. With no
- * rewrite this is exactly one sgCopy from the sender's buffers.
+ * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. The snapshot
+ * bytes come from `snap` (what the switch checked), the rest straight from the sender's buffers.
  */
 export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+  // Kept small (the rewrite is out of line) so that V8 inlines the plain copy into the ports' deliver().
+  if (frame.vlanTag < 0 && !frame.stripTag) return srcCopy(frame, pos, dst, dstPos, len);
+  return copyRewritten(frame, pos, dst, dstPos, len);
+}
+
+/** frameCopyTo() with an 802.1Q tag inserted and/or stripped. */
+function copyRewritten(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
   const ins = frame.vlanTag >= 0 ? 4 : 0;
   const skip = frame.stripTag ? 4 : 0;
-  const src = frame.sg;
-  const base = frame.offset;
-  if (ins === 0 && skip === 0) return sgCopy(dst, dstPos, src, base + pos, len);
   let done = 0;
   const end = pos + len;
   // [0, 12): addresses, from the source as is.
   if (pos < TAG_AT) {
     const n = Math.min(end, TAG_AT) - pos;
-    done += sgCopy(dst, dstPos, src, base + pos, n);
+    done += srcCopy(frame, pos, dst, dstPos, n);
     pos += n;
   }
   // [12, 12+ins): the inserted tag.
@@ -90,6 +198,6 @@ export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: numb
     pos += n;
   }
   // The rest: source byte (i - ins + skip).
-  if (pos < end) done += sgCopy(dst, dstPos + done, src, base + pos - ins + skip, end - pos);
+  if (pos < end) done += srcCopy(frame, pos - ins + skip, dst, dstPos + done, end - pos);
   return done;
 }

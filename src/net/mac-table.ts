@@ -87,7 +87,8 @@ export class MacTable {
   readonly moveDampCount: number;
   readonly moveDampSec: number;
 
-  // MacMap, not Map: a 48-bit key would be boxed on every Map operation (an allocation per frame).
+  // MacMap, not Map: a 48-bit key would be boxed on every Map operation (an allocation per frame), and a guest could
+  // pick MACs that share a bucket. All of them use the process's keys, so one place() serves several (lookupHL).
   private main = new MacMap<PortId>();
   private shadow = new MacMap<PortId>();
   /** Static entries: consulted before `main` by lookup(), never replaced by learn(), never aged or evicted. */
@@ -200,13 +201,17 @@ export class MacTable {
     return this.learnSlow(hi * HALF + lo, port);
   }
 
-  /** lookup() for the data path, with the key as 24-bit halves (see learnHL). */
+  /** lookup() for the data path, with the key as 24-bit halves (see learnHL). One keyed placement for both maps. */
   lookupHL(hi: number, lo: number): PortId {
+    const main = this.main;
+    main.place(hi, lo);
+    const ph = main.placedHi;
+    const pl = main.placedLo;
     if (this.statics.size !== 0) {
-      const sp = this.statics.getHL(hi, lo);
+      const sp = this.statics.getPlaced(ph, pl);
       if (sp !== undefined) return sp;
     }
-    const p = this.main.getHL(hi, lo);
+    const p = main.getPlaced(ph, pl);
     return p === undefined ? NO_PORT : p;
   }
 
@@ -340,7 +345,8 @@ export class MacTable {
 
   /**
    * Evict the oldest dynamic entry of `port` (first in `main`'s iteration order: after a rotation it follows first
-   * sighting in the previous generation, grouped by the address's upper 24 bits, see MacMap). False if it has none.
+   * sighting in the previous generation, grouped by MacMap's stored upper half, which almost every MAC has to itself).
+   * False if it has none.
    */
   private evictOldest(port: PortId): boolean {
     if (port < 0 || port >= this.counts.length || this.counts[port] === 0) return false;

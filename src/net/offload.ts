@@ -214,6 +214,9 @@ export class SoftOffload {
     }
     this.gso = true;
     if (!tsoParse(this.buf, len, frame.gsoType, frame.gsoSize, needsCsum ? csumStart : -1, this.plan)) return OFFLOAD_DROP;
+    // The switch checked the MTU with the TCP header end read at ingress (gsoHdrEnd); headers that parse to another
+    // end in this copy were rewritten since (or never matched csum_start): segments would not be what was checked.
+    if (frame.gsoHdrEnd !== 0 && this.plan.hdrs !== frame.gsoHdrEnd + SoftOffload.shift(frame)) return OFFLOAD_DROP;
     return this.plan.count;
   }
 

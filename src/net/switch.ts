@@ -2,7 +2,7 @@
  * Switch: a learning L2 switch over Ports, virtio-agnostic (never imports virtqueue/device/vhost-user code).
  * Owns port membership and ids, the forwarding pipeline, per-port counters and the per-batch flush set.
  * Design: forward() is a fixed pipeline of small steps in veb order (veb-switch.md §1.11): membership → input
- * counters → runt → parse MACs → span-port input → reserved 01:80:c2:00:00:0X → VLAN classification
+ * counters → header snapshot → runt → parse MACs → span-port input → reserved 01:80:c2:00:00:0X → VLAN classification
  * (double-tagged, tagged-in, untagged) → locked → span copy → blocknonip-in → svlan → rules-in → learn →
  * known unicast (hairpin, protected, tagged-out, rules-out, blocknonip-out, mtu) or flood (skipping the ingress
  * port, ports sharing a protected domain, `-discover` ports for unknown unicast, VLAN non-members; rules-out,
@@ -11,14 +11,16 @@
  * `untagged`/`tagged` setting; from then on it is 802.1Q-aware: every port has a PVID (default 1; 0 = none) and a
  * tagged set, and the tag is inserted/stripped by the egress copy (Frame.vlanTag/stripTag, frame.ts). The MAC
  * table is shared across VLANs (802.1Q "shared VLAN learning"): one entry per MAC, not per (VLAN, MAC).
+ * Single fetch: the sender's bytes are guest memory another vCPU may rewrite during forward(). Every step reads the
+ * private snapshot of the header (Frame.snap, taken once at ingress, extended once for ARP rules), never the sender's
+ * buffers, and the egress copy sends the snapshot (frameCopyTo), so the header forwarded is the header checked.
  * Egress is deliver() per frame plus flush() once per touched port in endBatch() (house style §3.6 rule 3,
  * §3.7). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
-import { NO_VLAN_TAG, type Frame } from './frame.js';
+import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
-import { sgByteAt, type SgList } from '../memory/sg-list.js';
-import { formatMac, isMulticast, isZero, macKeyFromSg, parseMac, MAC_LEN, type MacKey } from './mac.js';
+import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
 import { HALF as MAC_HALF } from './mac-map.js';
 import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
@@ -220,28 +222,17 @@ function isIpEthertype(t: number): boolean {
   return t === ETHERTYPE_IPV4 || t === ETHERTYPE_IPV6 || t === ETHERTYPE_ARP || t === ETHERTYPE_RARP;
 }
 
-/** Big-endian 16-bit value at logical offset `pos` of `sg`, or -1 past the end. One entry walk in the usual case. */
-function u16At(sg: SgList, pos: number): number {
-  const n = sg.count;
-  let p = pos;
-  for (let i = 0; i < n; i++) {
-    const len = sg.lens[i];
-    if (p < len) {
-      const b = sg.bufs[i];
-      const o = sg.offs[i] + p;
-      if (p + 1 < len) return (b[o] << 8) | b[o + 1];
-      const lo = sgByteAt(sg, pos + 1); // the two bytes straddle an entry boundary
-      return lo < 0 ? -1 : (b[o] << 8) | lo;
-    }
-    p -= len;
-  }
-  return -1;
+/** Big-endian 16-bit value at `pos` of the frame's snapshot, or -1 past it (the frame is shorter). */
+function u16At(frame: Frame, pos: number): number {
+  if (pos + 2 > frame.snapLen) return -1;
+  const b = frame.snap;
+  return (b[pos] << 8) | b[pos + 1];
 }
 
-/** Big-endian 32-bit unsigned value at `pos`, or -1 past the end (rules only). */
-function u32At(sg: SgList, pos: number): number {
-  const hi = u16At(sg, pos);
-  const lo = u16At(sg, pos + 2);
+/** Big-endian 32-bit unsigned value at `pos` of the snapshot, or -1 past it (rules only). */
+function u32At(frame: Frame, pos: number): number {
+  const hi = u16At(frame, pos);
+  const lo = u16At(frame, pos + 2);
   return hi < 0 || lo < 0 ? -1 : hi * 0x10000 + lo;
 }
 
@@ -540,10 +531,13 @@ export class Switch {
     const rc = rp.counters;
     rc.rxFrames++;
     rc.rxBytes += frame.length;
-    if (frame.length < ETHER_HDR_LEN || !parseMacs(frame)) {
+    // Single fetch: every check below reads the private copy of the header, and the egress copy sends it (frame.ts).
+    frame.snapLen = 0;
+    if (frame.length < ETHER_HDR_LEN || frameSnapshot(frame, SNAP_HDR) < ETHER_HDR_LEN) {
       rc.dropRunt++;
       return;
     }
+    parseMacs(frame);
     if (rp.span) {
       rc.dropSpanIn++;
       return;
@@ -604,15 +598,14 @@ export class Switch {
 
   /** Pipeline step (VLAN-aware switch): classify into fVid/fTagged; false (counted) if dropped. §1.3. */
   private classify(rp: PortRecord, frame: Frame): boolean {
-    const sg = frame.sg;
-    const off = frame.offset;
-    const et = u16At(sg, off + 12);
+    const et = u16At(frame, 12);
     this.fTagged = false;
     this.fPrio = false;
     this.fPcp = 0;
     if (et === ETHERTYPE_VLAN) {
-      const tci = u16At(sg, off + 14);
-      const inner = u16At(sg, off + 16);
+      frameSnapshot(frame, ETHER_HDR_LEN + 4); // the tag and the ethertype behind it join the snapshot
+      const tci = u16At(frame, 14);
+      const inner = u16At(frame, 16);
       if (tci < 0 || inner < 0) {
         rp.counters.dropRunt++;
         return false;
@@ -648,7 +641,7 @@ export class Switch {
 
   /** Ethertype after any 802.1Q tag on a VLAN-aware switch, else the outer one (read once per frame). */
   private ethertype(frame: Frame): number {
-    if (this.fEtype < 0) this.fEtype = u16At(frame.sg, frame.offset + 12);
+    if (this.fEtype < 0) this.fEtype = u16At(frame, 12);
     return this.fEtype;
   }
 
@@ -681,19 +674,19 @@ export class Switch {
   /** ARP/RARP part of a rule: Ethernet/IPv4 (htype 1, ptype 0x0800, hln 6, pln 4), op, sha/spa/tha/tpa. */
   private arpMatches(r: RuleRec, frame: Frame): boolean {
     if (this.ethertype(frame) !== r.arpType) return false;
-    const sg = frame.sg;
-    const a = frame.offset + this.fL3;
-    if (frame.length < this.fL3 + 28) return false;
-    if (u16At(sg, a) !== 1 || u16At(sg, a + 2) !== ETHERTYPE_IPV4 || u16At(sg, a + 4) !== 0x0604) return false;
+    const a = this.fL3;
+    // The ARP body joins the snapshot (once per frame): the bytes matched are the bytes sent.
+    if (frame.length < a + 28 || frameSnapshot(frame, a + 28) < a + 28) return false;
+    if (u16At(frame, a) !== 1 || u16At(frame, a + 2) !== ETHERTYPE_IPV4 || u16At(frame, a + 4) !== 0x0604) return false;
     if (r.op !== 0) {
-      const op = u16At(sg, a + 6);
+      const op = u16At(frame, a + 6);
       // ARP request 1 / reply 2; RARP request 3 / reply 4.
       if ((r.arpType === ETHERTYPE_RARP ? op - 2 : op) !== r.op) return false;
     }
-    if (r.sha !== -1 && macKeyFromSg(sg, a + 8) !== r.sha) return false;
-    if (r.spa !== -1 && u32At(sg, a + 14) !== r.spa) return false;
-    if (r.tha !== -1 && macKeyFromSg(sg, a + 18) !== r.tha) return false;
-    if (r.tpa !== -1 && u32At(sg, a + 24) !== r.tpa) return false;
+    if (r.sha !== -1 && macKeyAt(frame.snap, a + 8) !== r.sha) return false;
+    if (r.spa !== -1 && u32At(frame, a + 14) !== r.spa) return false;
+    if (r.tha !== -1 && macKeyAt(frame.snap, a + 18) !== r.tha) return false;
+    if (r.tpa !== -1 && u32At(frame, a + 24) !== r.tpa) return false;
     return true;
   }
 
@@ -828,7 +821,7 @@ export class Switch {
 
 /** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
 function vlanTagLen(frame: Frame): number {
-  return u16At(frame.sg, frame.offset + 12) === ETHERTYPE_VLAN ? 4 : 0;
+  return u16At(frame, 12) === ETHERTYPE_VLAN ? 4 : 0;
 }
 
 /**
@@ -843,39 +836,20 @@ function overMtu(frame: Frame, len: number, limit: number): boolean {
 }
 
 /**
- * Read destination and source MACs into the frame; false if the sg list is shorter than the header.
- * Fast path (both MACs in one sg entry, the usual case): 24-bit halves straight from the bytes as int32s, so no
- * 48-bit number crosses a call (a returned double that V8 does not inline is boxed: an allocation per frame).
+ * Destination and source MACs from the snapshot (at least 14 bytes) into the frame, as 24-bit halves straight from
+ * the bytes as int32s, so no 48-bit number crosses a call (a returned double that V8 does not inline is boxed: an
+ * allocation per frame).
  */
-function parseMacs(frame: Frame): boolean {
-  const sg = frame.sg;
-  let pos = frame.offset;
-  let i = 0;
-  while (i < sg.count && pos >= sg.lens[i]) pos -= sg.lens[i++];
-  if (i < sg.count && pos + 2 * MAC_LEN <= sg.lens[i]) {
-    const u8 = sg.bufs[i];
-    const o = sg.offs[i] + pos;
-    const dHi = (u8[o] << 16) | (u8[o + 1] << 8) | u8[o + 2];
-    const dLo = (u8[o + 3] << 16) | (u8[o + 4] << 8) | u8[o + 5];
-    const sHi = (u8[o + 6] << 16) | (u8[o + 7] << 8) | u8[o + 8];
-    const sLo = (u8[o + 9] << 16) | (u8[o + 10] << 8) | u8[o + 11];
-    frame.dstHi = dHi;
-    frame.dstLo = dLo;
-    frame.srcHi = sHi;
-    frame.srcLo = sLo;
-    frame.dst = dHi * MAC_HALF + dLo;
-    frame.src = sHi * MAC_HALF + sLo;
-    return true;
-  }
-  // A guest may split the Ethernet header across descriptors anywhere: the general (slower) path.
-  const dst = macKeyFromSg(frame.sg, frame.offset);
-  const src = macKeyFromSg(frame.sg, frame.offset + MAC_LEN);
-  if (dst < 0 || src < 0) return false;
-  frame.dst = dst;
-  frame.src = src;
-  frame.dstHi = (dst / MAC_HALF) | 0;
-  frame.dstLo = dst % MAC_HALF | 0;
-  frame.srcHi = (src / MAC_HALF) | 0;
-  frame.srcLo = src % MAC_HALF | 0;
-  return true;
+function parseMacs(frame: Frame): void {
+  const u8 = frame.snap;
+  const dHi = (u8[0] << 16) | (u8[1] << 8) | u8[2];
+  const dLo = (u8[3] << 16) | (u8[4] << 8) | u8[5];
+  const sHi = (u8[6] << 16) | (u8[7] << 8) | u8[8];
+  const sLo = (u8[9] << 16) | (u8[10] << 8) | u8[11];
+  frame.dstHi = dHi;
+  frame.dstLo = dLo;
+  frame.srcHi = sHi;
+  frame.srcLo = sLo;
+  frame.dst = dHi * MAC_HALF + dLo;
+  frame.src = sHi * MAC_HALF + sLo;
 }

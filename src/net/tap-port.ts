@@ -6,9 +6,10 @@
  * Host → switch: a uv_poll watcher on the tap fd; on each wakeup up to RX_BUDGET frames are read (one read() = one
  * frame, IFF_NO_PI), each wrapped in the one reusable Frame over a preallocated buffer and forwarded, then one
  * endBatch(). The watcher is level-triggered: frames left after the budget wake it again on the next loop turn.
- * Switch → host: deliver() copies the frame once out of the sender's buffers into a preallocated buffer and write()s
- * it to the tap. A full tap queue (EAGAIN) drops and counts: the switch never waits on the host. flush() is a no-op
- * (each write is already a complete delivery). Nothing is allocated per frame.
+ * Switch → host: deliver() copies the frame once (frameCopyTo: the header the switch checked, then the rest out of
+ * the sender's buffers) into a preallocated buffer and write()s it to the tap. A full tap queue (EAGAIN) drops and
+ * counts: the switch never waits on the host. flush() is a no-op (each write is already a complete delivery).
+ * Nothing is allocated per frame.
  *
  * Checksums: the tap is opened without IFF_VNET_HDR and without offloads, so the kernel expects every frame it gets
  * from the tap to carry complete checksums. A guest frame with offloads (partial checksum, TSO: Frame.vnetFlags /
@@ -18,11 +19,11 @@
 import { loadNative } from '../native/binding.js';
 import type { FdWatcher, NativeBinding } from '../native/types.js';
 import { POLL_READABLE } from '../native/types.js';
-import { SgList, sgCopyOut } from '../memory/sg-list.js';
+import { SgList } from '../memory/sg-list.js';
 import { VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
-import { Frame } from './frame.js';
+import { Frame, frameCopyTo } from './frame.js';
 import { OFFLOAD_DROP, SoftOffload } from './offload.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import type { Switch } from './switch.js';
@@ -90,6 +91,8 @@ export class TapPort implements Port {
   private readonly rxBuf = new Uint8Array(RX_BUF_SIZE);
   private readonly rxFrame = new Frame(new SgList(1));
   private readonly txBuf: Uint8Array;
+  /** txBuf as a one-entry SgList, the target of frameCopyTo(). */
+  private readonly txSg = new SgList(1);
   /** Software offload scratch, made on the first guest frame with offloads. */
   private soft: SoftOffload | null = null;
 
@@ -102,6 +105,7 @@ export class TapPort implements Port {
     this.errors = new RateLimitedLog(opts.log);
     this.mtu = this.sw.mtu;
     this.txBuf = new Uint8Array(this.mtu + MAX_L2_OVERHEAD);
+    this.txSg.push(this.txBuf, 0, this.txBuf.length);
     this.sw.addPort(this);
     this.watcher = this.native.watch(this.fd, POLL_READABLE, (status) => this.onReadable(status));
   }
@@ -167,7 +171,8 @@ export class TapPort implements Port {
       this.counters.rxDropError++;
       return false;
     }
-    sgCopyOut(frame.sg, frame.offset, this.txBuf, 0, len);
+    // frameCopyTo, not a plain copy: the checked header comes from the switch's snapshot, VLAN rewrite applied.
+    frameCopyTo(frame, 0, this.txSg, 0, len);
     return this.write(this.txBuf, len);
   }
 
