@@ -1,6 +1,6 @@
 /**
  * `npm run bench` (quick suite, under 15 minutes on the 2-core machine) and `npm run bench -- --full` (longer runs
- * per row, more data per guest). Each benchmark runs in a fresh node process (house style §3.9) in its own process
+ * per row, more data per guest). Each benchmark runs in a fresh node process in its own process
  * group, with VHOSTD_BENCH_FULL=1 and `--full` passed down in full mode; it asserts its own result, prints its table
  * and appends its rows to bench/results/results.jsonl. A benchmark whose file is missing, that fails, or that
  * overruns its time limit (which kills its whole group: QEMU guests, testpmd, daemons) fails the suite, and then

@@ -2,8 +2,8 @@
  * Daemon: builds the running system from a validated Config: one Switch per `switch` block, one NetDevice
  * (a switch port) and one VhostUserServer (its socket) per vm interface, one BlkDevice over an opened Disk and
  * its VhostUserServer per vm disk. Owns start-up (openDisks() before start()), the coarse aging timer, clean
- * shutdown (sockets removed, in-flight disk requests drained, images flushed and closed) and reload() (issue 6
- * §2): the plan comes from planReload (config/diff.ts); what the outside world can refuse (images, taps) is
+ * shutdown (sockets removed, in-flight disk requests drained, images flushed and closed) and reload():
+ * the plan comes from planReload (config/diff.ts); what the outside world can refuse (images, taps) is
  * opened first, so a failing reload changes nothing; devices that did not change are never touched, so their
  * guests keep their connection, rings and counters. Every socket gets mode 0660 and the `socket owner`.
  * No parsing or policy lives in the binary.
@@ -175,7 +175,7 @@ export class Daemon {
   }
 
   /**
-   * Re-read configuration (issue 6 §2): apply the difference between the running configuration and `next`.
+   * Re-read configuration (docs/control.md, reload): apply the difference between the running configuration and `next`.
    * Rejects, with nothing changed, when a new image or tap cannot be opened. Reloads are serialised.
    */
   reload(next: Config): Promise<ReloadReport> {
@@ -292,7 +292,7 @@ export class Daemon {
     return openVport(sw, s.vport!, this.log.child({ vport: s.vport, switch: s.name }), this.native);
   }
 
-  /** Listen, then mode 0660 and the configured owner (issue 6 §1) before any front-end can connect. */
+  /** Listen, then mode 0660 and the configured owner (docs/configuration.md) before any front-end can connect. */
   private serve(server: VhostUserServer, owner: SocketOwner | undefined): void {
     server.listen();
     applySocketOwner(server.socketPath, owner);
@@ -590,7 +590,7 @@ export class Daemon {
 }
 
 function newSwitch(s: SwitchConfig): Switch {
-  // Fair eviction when the table is full (issue 3 §3), instead of veb's "learn nothing more".
+  // Fair eviction when the table is full (docs/configuration.md `maxaddr`), instead of veb's "learn nothing more".
   return new Switch(s.name, { mtu: s.mtu, maxAddr: s.maxAddr, timeoutSec: s.timeout, evict: true });
 }
 

@@ -1,7 +1,7 @@
 /**
  * Block I/O: the driver-side client (bench/blk/slot-driver.ts over test/helpers/fake-blk-driver.ts, real vhost-user
  * sockets and memfd guest memory) against vhostd, then in the same run on the same image file against
- * qemu-storage-daemon's vhost-user-blk export (test-peers.md); never both on one image at once.
+ * qemu-storage-daemon's vhost-user-blk export; never both on one image at once.
  *
  * Rows, on raw and on a fully allocated qcow2 (same contents): 4 KiB random read and write at QD1 (latency
  * p50/p99/p99.9 µs from an HDR histogram, perf_hooks.createHistogram, closed loop: submit-to-completion) and at QD32

@@ -1,5 +1,5 @@
 /**
- * Guest-level disk rates (issue 5 §3): a QEMU TCG guest (1 vCPU, Linux virtio_blk) with a vhost-user-blk disk
+ * Guest-level disk rates: a QEMU TCG guest (1 vCPU, Linux virtio_blk) with a vhost-user-blk disk
  * served by vhostd, then the same guest with the same image file served by qemu-storage-daemon (never both at
  * once), on a raw image and on a qcow2 (converted from the same raw image).
  *

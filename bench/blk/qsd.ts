@@ -1,5 +1,5 @@
 /**
- * qemu-storage-daemon as the reference disk backend (test-peers.md): one process with a vhost-user-blk export per
+ * qemu-storage-daemon as the reference disk backend: one process with a vhost-user-blk export per
  * image, optionally on one core (started under taskset, so the pid is qsd's own after exec). Ready when every
  * export's socket exists; stop() fails if it died early or exits non-zero.
  */

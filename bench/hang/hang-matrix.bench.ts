@@ -1,5 +1,5 @@
 /**
- * Hang-regression matrix as a benchmark (issue 5 §1, §4): the cells of test/integration/hang-matrix.test.ts
+ * Hang-regression matrix as a benchmark: the cells of test/integration/hang-matrix.test.ts
  * (vq-torture against the real daemon, delays in both race windows), 10^5 frames per cell by default and 10^7 with
  * `--full` or VHOSTD_BENCH_FULL=1. One row per cell: the longest stall (ms, lower is better) with the counts that
  * make the cell pass (0 lost kicks, 0 lost calls, 0 invariant violations, stall < 1 s); one row per no-fence

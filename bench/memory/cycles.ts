@@ -1,7 +1,7 @@
 /**
  * Connect/disconnect cycles for the leak benchmark: each cycle is the driver-side test client (FakeNetDriver over
- * FakeFrontend, a memfd guest RAM) doing DPDK virtio_user's full negotiation (reference vhost-user.md §3.3:
- * features, SET_MEM_TABLE with two region fds, call/kick eventfds, both rings addressed, started and enabled,
+ * FakeFrontend, a memfd guest RAM) doing DPDK virtio_user's full negotiation (features,
+ * SET_MEM_TABLE with two region fds, call/kick eventfds, both rings addressed, started and enabled,
  * a GET_QUEUE_NUM round trip so the back-end has handled all of it, RX buffers posted), then closing the socket.
  *
  * Several lanes (one vhostd port each) run at once so the back-end is rarely idle waiting for this process. A lane

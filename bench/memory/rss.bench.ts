@@ -1,5 +1,5 @@
 /**
- * Memory (issue 5 §5). (a) Idle: vhostd's resident set (VmRSS, VmHWM from /proc/PID/status) and open fds with the
+ * Memory. (a) Idle: vhostd's resident set (VmRSS, VmHWM from /proc/PID/status) and open fds with the
  * embedded default configuration (2 ports), with 64 net ports (16 vms x 4 interfaces over 4 switches), with 64
  * ports and 16 qcow2 disks of 1 GiB, and with the 16 disks alone; per-port and per-disk costs are differences of
  * those. The 16-disk row has a reference: qemu-storage-daemon idle with the same 16 images exported over

@@ -1,5 +1,5 @@
 /**
- * TCP throughput between two QEMU TCG guests through vhostd (issue 3 §5), with offloads on (QEMU's defaults:
+ * TCP throughput between two QEMU TCG guests through vhostd, with offloads on (QEMU's defaults:
  * checksum and TSO: 64 KiB segments cross the switch as one frame) and off (every 1514-byte frame crosses on its
  * own). 32 MiB (--full: 128 MiB) from /dev/zero over busybox nc; the sender times the transfer with /proc/uptime, the receiver
  * counts the bytes (asserted before reporting). Under TCG the guests' emulated CPUs dominate: compare the two

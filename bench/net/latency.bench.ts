@@ -1,5 +1,5 @@
 /**
- * Network latency: ping-pong round trips through one vhostd switch hop (issue 5 §2), EVENT_IDX on and off,
+ * Network latency: ping-pong round trips through one vhostd switch hop, EVENT_IDX on and off,
  * closed loop and open loop, against DPDK's vhost PMD echoing on one port (the anchor), in the same run.
  *
  * - Client A (bench/net/support/pingpong.ts): the project's driver-side virtio-net client in this process,
@@ -12,7 +12,7 @@
  *   echo code, and the difference is vhostd (two switch traversals, each a kick/wakeup in vhostd) against
  *   the vhost PMD's single polled echo. A Node reflector would add its own wakeup (~10 µs) to vhostd's figure.
  * - Anchor: A → testpmd `--vdev net_vhost0` in macswap mode, one port, loop topology → back to A.
- * - EVENT_IDX on/off is what A negotiates (virtio_user B never negotiates it, test-peers.md).
+ * - EVENT_IDX on/off is what A negotiates (virtio_user B never negotiates it, docs/protocol.md §4).
  * - Closed loop: one frame in flight. Open loop: a fixed rate (2000/s, far below saturation) from a timer
  *   schedule (a worker thread sleeping until each intended send time), latency measured from the intended
  *   send time so coordinated omission cannot hide stalls; the client's own send lag is printed alongside.

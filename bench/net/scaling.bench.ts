@@ -1,5 +1,5 @@
 /**
- * Switch port scaling (issue 5 §2): total forwarding rate, Mpps per port and vhostd's CPU cost per forwarded
+ * Switch port scaling: total forwarding rate, Mpps per port and vhostd's CPU cost per forwarded
  * frame with 2, 8, 32 and 64 ports on one switch; in the same run, the same driver against DPDK's vhost PMD with
  * the same number of ports as the reference backend.
  *

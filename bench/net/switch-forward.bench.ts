@@ -6,7 +6,7 @@
  * Asserted per sample: deliveries per port exactly as the traffic pattern says (unicast: one per frame, flood:
  * ports-1 per frame), flushes per batch, the last copied frame's bytes; per case: no switch drop counter moved.
  * Each configuration also runs with ports that count without copying (the switch's own share). Allocation of
- * the timed loops is recorded (v8.GCProfiler, outside the timed span) to check issue 3 §5 "no allocation per frame".
+ * the timed loops is recorded (v8.GCProfiler, outside the timed span) to check that nothing is allocated per frame.
  */
 import { SgList } from '../../src/memory/sg-list.js';
 import { Frame, frameCopyTo } from '../../src/net/frame.js';

@@ -1,7 +1,7 @@
 /**
  * Network throughput: DPDK testpmd (two net_virtio_user ports, macswap, --tx-first, loop topology: each port
  * echoes what it receives) driving frames through two vhostd ports on one switch; then, in the same run, the same
- * driver against DPDK's own vhost PMD (two net_vhost ports in io mode, test-peers.md) as the reference backend.
+ * driver against DPDK's own vhost PMD (two net_vhost ports in io mode) as the reference backend.
  * Prints Mpps per port for both and the ratio. Asserts frames flowed before it reports.
  *
  * Placement on the 2-core machine: the driver forwards on core 0; the backend (vhostd, or the net_vhost

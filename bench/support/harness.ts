@@ -1,5 +1,5 @@
 /**
- * In-house micro-benchmark harness (house style §3.9, in the manner of criterion's `iter_batched`): per sample an
+ * In-house micro-benchmark harness (in the manner of criterion's `iter_batched`): per sample an
  * untimed setup builds the state, the timed body runs on it and says how many operations it did, an untimed check
  * asserts the result (a wrong fast path fails the benchmark instead of reporting a good number). Warm-up samples
  * run first and are discarded. Reports median and p99 ns/op over the samples (p99 is nearest-rank: with fewer than

@@ -1,5 +1,5 @@
 /**
- * Benchmark output: one JSON line per case on stdout (machine-readable, house style §3.9), appended to
+ * Benchmark output: one JSON line per case on stdout (machine-readable), appended to
  * bench/results/results.jsonl (not committed), plus a printed table.
  */
 import fs from 'node:fs';

@@ -1,6 +1,5 @@
 /**
- * BlkDevice: a virtio-blk device (VIRTIO 1.2 §5.2) over a Disk (reference qcow2-and-virtio-blk.md §5,
- * vhost-user.md §2.8).
+ * BlkDevice: a virtio-blk device (VIRTIO 1.2 §5.2) over a Disk.
  *
  * Each started queue is drained of available chains on start and on every kick; each chain becomes a request
  * that runs on its own (the disk's I/O goes to the libuv thread pool), so requests on a queue run concurrently
@@ -10,14 +9,14 @@
  * request's own views and promise).
  *
  * Stop and drain: queueStop() stops taking chains and returns a promise that settles once every request taken
- * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then (vhost-user.md §5.13).
+ * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then.
  * reset() (the front-end went away) detaches queues: their late completions are dropped, not written to a ring
  * a new front-end may own. pause() (a memory change is coming) stops every queue taking chains and settles once
  * nothing is in flight; resume() processes what was kicked meanwhile.
  *
  * DISCARD / WRITE_ZEROES are cut into BLK_BULK_CHUNK pieces with an event-loop turn before each (see bulk()).
  *
- * Durability (§5.2.6.4 / reference §5.6): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
+ * Durability (VIRTIO 1.2 §5.2.6.2): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
  * disk.flush(). In write-through mode (the driver wrote wce=0, or negotiated neither FLUSH nor CONFIG_WCE) every
  * write is flushed before it completes.
  */
@@ -195,7 +194,7 @@ export class BlkDevice implements VirtioDevice {
     this.updateCacheMode();
   }
 
-  /** §5.2.6.4 stability rule: write-through unless the driver can flush (FLUSH or CONFIG_WCE) and wce stays 1. */
+  /** §5.2.6.2 stability rule: write-through unless the driver can flush (FLUSH or CONFIG_WCE) and wce stays 1. */
   private updateCacheMode(): void {
     const wce = hasBit(this.acked, VIRTIO_BLK_F_CONFIG_WCE);
     const flush = hasBit(this.acked, VIRTIO_BLK_F_FLUSH);

@@ -1,5 +1,5 @@
 /**
- * virtio-blk request parsing (VIRTIO 1.2 §5.2.6; reference qcow2-and-virtio-blk.md §5.3-§5.5): a walked descriptor
+ * virtio-blk request parsing (VIRTIO 1.2 §5.2.6): a walked descriptor
  * chain becomes one of a few plain request shapes, or a named failure with the status the spec asks for. Pure:
  * no I/O, no guest writes (the device writes the status byte), so every malformed case is unit-testable.
  *

@@ -1,5 +1,5 @@
 /**
- * virtio-blk constants (VIRTIO 1.2 §5.2; reference qcow2-and-virtio-blk.md §5, vhost-user.md §2.8): feature bits,
+ * virtio-blk constants (VIRTIO 1.2 §5.2): feature bits,
  * request types, status codes and the layout of struct virtio_blk_config (little-endian).
  */
 

@@ -1,8 +1,8 @@
 /**
- * planReload: what `vhostctl reload` (issue 6 §2) has to do to turn the running configuration into the next one.
+ * planReload: what `vhostctl reload` (docs/control.md) has to do to turn the running configuration into the next one.
  * Pure: two Configs in, a plan out; the Daemon applies it. Devices are keyed by name (`<vm>.net<N>`,
  * `<vm>.disk<N>`, the socket name), switches by name. Per interface: a changed lladdr or switch re-creates the
- * device (the guest reconnects); port flags (veb-switch.md §1.2) are applied live. Per disk: a changed image,
+ * device (the guest reconnects); port flags (docs/configuration.md) are applied live. Per disk: a changed image,
  * format, readonly or cache re-opens it, and so does a changed `backing dir` list (disks not configured raw).
  * Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
  * and so are the socket owner and the log level. Settings read once at start-up (socket dir, control socket,
@@ -83,7 +83,7 @@ export interface ReloadPlan {
   restartRequired: string[];
 }
 
-/** Port flags applied live, with their defaults when absent (veb-switch.md §1.2). */
+/** Port flags applied live, with their defaults when absent (docs/configuration.md). */
 export const LIVE_PORT_FLAGS = ['learn', 'discover', 'blockNonIp', 'locked', 'span', 'protected', 'untagged', 'tagged', 'maxAddr'] as const;
 export type LivePortFlag = (typeof LIVE_PORT_FLAGS)[number];
 

@@ -1,5 +1,5 @@
 /**
- * The control protocol (issue 6 §1, docs/control.md): a Unix stream socket, one JSON request per line, one JSON
+ * The control protocol (docs/control.md): a Unix stream socket, one JSON request per line, one JSON
  * answer per line, in order. `{"ok":true,"result":...}` or `{"ok":false,"error":"message"}`. A malformed line gets
  * an error answer and the connection stays usable. Shared by the server (vhostd) and the client (vhostctl); the
  * result types are the contract scripts rely on with `vhostctl --json`.

@@ -1,5 +1,5 @@
 /**
- * ControlServer: the control socket (issue 6 §1). A Unix stream socket, created mode 0660 (umask set around
+ * ControlServer: the control socket (docs/control.md). A Unix stream socket, created mode 0660 (umask set around
  * bind(2), so it is never reachable by others, then applySocketOwner), serving any number of clients; each sends
  * newline-delimited JSON requests and gets one answer line per request, in order. A request line longer than
  * MAX_REQUEST_BYTES is answered with an error and skipped up to its newline; malformed JSON and unknown commands

@@ -1,7 +1,7 @@
 /**
  * The contract between the vhost-user layer and device code (net, blk). Devices never touch the socket,
  * fds or vhost-user messages: they see started queues, kicks and a way to publish used entries.
- * (rust-vmm VhostUserBackend / libvhost-user VuDevIface, reference house-style.md §3.3.)
+ * (rust-vmm VhostUserBackend / libvhost-user VuDevIface.)
  */
 import type { SplitQueue } from '../virtqueue/split-queue.js';
 
@@ -35,7 +35,7 @@ export interface VirtioDevice {
   /**
    * The queue stopped or was disabled: take no more chains. A device with requests still in flight (blk) returns a
    * promise that settles once they have all completed and been published; until then the queue stays usable for
-   * completions, and the vhost-user layer defers the GET_VRING_BASE reply (vhost-user.md §5.13).
+   * completions, and the vhost-user layer defers the GET_VRING_BASE reply (vhost-user spec, "Suspended device state").
    */
   queueStop(index: number): Promise<void> | void;
   /** The guest kicked the queue. */

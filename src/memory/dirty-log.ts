@@ -1,5 +1,5 @@
 /**
- * DirtyLog: the live-migration dirty-page bitmap (reference vhost-user.md §2.10). The front-end shares it with
+ * DirtyLog: the live-migration dirty-page bitmap (vhost-user spec, "Migration"). The front-end shares it with
  * SET_LOG_BASE; while VHOST_F_LOG_ALL is negotiated every byte the back-end writes into guest memory (RX data,
  * used-ring entries and indices) marks its 4 KiB guest page: bit (gpa / 4096) of the bitmap. QEMU harvests the
  * bitmap with atomic exchanges while the guest runs, so bits are set with an atomic OR, and always AFTER the write

@@ -1,9 +1,9 @@
 /**
  * GuestMemory: the region table and address translation (GPA for descriptors, UVA for ring addresses).
  * Design: regions are validated once (no GPA or UVA overlap) and kept sorted by GPA; findGpa checks the most
- * recently used region first (Snabb map_from_guest, house style §3.6 rule 5), then binary-searches. mapGpa splits a
+ * recently used region first (Snabb map_from_guest), then binary-searches. mapGpa splits a
  * buffer at region ends into several SgList entries (libvhost-user virtqueue_map_desc).
- * Spec: vhost-user.md §2.5 (three address spaces; buffers may straddle regions; rings must not).
+ * Spec: vhost-user spec, "Memory access" (three address spaces; buffers may straddle regions; rings must not).
  */
 import { VhostError } from '../util/errors.js';
 import type { SgList } from './sg-list.js';

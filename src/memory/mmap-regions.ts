@@ -1,6 +1,6 @@
 /**
  * mapRegion/unmapRegions: turn a frontend region + fd into MemoryRegion windows via the addon's mmapShared.
- * Design: Node 20 caps one typed array at 4 GiB (vhost-user.md §5 pitfall 15), so a region is mapped as windows of
+ * Design: Node 20 caps one typed array at 4 GiB, so a region is mapped as windows of
  * at most 1 GiB. Window boundaries sit at 1 GiB-aligned *guest physical* addresses, not at region-relative offsets:
  * rings must lie inside one window, and guest allocators place rings in naturally aligned blocks, which never
  * cross a 1 GiB-aligned GPA. Each window is its own MemoryRegion with consecutive gpa/uva and origin = desc.

@@ -1,8 +1,8 @@
 /**
  * MemoryRegion: one contiguous window of guest RAM visible to the backend as an ArrayBuffer.
- * Design: a frontend region (RegionDesc, vhost-user.md §2.5) may become several windows (≤ 1 GiB each, Node 20 caps
+ * Design: a frontend region (RegionDesc) may become several windows (≤ 1 GiB each, Node 20 caps
  * typed arrays at 4 GiB), so `origin` keeps the region as the frontend described it (REM_MEM_REG matches on it).
- * All addresses are plain numbers below 2^53 (house style §3.6 rule 6); larger values are ERR_MEM_RANGE.
+ * All addresses are plain numbers below 2^53 (docs/architecture.md §10); larger values are ERR_MEM_RANGE.
  * Spec: vhost-user "Memory region description" (guest_phys_addr, memory_size, userspace_addr, mmap_offset).
  */
 import { VhostError } from '../util/errors.js';

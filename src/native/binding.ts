@@ -1,5 +1,5 @@
 /**
- * Loads the vhost_native addon (native/, built by `npm run build:native`) once per process (house style §3.4).
+ * Loads the vhost_native addon (native/, built by `npm run build:native`) once per process (docs/architecture.md §8).
  * The package root is found by walking up to package.json, because this file runs both as compiled JS
  * (build/src/native/) and as TypeScript under vitest (src/native/).
  */

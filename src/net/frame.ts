@@ -9,7 +9,7 @@
  * (`snap`, taken once per frame at ingress by frameSnapshot()), and frameCopyTo() writes those bytes from the copy
  * and only the rest from the sender's buffers, so the header forwarded is the header that was checked.
  *
- * 802.1Q rewrite without a copy (veb-switch.md §1.3 step 6): for the duration of one Port.deliver() call the
+ * 802.1Q rewrite without a copy: for the duration of one Port.deliver() call the
  * switch may set `stripTag` (the source bytes 12..15, an 802.1Q tag, are skipped) and/or `vlanTag` (a 4-byte tag
  * 0x8100 + TCI is inserted at byte 12), and sets `length` to the length as sent. Both together replace a tag.
  * Ports must copy with frameCopyTo(), which honours them; the switch restores the fields after deliver().
@@ -43,7 +43,7 @@ export class Frame {
   /** During deliver(): skip the source's 802.1Q tag (bytes 12..15). */
   stripTag = false;
   /**
-   * The sender's virtio-net header (issue 3 §2), parsed once on ingress and reset for every frame; all zero for a
+   * The sender's virtio-net header, parsed once on ingress and reset for every frame; all zero for a
    * frame without offloads (and for frames from ports without virtio-net headers). Offsets are relative to the
    * sender's bytes: with a VLAN rewrite the egress shifts them (SoftOffload.shift).
    */

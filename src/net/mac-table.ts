@@ -1,19 +1,19 @@
 /**
  * MacTable: the switch's forwarding database, MacKey → PortId, with Snabb-style generational aging.
- * Design (house style §3.7, Snabb apps/bridge/mac_table.lua): two Maps, `main` and `shadow`. learn() writes
+ * Design (Snabb apps/bridge/mac_table.lua): two Maps, `main` and `shadow`. learn() writes
  * both, lookup() reads `main`, rotate() makes `shadow` the new `main` and starts an empty `shadow`. Invariant:
  * every shadow entry is also in main with the same port. No per-entry timestamps, no clock on the hot path.
  * Age bounds: rotating every T = timeout/2 seconds, an entry last seen at time s survives until the second
  * rotation after s, i.e. it disappears at some time in (s + timeout/2, s + timeout] (plus up to one tick
- * period of lateness when ticks are coarse). veb keeps a dynamic entry exactly `timeout` (veb-switch.md §1.10).
+ * period of lateness when ticks are coarse). veb keeps a dynamic entry exactly `timeout` (OpenBSD if_etherbridge.c).
  * Full table (`maxAddr`, dynamic + static) or a port at its own learn limit: by default nothing new is learned,
  * nothing is evicted, the refusal is counted, and frames to the unknown MAC are flooded (etherbridge_map,
- * veb-switch.md §1.10). With `evict` (the daemon's setting, §4.2 "fair eviction"): the oldest dynamic entry of
+ * if_etherbridge.c). With `evict` (the daemon's setting, docs/configuration.md): the oldest dynamic entry of
  * the port holding most dynamic entries is evicted instead (at a port's own limit: that port's oldest), so a
  * port flooding the table with addresses mostly evicts its own. Static entries are never evicted.
  * Static entries: live in `statics`, outside the rotating generations, never aged, moved or replaced by learning.
  * MAC moves are counted and damped: more than `moveDampCount` moves of one MAC within `moveDampSec` are refused
- * (the entry stays where it is) until that window ends (veb moves at once, §4.1 "Do").
+ * (the entry stays where it is) until that window ends (veb moves at once; docs/configuration.md).
  */
 import { isMulticast, isZero, type MacKey } from './mac.js';
 import { NO_PORT, type PortId } from './port.js';
@@ -45,9 +45,9 @@ export const DEFAULT_MOVE_DAMP_SEC = 10;
 /** Move-window packing: windowStartSec * MOVE_PACK + count. */
 const MOVE_PACK = 64;
 
-/** Default table size (veb's default is 100, far too small for VM fleets: veb-switch.md §4.2). */
+/** Default table size (veb's default, ifconfig(8), is 100: far too small for VM fleets). */
 export const DEFAULT_MAX_ADDR = 4096;
-/** Default dynamic entry lifetime in seconds (veb `timeout`, veb-switch.md §1.2). */
+/** Default dynamic entry lifetime in seconds (veb `timeout`, ifconfig(8)). */
 export const DEFAULT_TIMEOUT_SEC = 240;
 
 /** One row of entries(), for display (`vhostctl` / veb's `addr` listing). */

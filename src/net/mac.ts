@@ -2,7 +2,7 @@
  * MAC addresses as plain numbers. Owns the MacKey encoding, reading keys out of frame bytes, and the text form.
  * Design: a 48-bit MAC is one JS number, `hi16 * 2**32 + lo32` (first octet most significant), so it is an
  * exact integer below 2^53, a cheap Map key and comparable with `===`; no BigInt, no strings on the hot path
- * (house style §3.3 Switching, §3.6 rule 6; Snabb mac2u64). IEEE 802 §8.2: the I/G bit (lowest bit of the
+ * (Snabb mac2u64). IEEE 802 §8.2: the I/G bit (lowest bit of the
  * first octet) marks group (multicast/broadcast) addresses.
  */
 import { SgList } from '../memory/sg-list.js';

@@ -9,7 +9,7 @@
  *
  * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
  *
- * Offloads (issue 3 §2): CSUM/HOST_TSO4/6 let the guest send partial checksums and TCP frames up to 64 KiB;
+ * Offloads (VIRTIO 1.2 §5.1.6.2): CSUM/HOST_TSO4/6 let the guest send partial checksums and TCP frames up to 64 KiB;
  * processTx parses the TX header once into the Frame. deliver() passes the header on to a port that negotiated
  * the same offload (GUEST_CSUM, GUEST_TSO4/6); for one that did not, the slow path (SoftOffload, offload.ts)
  * completes the checksum or segments the frame in a preallocated scratch, and each result is filled into RX
@@ -103,7 +103,7 @@ export class NetDevice implements VirtioDevice, Port {
   id: PortId = NO_PORT;
   readonly name: string;
   /**
-   * This port's MTU (issue 3 §1): the switch MTU, or the smaller one the guest set with NET_SET_MTU when it
+   * This port's MTU (docs/configuration.md): the switch MTU, or the smaller one the guest set with NET_SET_MTU when it
    * accepted VIRTIO_NET_F_MTU. A guest that renegotiates without F_MTU gets the switch MTU back.
    */
   mtu: number;
@@ -193,7 +193,7 @@ export class NetDevice implements VirtioDevice, Port {
     this.rxTso6 = this.rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO6);
     const f = this.txFrame; // a guest without CSUM sends plain frames: no stale offload fields
     f.vnetFlags = f.gsoType = f.gsoSize = f.hdrLen = f.csumStart = f.csumOffset = f.gsoHdrEnd = 0;
-    // QEMU sends NET_SET_MTU just before SET_FEATURES when the guest accepted F_MTU (vhost-user.md §3.1); a
+    // QEMU sends NET_SET_MTU just before SET_FEATURES when the guest accepted F_MTU (docs/protocol.md §2); a
     // guest that did not (OpenBSD vio(4) renegotiating above 65435) runs at the switch MTU.
     if (!hasBit(acked, VIRTIO_NET_F_MTU)) this.mtu = this.sw.mtu;
   }
@@ -330,7 +330,7 @@ export class NetDevice implements VirtioDevice, Port {
         return;
       }
       this.txIdlePolls = 0;
-      // Re-enable kicks, then re-check: a buffer published in between is processed now, not lost (§2.6 rule 7).
+      // Re-enable kicks, then re-check: a buffer published in between is processed now, not lost (VIRTIO 1.2 §2.7.10).
       if (!vq.enableNotification()) return;
     }
   }
@@ -496,7 +496,7 @@ export class NetDevice implements VirtioDevice, Port {
       const start = i === 0 ? hdrLen : 0;
       const take = Math.min(ch.writableBytes - start, frame.length - done);
       frameCopyTo(frame, done, ch.writable, start, take); // the frame as sent (VLAN tag inserted/stripped)
-      // Live migration: mark what was just written (vhost-user.md §2.10).
+      // Live migration: mark what was just written (vhost-user spec, "Migration").
       if (dirtyLog !== null) dirtyLog.logSg(ch.writable, start + take);
       done += take;
       vq.addUsed(ch.head, start + take);

@@ -1,5 +1,5 @@
 /**
- * Software offloads (issue 3 §2): what vhostd does for a port that did not negotiate an offload the sender used.
+ * Software offloads: what vhostd does for a port that did not negotiate an offload the sender used.
  *  - Checksum completion (VIRTIO_NET_HDR_F_NEEDS_CSUM): the 16-bit ones'-complement sum from csum_start to the end
  *    of the frame (the checksum field holds the sender's pseudo-header sum), complemented, stored at
  *    csum_start + csum_offset (VIRTIO 1.2 §5.1.6.2).

@@ -1,8 +1,8 @@
 /**
  * Port: what the switch forwards to. Owns only the contract; NetDevice (virtio), a TAP or a test fake implement it.
  * Design: egress is split into deliver() per frame (copy into the port's receive buffers, queue the used entry)
- * and flush() once per batch (one used-ring publish + at most one interrupt), house style §3.6 rule 3.
- * The switch never copies a frame; the egress port does the one copy (frame.ts). House style §3.3 Switching.
+ * and flush() once per batch (one used-ring publish + at most one interrupt), docs/architecture.md §4 step 6.
+ * The switch never copies a frame; the egress port does the one copy (frame.ts).
  */
 import type { Frame } from './frame.js';
 

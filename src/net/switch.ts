@@ -1,7 +1,7 @@
 /**
  * Switch: a learning L2 switch over Ports, virtio-agnostic (never imports virtqueue/device/vhost-user code).
  * Owns port membership and ids, the forwarding pipeline, per-port counters and the per-batch flush set.
- * Design: forward() is a fixed pipeline of small steps in veb order (veb-switch.md §1.11): membership → input
+ * Design: forward() is a fixed pipeline of small steps in veb order (OpenBSD if_veb.c): membership → input
  * counters → header snapshot → runt → parse MACs → span-port input → reserved 01:80:c2:00:00:0X → VLAN classification
  * (double-tagged, tagged-in, untagged) → locked → span copy → blocknonip-in → svlan → rules-in → learn →
  * known unicast (hairpin, protected, tagged-out, rules-out, blocknonip-out, mtu) or flood (skipping the ingress
@@ -14,8 +14,8 @@
  * Single fetch: the sender's bytes are guest memory another vCPU may rewrite during forward(). Every step reads the
  * private snapshot of the header (Frame.snap, taken once at ingress, extended once for ARP rules), never the sender's
  * buffers, and the egress copy sends the snapshot (frameCopyTo), so the header forwarded is the header checked.
- * Egress is deliver() per frame plus flush() once per touched port in endBatch() (house style §3.6 rule 3,
- * §3.7). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
+ * Egress is deliver() per frame plus flush() once per touched port in endBatch() (docs/architecture.md §4
+ * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
 import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
@@ -74,7 +74,7 @@ export type DropCounterName = Extract<PortCounterName, `drop${string}`>;
 export type PortCounters = { [K in PortCounterName]: number };
 
 /**
- * Drop counter → reason label (veb kstat spelling where veb has one, veb-switch.md §1.11), for metrics such as
+ * Drop counter → reason label (veb kstat spelling where veb has one, OpenBSD if_veb.c), for metrics such as
  * `vhostd_switch_port_drops_total{port="vm1",reason="hairpin"}`. The type forces a label for every `drop*` name.
  */
 export const DROP_REASONS: Readonly<Record<DropCounterName, string>> = {
@@ -122,7 +122,7 @@ export interface SwitchOptions extends MacTableOptions {
   mtu?: number;
 }
 
-/** Per-port options (veb-switch.md §1.2). Omitted fields keep their current value. */
+/** Per-port options (veb knobs, ifconfig(8)). Omitted fields keep their current value. */
 export interface PortOptions {
   /** Learn source MACs (default true). */
   learn?: boolean;
@@ -144,7 +144,7 @@ export interface PortOptions {
   maxAddr?: number;
 }
 
-/** A filter rule (veb `rule`, veb-switch.md §1.6). Unset fields match anything. */
+/** A filter rule (veb `rule`, ifconfig(8)). Unset fields match anything. */
 export interface FilterRule {
   action: 'block' | 'pass';
   /** Direction; default both. */
@@ -367,7 +367,7 @@ export class Switch {
     return this.members.find((r) => r.port.name === name)?.port;
   }
 
-  /** Apply per-port options (veb-switch.md §1.2). Throws VhostError ERR_CONFIG on bad values. Control path. */
+  /** Apply per-port options (veb knobs, ifconfig(8)). Throws VhostError ERR_CONFIG on bad values. Control path. */
   configurePort(port: Port | string, opts: PortOptions): void {
     const rec = this.rec(port);
     const where = `switch ${this.name}: port ${rec.port.name}`;
@@ -543,7 +543,7 @@ export class Switch {
       return;
     }
     const dst = frame.dst;
-    // 802.1 reserved group addresses (STP, pause, LACP, 802.1X, LLDP...) are never forwarded (§1.5).
+    // 802.1 reserved group addresses (STP, pause, LACP, 802.1X, LLDP...) are never forwarded (docs/configuration.md).
     if (dst >= RESERVED_LO && dst <= RESERVED_HI) {
       rc.dropReserved++;
       return;
@@ -596,7 +596,7 @@ export class Switch {
     }
   }
 
-  /** Pipeline step (VLAN-aware switch): classify into fVid/fTagged; false (counted) if dropped. §1.3. */
+  /** Pipeline step (VLAN-aware switch): classify into fVid/fTagged; false (counted) if dropped. */
   private classify(rp: PortRecord, frame: Frame): boolean {
     const et = u16At(frame, 12);
     this.fTagged = false;
@@ -757,13 +757,13 @@ export class Switch {
     }
     if (!this.vlanAware) {
       if (frame.length > tp.port.mtu + ETHER_HDR_LEN && overMtu(frame, frame.length, tp.port.mtu + ETHER_HDR_LEN + vlanTagLen(frame))) {
-        tp.counters.dropMtu++; // issue 3 §1: dropped and counted, never truncated
+        tp.counters.dropMtu++; // dropped and counted, never truncated (docs/configuration.md `mtu`)
         return;
       }
       this.send(tp, frame, frame.length);
       return;
     }
-    // 802.1Q: leaves untagged on the port's PVID, tagged otherwise (§1.3 step 6); the egress copy rewrites.
+    // 802.1Q: leaves untagged on the port's PVID, tagged otherwise; the egress copy rewrites.
     const outTagged = tp.pvid !== this.fVid;
     let len = frame.length;
     if (this.fTagged) {
@@ -825,7 +825,7 @@ function vlanTagLen(frame: Frame): number {
 }
 
 /**
- * Egress MTU check (issue 3 §1, §2): true when the frame, `len` bytes as sent, is too long for `limit`. A TCP GSO
+ * Egress MTU check: true when the frame, `len` bytes as sent, is too long for `limit`. A TCP GSO
  * frame is checked by its largest segment (headers + gso_size): the egress port takes it whole (GSO negotiated)
  * or segments it in software into frames of that size.
  */

@@ -1,6 +1,6 @@
 /**
- * TapPort: the host port (issue 3 §4, `vport "NAME"` in a switch block), a switch Port over a Linux TAP interface,
- * so the host's own stack joins the switch as OpenBSD's vport(4) does (veb-switch.md §1.9): the operator gives the
+ * TapPort: the host port (`vport "NAME"` in a switch block), a switch Port over a Linux TAP interface,
+ * so the host's own stack joins the switch as OpenBSD's vport(4) does: the operator gives the
  * tap an address and may run a DHCP server on it (docs/vport.md).
  *
  * Host → switch: a uv_poll watcher on the tap fd; on each wakeup up to RX_BUDGET frames are read (one read() = one
@@ -13,7 +13,7 @@
  *
  * Checksums: the tap is opened without IFF_VNET_HDR and without offloads, so the kernel expects every frame it gets
  * from the tap to carry complete checksums. A guest frame with offloads (partial checksum, TSO: Frame.vnetFlags /
- * gsoType, issue 3 §2) goes through the software path (deliverSoft, offload.ts): the checksum is completed and a TSO
+ * gsoType) goes through the software path (deliverSoft, offload.ts): the checksum is completed and a TSO
  * frame is segmented into MTU-sized frames, one write() each, before the host stack sees them.
  */
 import { loadNative } from '../native/binding.js';

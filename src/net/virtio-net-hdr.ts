@@ -1,6 +1,6 @@
 /**
  * virtio-net header (VIRTIO 1.2 §5.1.6): 12 bytes with VERSION_1 or MRG_RXBUF, 10 bytes for legacy drivers
- * without either (reference vhost-user.md §2.7, §5.24).
+ * without either.
  *
  *   0 u8 flags | 1 u8 gso_type | 2 u16 hdr_len | 4 u16 gso_size | 6 u16 csum_start | 8 u16 csum_offset |
  *   10 u16 num_buffers (12-byte form only)

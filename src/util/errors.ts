@@ -1,5 +1,5 @@
 /**
- * One error class with stable codes (house style §3.5). Callers branch on `code`, never on message text.
+ * One error class with stable codes. Callers branch on `code`, never on message text.
  * Codes are grouped by layer: ERR_NATIVE_*, ERR_MEM_*, ERR_VQ_*, ERR_VU_*, ERR_NET_*, ERR_CONFIG_*.
  */
 export type VhostErrorCode =
@@ -26,7 +26,7 @@ export class VhostError extends Error {
   }
 }
 
-/** Errors that end one frontend connection (house style §3.5 scope 3); the socket then accepts again. */
+/** Errors that end one frontend connection (docs/architecture.md §6); the socket then accepts again. */
 export function isConnectionFatal(err: unknown): boolean {
   return err instanceof VhostError && (err.code.startsWith('ERR_VU_') || err.code.startsWith('ERR_MEM_') || err.code.startsWith('ERR_VQ_'));
 }

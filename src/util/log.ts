@@ -1,7 +1,7 @@
 /**
  * Logging: one pino root logger, child loggers per device ({ vm, dev, socket }) whose level follows the root's
  * (setLogLevel), and a rate limiter for guest-triggered warnings, so a hostile guest cannot flood the log
- * (house style §3.5).
+ * (docs/architecture.md §6).
  * One JSON object per line; when stdout is a terminal, lines are printed in a short human-readable form.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';

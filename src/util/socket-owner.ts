@@ -1,5 +1,5 @@
 /**
- * `socket owner [user][:group]` (issue 6 §1): every socket vhostd creates (the control socket and each vhost-user
+ * `socket owner [user][:group]`: every socket vhostd creates (the control socket and each vhost-user
  * socket) gets mode 0660 and, when configured, that owner, as vm.conf's `socket owner` does for vmd's control
  * socket. Connecting to a Unix socket needs write permission on it, so a user outside the group is refused.
  */

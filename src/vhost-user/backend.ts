@@ -1,9 +1,9 @@
 /**
- * BackendSession: the vhost-user back-end state for one front-end connection (reference vhost-user.md §2).
+ * BackendSession: the vhost-user back-end state for one front-end connection (docs/protocol.md).
  * One method per request, dispatched from a table; every payload is decoded and checked in message.ts first,
  * and fd counts are checked here before any state changes (DPDK validate_msg_fds).
  *
- * Failure scope (house style §3.5): a malformed message (bad size, wrong fd count, overlapping regions, ring
+ * Failure scope (docs/architecture.md §6): a malformed message (bad size, wrong fd count, overlapping regions, ring
  * outside guest memory) throws a VhostError, which drops this connection only; an unknown request gets a
  * failure reply when one is expected, a log line, and the session goes on.
  */
@@ -54,7 +54,7 @@ import {
 import { Vring } from './vring.js';
 import { DEFAULT_LIMITS, checkAreaFd, checkRegionFds, checkVringFd, type FrontendLimits } from './fd-checks.js';
 
-/** GET_MAX_MEM_SLOTS answer: must never decrease across reconnects (§2.5). */
+/** GET_MAX_MEM_SLOTS answer: must never decrease across reconnects (docs/protocol.md §2). */
 export const MAX_MEM_SLOTS = 32;
 
 /** Something that can carry replies back to the front-end. */
@@ -75,7 +75,7 @@ export class BackendSession {
   /** Virtio features acked by SET_FEATURES (including bit 30 when sent). */
   ackedFeatures = 0n;
   protocolFeatures = 0n;
-  /** Whether GET_FEATURES offered bit 30 (REPLY_ACK is gated on the offer, not the ack: §2.1). */
+  /** Whether GET_FEATURES offered bit 30 (REPLY_ACK is gated on the offer, not the ack: docs/protocol.md §1). */
   private offeredProtocolFeatures = false;
   private featuresSet = false;
   private mem: GuestMemory | null = null;
@@ -85,7 +85,7 @@ export class BackendSession {
   /** The dirty-page bitmap from SET_LOG_BASE (live migration), active while LOG_ALL is acked. */
   private logBuffer: ArrayBuffer | null = null;
   private dirtyLog: DirtyLog | null = null;
-  /** The inflight region from SET_INFLIGHT_FD (§2.9), mapped while this session lives. */
+  /** The inflight region from SET_INFLIGHT_FD, mapped while this session lives. */
   private inflightBuffer: ArrayBuffer | null = null;
   /** fds to attach to the reply being built (GET_INFLIGHT_FD); closed once sent. */
   private replyFds: number[] = [];
@@ -129,7 +129,7 @@ export class BackendSession {
     ]);
   }
 
-  /** Requests that always carry a reply body (§2.1); the others reply only for NEED_REPLY with REPLY_ACK. */
+  /** Requests that always carry a reply body; the others reply only for NEED_REPLY with REPLY_ACK. */
   private static readonly alwaysReply = new Set<number>([
     R.GET_FEATURES, R.GET_PROTOCOL_FEATURES, R.GET_VRING_BASE, R.GET_QUEUE_NUM, R.GET_CONFIG, R.GET_MAX_MEM_SLOTS,
     R.GET_INFLIGHT_FD, R.GET_STATUS, R.SET_LOG_BASE, R.IOTLB_MSG, R.POSTCOPY_LISTEN, R.POSTCOPY_END, R.POSTCOPY_ADVISE,
@@ -219,7 +219,7 @@ export class BackendSession {
     throw err;
   }
 
-  /** The connection is gone: stop every ring, unmap memory, close every fd (§4). Idempotent. */
+  /** The connection is gone: stop every ring, unmap memory, close every fd. Idempotent. */
   release(): void {
     if (this.released) return;
     this.released = true;
@@ -263,7 +263,7 @@ export class BackendSession {
     return v;
   }
 
-  /** Features every device gets from the vhost-user layer: bit 30, and LOG_ALL (dirty logging, §2.10). */
+  /** Features every device gets from the vhost-user layer: bit 30, and LOG_ALL (dirty logging). */
   private offeredFeatures(): bigint {
     return this.device.features() | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL);
   }
@@ -286,7 +286,7 @@ export class BackendSession {
     if (wasLogging !== hasBit(this.ackedFeatures, VHOST_F_LOG_ALL)) {
       this.log.info({ logging: !wasLogging }, wasLogging ? 'dirty-page logging off (migration ended)' : 'dirty-page logging on (live migration)');
     }
-    // §2.2: without bit 30 every ring is enabled at once; with it, SET_FEATURES leaves enable state alone.
+    // Without bit 30 every ring is enabled at once; with it, SET_FEATURES leaves enable state alone.
     if (!hasBit(v, VHOST_USER_F_PROTOCOL_FEATURES)) for (const r of this.vrings) r.setEnabled(true);
     this.log.debug({ features: virtioFeatureNames(this.ackedFeatures) }, 'features set');
     return null;
@@ -298,7 +298,7 @@ export class BackendSession {
   }
 
   private resetOwner(): null {
-    // Deprecated (§1.4): treat as "stop everything" without dropping the connection.
+    // Deprecated (vhost-user spec, VHOST_USER_RESET_OWNER): treat as "stop everything" without dropping the connection.
     for (const r of this.vrings) r.release();
     this.owner = false;
     return null;
@@ -320,7 +320,7 @@ export class BackendSession {
     return hasBit(this.ackedFeatures, VIRTIO_RING_F_INDIRECT_DESC);
   }
 
-  /** SET_MEM_TABLE replaces the whole table; it may arrive with rings running (§2.5). */
+  /** SET_MEM_TABLE replaces the whole table; it may arrive with rings running (docs/protocol.md §4). */
   private setMemTable(msg: Message): null {
     const descs = decodeMemTable(msg.payload, msg.request);
     this.expectFds(msg, descs.length);
@@ -333,7 +333,7 @@ export class BackendSession {
       for (const m of mapped) unmapRegions(this.native, m.windows);
       throw new VhostError('ERR_MEM_MAP', `SET_MEM_TABLE: cannot map region: ${(err as Error).message}`, { cause: err });
     } finally {
-      closeAll(this.native, fds); // the mapping keeps the memory; the fds are not needed (§2.5)
+      closeAll(this.native, fds); // the mapping keeps the memory; the fds are not needed
     }
     this.installMemory(mapped, this.regions);
     return null;
@@ -344,7 +344,7 @@ export class BackendSession {
     this.expectFds(msg, 1);
     checkRegionFds(this.native, msg.request, [desc], msg.fds, this.memoryBudget(desc));
     const [fd] = msg.fds.splice(0);
-    // QEMU 7.2 sends the same region once per queue pair (§5.7): an identical region is acked, not mapped twice.
+    // QEMU 7.2 sends the same region once per queue pair: an identical region is acked, not mapped twice.
     if (this.regions.some((r) => sameRegion(r.desc, desc))) {
       closeAll(this.native, [fd]);
       return null;
@@ -403,7 +403,7 @@ export class BackendSession {
     }
   }
 
-  /** SET_LOG_BASE (§2.10): map the front-end's dirty bitmap; reply u64 0 (QEMU 7.2 waits for a reply). */
+  /** SET_LOG_BASE: map the front-end's dirty bitmap; reply u64 0 (QEMU 7.2 waits for a reply). */
   private setLogBase(msg: Message): Uint8Array {
     expectSize(msg.payload, 16, msg.request);
     this.expectFds(msg, 1);
@@ -478,7 +478,7 @@ export class BackendSession {
     return null;
   }
 
-  /** Stop the ring; with requests in flight (blk) the reply waits until they completed (§5.13 drain). */
+  /** Stop the ring; with requests in flight (blk) the reply waits until they completed. */
   private getVringBase(msg: Message): Uint8Array | Promise<Uint8Array> {
     const s = decodeVringState(msg.payload, msg.request);
     const v = this.vring(s.index, msg.request);
@@ -502,7 +502,7 @@ export class BackendSession {
       v.setKickFd(fd, f.noFd);
       if (!this.mem) throw new VhostError('ERR_VU_BAD_VRING', `SET_VRING_KICK: vring ${f.index} started before SET_MEM_TABLE`);
       if (!v.addr || v.num === 0) throw new VhostError('ERR_VU_BAD_VRING', `SET_VRING_KICK: vring ${f.index} has no size or addresses`);
-      // Without bit 30 a ring is enabled when it starts (§2.3; DPDK enables at kick).
+      // Without bit 30 a ring is enabled when it starts (vhost-user spec, "Ring states"; DPDK enables at kick).
       if (!hasBit(this.ackedFeatures, VHOST_USER_F_PROTOCOL_FEATURES) && this.featuresSet) v.enabled = true;
       v.start(this.mem, this.eventIdx, this.indirect); // throws ERR_VQ_RING_ADDR: ring outside guest memory
     }
@@ -530,7 +530,7 @@ export class BackendSession {
     const c = decodeConfig(msg.payload, msg.request);
     const data = this.device.getConfig(c.offset, c.size);
     if (!data) {
-      // §5.19: size 0 tells the front-end the request failed.
+      // vhost-user spec, VHOST_USER_GET_CONFIG: size 0 tells the front-end the request failed.
       this.log.warn({ offset: c.offset, size: c.size }, 'GET_CONFIG on a device without config space');
       return new Uint8Array(0);
     }
@@ -546,8 +546,8 @@ export class BackendSession {
   }
 
   /**
-   * GET_INFLIGHT_FD (§2.9): a new zeroed memfd of num_queues * ALIGN_UP(16 * queue_size + 16, 64) bytes on every
-   * call (pitfall §5.12), replied as {mmap_size, mmap_offset 0, num_queues, queue_size} with the fd attached.
+   * GET_INFLIGHT_FD: a new zeroed memfd of num_queues * ALIGN_UP(16 * queue_size + 16, 64) bytes on every
+   * call, replied as {mmap_size, mmap_offset 0, num_queues, queue_size} with the fd attached.
    * A request we cannot serve gets mmap_size 0: QEMU then carries on without inflight tracking.
    */
   private getInflightFd(msg: Message): Uint8Array {
@@ -569,7 +569,7 @@ export class BackendSession {
     return reply;
   }
 
-  /** SET_INFLIGHT_FD (§2.9): map the region (QEMU re-sends the same memfd after a back-end restart). */
+  /** SET_INFLIGHT_FD: map the region (QEMU re-sends the same memfd after a back-end restart). */
   private setInflightFd(msg: Message): null {
     const req = decodeInflight(msg);
     this.expectFds(msg, 1);
@@ -617,7 +617,7 @@ export class BackendSession {
   }
 }
 
-/** The 24-byte inflight payload (§1.2; not packed: 4 bytes of padding at the end). */
+/** The 24-byte inflight payload (not packed: 4 bytes of padding at the end). */
 function decodeInflight(msg: Message): { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number } {
   expectSize(msg.payload, 24, msg.request);
   const dv = new DataView(msg.payload.buffer, msg.payload.byteOffset, 24);

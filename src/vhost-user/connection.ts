@@ -1,7 +1,7 @@
 /**
  * VhostUserConnection: one front-end connection on a non-blocking unix socket. It frames the byte stream
  * into messages (12-byte header, then exactly `size` payload bytes; fds belong to the message whose bytes
- * carried them, reference vhost-user.md §1.1), hands each message to the handler strictly in order (QEMU waits
+ * carried them), hands each message to the handler strictly in order (QEMU waits
  * for every reply), and sends replies. It owns the fds of a message only until the handler takes them; fds of
  * a message that fails before dispatch are closed here.
  *

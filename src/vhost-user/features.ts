@@ -1,5 +1,5 @@
 /**
- * vhost-user feature bits (reference vhost-user.md §1.3): bit 30 in the virtio feature space, LOG_ALL, and the
+ * vhost-user feature bits (vhost-user spec, "Protocol features"): bit 30 in the virtio feature space, LOG_ALL, and the
  * protocol features; it re-exports the virtio bits so vhost-user code has one import. Which protocol features a
  * device kind gets is decided here, in the vhost-user layer: devices know nothing of vhost-user.
  */
@@ -10,7 +10,7 @@ export * from '../virtio/features.js';
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 export const VHOST_F_LOG_ALL = 26;
 
-// Protocol features (§1.3).
+// Protocol features (vhost-user spec, "Protocol features").
 export const VHOST_USER_PROTOCOL_F_MQ = 0;
 export const VHOST_USER_PROTOCOL_F_LOG_SHMFD = 1;
 export const VHOST_USER_PROTOCOL_F_RARP = 2;
@@ -31,11 +31,11 @@ const protocolNames: Record<number, string> = {
 export const protocolFeatureNames = (v: bigint): string[] => featureNames(v, protocolNames);
 
 /**
- * Protocol features offered per device kind (§7). Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, LOG_SHMFD (dirty
+ * Protocol features offered per device kind. Both: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, LOG_SHMFD (dirty
  * logging for live migration; without it QEMU adds a migration blocker). Blk adds CONFIG (QEMU requires it for
  * vhost-user-blk); net does not offer it, because QEMU 7.2 strips it for net with a warning. Net adds NET_MTU:
  * QEMU then sends the guest's MTU (host_mtu) with NET_SET_MTU and refuses to start the device on a NACK. Blk also
- * adds INFLIGHT_SHMFD (§2.9: requests in flight survive a back-end restart); net never uses it.
+ * adds INFLIGHT_SHMFD (requests in flight survive a back-end restart); net never uses it.
  */
 export function protocolFeaturesFor(kind: 'net' | 'blk'): bigint {
   const common =

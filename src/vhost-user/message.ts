@@ -1,5 +1,5 @@
 /**
- * vhost-user wire format (reference vhost-user.md §1): the 12-byte header, request ids with their spec names,
+ * vhost-user wire format (vhost-user spec): the 12-byte header, request ids with their spec names,
  * and codecs + validation for every payload vhostd reads. Nothing here touches a socket or any state:
  * the handler only ever sees payloads that passed the checks below (rust-vmm `is_valid`).
  * All integers are little-endian; u64 values are read as numbers and rejected at or above 2^53.
@@ -12,7 +12,7 @@ export const VHOST_USER_VERSION = 0x1;
 export const VHOST_USER_VERSION_MASK = 0x3;
 export const VHOST_USER_REPLY_MASK = 0x4;
 export const VHOST_USER_NEED_REPLY_MASK = 0x8;
-/** Replies carry exactly version|REPLY (§1.1: QEMU and DPDK reject anything else). */
+/** Replies carry exactly version|REPLY (QEMU and DPDK reject anything else). */
 export const REPLY_FLAGS = VHOST_USER_VERSION | VHOST_USER_REPLY_MASK;
 /** Largest payload accepted (rust-vmm MAX_MSG_SIZE); net/blk payloads are a few hundred bytes at most. */
 export const MAX_PAYLOAD = 0x1000;
@@ -22,7 +22,7 @@ export const VHOST_USER_VRING_NOFD_MASK = 0x100;
 export const VHOST_MEMORY_BASELINE_NREGIONS = 8;
 export const VHOST_USER_MAX_CONFIG_SIZE = 256;
 
-/** Front-end → back-end requests (§1.4), spec names. */
+/** Front-end → back-end requests (vhost-user spec, "Front-end message types"), spec names. */
 export const FrontendRequest = {
   GET_FEATURES: 1,
   SET_FEATURES: 2,
@@ -85,7 +85,7 @@ export interface Message extends MessageHeader {
   fds: number[];
 }
 
-/** Decode and check the header (§1.1). Throws a connection-fatal VhostError on a bad version or size. */
+/** Decode and check the header. Throws a connection-fatal VhostError on a bad version or size. */
 export function decodeHeader(b: Uint8Array): MessageHeader {
   const dv = new DataView(b.buffer, b.byteOffset, HEADER_SIZE);
   const request = dv.getUint32(0, true);
@@ -133,7 +133,7 @@ function bad(req: number, what: string): VhostError {
   return new VhostError('ERR_VU_BAD_PAYLOAD', `${requestName(req)}: ${what}`);
 }
 
-/** Read a u64 as a number; values at or above 2^53 are rejected (house style §3.6 rule 6). */
+/** Read a u64 as a number; values at or above 2^53 are rejected (docs/architecture.md §10). */
 export function readU64(dv: DataView, off: number, req: number, field: string): number {
   const lo = dv.getUint32(off, true);
   const hi = dv.getUint32(off + 4, true);
@@ -141,7 +141,7 @@ export function readU64(dv: DataView, off: number, req: number, field: string): 
   return hi * 2 ** 32 + lo;
 }
 
-/** Feature bitmaps are full 64-bit values: BigInt (vhost-user.md §5.8, never 32-bit bitwise math). */
+/** Feature bitmaps are full 64-bit values: BigInt (never 32-bit bitwise math). */
 export function readU64Big(p: Uint8Array, req: number): bigint {
   expectSize(p, 8, req);
   return view(p).getBigUint64(0, true);
@@ -157,7 +157,7 @@ export function expectSize(p: Uint8Array, size: number, req: number): void {
   if (p.length !== size) throw new VhostError('ERR_VU_BAD_SIZE', `${requestName(req)}: payload ${p.length} bytes, expected ${size}`);
 }
 
-/** vring state: index + num (§1.2). */
+/** vring state: index + num (vhost-user spec, "A vring state description"). */
 export interface VringState {
   index: number;
   num: number;
@@ -177,7 +177,7 @@ export function encodeVringState(s: VringState): Uint8Array {
   return b;
 }
 
-/** vring addr (§1.2): note the field order desc, used, avail. */
+/** vring addr (vhost-user spec, "A vring address description"): note the field order desc, used, avail. */
 export interface VringAddr {
   index: number;
   flags: number;
@@ -200,7 +200,7 @@ export function decodeVringAddr(p: Uint8Array, req: number): VringAddr {
   };
 }
 
-/** vring file (KICK/CALL/ERR): index in bits 0-7, NOFD in bit 8 (§2.4). */
+/** vring file (KICK/CALL/ERR): index in bits 0-7, NOFD in bit 8 (vhost-user spec, VHOST_USER_SET_VRING_KICK). */
 export interface VringFile {
   index: number;
   noFd: boolean;
@@ -213,7 +213,7 @@ export function decodeVringFile(p: Uint8Array, req: number): VringFile {
   return { index: lo & VHOST_USER_VRING_IDX_MASK, noFd: (lo & VHOST_USER_VRING_NOFD_MASK) !== 0 };
 }
 
-/** A memory region as the front-end describes it (§1.2). */
+/** A memory region as the front-end describes it (vhost-user spec, "Memory regions description"). */
 export interface RegionDescriptor {
   gpa: number;
   size: number;
@@ -250,13 +250,13 @@ export function decodeMemTable(p: Uint8Array, req: number): RegionDescriptor[] {
   return out;
 }
 
-/** ADD_MEM_REG / REM_MEM_REG payload: u64 padding + one region (§1.2). */
+/** ADD_MEM_REG / REM_MEM_REG payload: u64 padding + one region. */
 export function decodeSingleRegion(p: Uint8Array, req: number): RegionDescriptor {
   expectSize(p, 40, req);
   return decodeRegion(view(p), 8, req);
 }
 
-/** GET_CONFIG / SET_CONFIG payload (§1.2). */
+/** GET_CONFIG / SET_CONFIG payload (vhost-user spec, "Virtio device config space"). */
 export interface ConfigPayload {
   offset: number;
   size: number;

@@ -1,5 +1,5 @@
 /**
- * VhostUserServer: one listening unix socket per device (reference vhost-user.md §4). It serves one front-end
+ * VhostUserServer: one listening unix socket per device (docs/protocol.md). It serves one front-end
  * at a time; when that front-end disconnects (QEMU restart, `reconnect=1`, a restarted DPDK process) everything
  * the connection held is released (rings stopped, memory unmapped, every fd closed) and the socket accepts the
  * next connection. A connection-fatal error drops that connection only, with one log line.

@@ -1,11 +1,11 @@
 /**
- * Vring: one virtqueue's vhost-user state (reference vhost-user.md §2.3, §2.4).
+ * Vring: one virtqueue's vhost-user state (vhost-user spec, "Ring states").
  *
  *   started  = SET_VRING_KICK received and no GET_VRING_BASE since (the spec's "start upon kick")
  *   enabled  = SET_VRING_ENABLE(1), or SET_FEATURES without bit 30; independent of started, and kept while
- *              stopped because QEMU enables rings before it configures them (§3.1)
+ *              stopped because QEMU enables rings before it configures them (docs/protocol.md §4)
  *   serving  = started && enabled: the device owns the queue; every transition into it processes the ring once,
- *              so buffers published before the kick fd existed are not lost (§5.3, DPDK 924da8f1c4)
+ *              so buffers published before the kick fd existed are not lost (DPDK 924da8f1c4)
  *
  * The Vring implements DeviceQueue for the device: publish() = one used.idx store + at most one call-eventfd
  * write. A queue the guest broke (avail idx jump, head out of range) is stopped and the err eventfd signalled.
@@ -82,7 +82,7 @@ export class Vring implements DeviceQueue {
 
   /**
    * SET_VRING_KICK: replace the kick fd and start the ring (builds the queue from the current memory). With an
-   * inflight region, `recover` runs the §2.9 start algorithm: requests taken before a crash are resubmitted.
+   * inflight region, `recover` runs the inflight start algorithm: requests taken before a crash are resubmitted.
    */
   start(mem: GuestMemory, eventIdx: boolean, indirect: boolean, recover = true): void {
     if (!this.addr) throw new Error(`vring ${this.index}: SET_VRING_KICK before SET_VRING_ADDR`);
@@ -94,7 +94,7 @@ export class Vring implements DeviceQueue {
       usedUva: this.addr.usedUva,
       eventIdx,
       indirect,
-      // VHOST_VRING_F_LOG (flags bit 0): log used-ring writes at log_guest_addr (§2.10).
+      // VHOST_VRING_F_LOG (flags bit 0): log used-ring writes at log_guest_addr (vhost-user spec, "Migration").
       logUsedGpa: this.addr.flags & 1 ? this.addr.logGuestAddr : -1,
     });
     q.lastAvailIdx = this.base & 0xffff;
@@ -107,12 +107,12 @@ export class Vring implements DeviceQueue {
     this.started = true;
     this.brokenReported = false;
     this.watchKick();
-    // libvhost-user kicks itself after resubmitting "in case of I/O hang after reconnecting" (§2.9).
+    // libvhost-user kicks itself after resubmitting "in case of I/O hang after reconnecting".
     if (selfKick && this.kickFd >= 0) this.signal(this.kickFd, 'kick');
     this.updateServing();
   }
 
-  /** §2.9 ring start: returns true when requests were queued for resubmission. */
+  /** Inflight ring start: returns true when requests were queued for resubmission. */
   private recoverInflight(q: SplitQueue, inflight: InflightQueue): boolean {
     let r;
     try {
@@ -127,7 +127,7 @@ export class Vring implements DeviceQueue {
     q.attachInflight(inflight);
     if (r.batchProblem) this.log.warn({ vq: this.index, reason: r.batchProblem }, 'inflight region: last batch record ignored');
     if (r.fresh) return false;
-    // last_avail_idx = used.idx + in flight: the avail entries up to there were all taken before (§2.9).
+    // last_avail_idx = used.idx + in flight: the avail entries up to there were all taken before.
     q.lastAvailIdx = (q.usedIdx + r.resubmit.length) & 0xffff;
     if (r.resubmit.length === 0) return false;
     q.setResubmit(r.resubmit);
@@ -137,7 +137,7 @@ export class Vring implements DeviceQueue {
   }
 
   /**
-   * Rebuild the queue views after a memory table change, keeping the ring position (§2.5, §5.14). If the rings
+   * Rebuild the queue views after a memory table change, keeping the ring position (docs/protocol.md §4). If the rings
    * are no longer inside guest memory (QEMU removes a region with REM_MEM_REG and adds its replacement next), the
    * ring stays started but parked without views until a later table maps it again.
    */
@@ -156,7 +156,7 @@ export class Vring implements DeviceQueue {
     }
   }
 
-  /** GET_VRING_BASE: stop the ring and return the next avail index to process. Nothing is reset (§5.9). */
+  /** GET_VRING_BASE: stop the ring and return the next avail index to process. Nothing is reset. */
   stop(): number {
     if (this.q) this.base = this.q.lastAvailIdx;
     this.stopServing();
@@ -193,7 +193,7 @@ export class Vring implements DeviceQueue {
 
   /**
    * Stop serving (the device takes no more chains) and return the device's drain promise, if it still has requests
-   * in flight: GET_VRING_BASE replies only once it settles (vhost-user.md §5.13).
+   * in flight: GET_VRING_BASE replies only once it settles (vhost-user spec, "Suspended device state").
    */
   quiesce(): Promise<void> | null {
     this.stopServing();
@@ -244,7 +244,7 @@ export class Vring implements DeviceQueue {
     if (this.kickFd >= 0) {
       this.watcher = this.native.watch(this.kickFd, POLL_READABLE, (status) => this.onKick(status));
     } else if (this.kickNoFd) {
-      // §2.4: KICK with NOFD means the back-end must poll the ring.
+      // vhost-user spec, VHOST_USER_SET_VRING_KICK: KICK with NOFD means the back-end must poll the ring.
       this.pollTimer = setInterval(() => this.serving && this.device.queueKick(this.index), NOFD_POLL_MS);
       this.pollTimer.unref();
     }

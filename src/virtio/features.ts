@@ -1,7 +1,7 @@
 /**
  * Virtio feature bits (VIRTIO 1.2 §6, §5.1.3) and 64-bit feature helpers, shared by the devices and the
  * vhost-user layer. Feature math uses BigInt: bits above 31 (VERSION_1 = 32) must never pass through 32-bit
- * bitwise operators (reference vhost-user.md §5.8).
+ * bitwise operators.
  */
 export const bit = (n: number): bigint => 1n << BigInt(n);
 

@@ -1,10 +1,10 @@
 /**
- * THE single place for memory ordering between vhostd and the guest driver (house style §3.6 rule 7).
+ * THE single place for memory ordering between vhostd and the guest driver (docs/architecture.md §7).
  * Guest memory is an external ArrayBuffer shared with another process; plain typed-array accesses are "Unordered"
  * and the JS memory model does not know the guest as an agent, so ordering comes from what V8 emits (see fullFence):
  * acquire = Atomics.load of avail.idx, release = Atomics.store of used.idx, and fullFence() for the two store→load
  * (Dekker) orderings x86-TSO does not give: used.idx → used_event/avail.flags, avail_event/NO_NOTIFY → avail.idx
- * (VIRTIO 1.2 §2.7.7, §2.7.10; vhost-user.md §2.6 rules 2/5/6/7, §5 pitfalls 4/5; perf-anchors-and-hangs.md §3.1).
+ * (VIRTIO 1.2 §2.7.7, §2.7.10; docs/architecture.md §7).
  * Test hooks (env VHOSTD_TEST_HOOKS, read once at load; setTestHooks() for unit tests): no-fence (mutant order),
  * delay-after-publish-us=N, delay-after-enable-us=N, delay-one-in=K (sleep in a window with probability 1/K, from a
  * PRNG seeded by hook-seed=S, so long runs hit the windows thousands of times without sleeping on every pass).
@@ -118,7 +118,7 @@ function sleepUs(us: number | undefined): void {
 }
 
 /**
- * Device completion, VIRTIO 1.2 §2.7.10 / vhost-user.md §2.6 rule 6: store used.idx (release), full fence, then
+ * Device completion, VIRTIO 1.2 §2.7.7: store used.idx (release), full fence, then
  * load the driver's suppression field `src[srcIndex]` (used_event = avail[2+size], or avail.flags = avail[0]).
  * Without the fence the load may be satisfied before the store is visible: the driver re-enables interrupts,
  * sees the old used.idx and sleeps while we read its stale "no interrupt" state: a lost call (DPDK 159793ac86,
@@ -132,7 +132,7 @@ export function publishUsedIdx(used: Uint16Array, newIdx: number, src: Uint16Arr
 }
 
 /**
- * Device re-arming kicks, VIRTIO 1.2 §2.7.10 / vhost-user.md §2.6 rule 7: store `value` at target[targetIndex]
+ * Device re-arming kicks, VIRTIO 1.2 §2.7.10: store `value` at target[targetIndex]
  * (avail_event = used[2+4*size], or used.flags = used[0] to clear NO_NOTIFY), full fence, re-load avail.idx
  * (acquire). Without the fence the driver may publish in between, read the stale NO_NOTIFY/avail_event and skip
  * its kick while we read the old avail.idx and sleep: a lost kick (kernel vhost_enable_notify, cloud-hypervisor

@@ -1,6 +1,6 @@
 /**
  * Split-virtqueue constants and layout, spelled as in the spec so they grep against it and QEMU.
- * Layout (VIRTIO 1.2 §2.7, all little-endian; vhost-user.md §2.6):
+ * Layout (VIRTIO 1.2 §2.7, all little-endian):
  *   desc[i]  16 B: u64 addr | u32 len | u16 flags | u16 next                   (align 16, 16*size bytes)
  *   avail       : u16 flags | u16 idx | u16 ring[size] | u16 used_event       (align 2, 6 + 2*size bytes)
  *   used        : u16 flags | u16 idx | {u32 id, u32 len}[size] | u16 avail_event (align 4, 6 + 8*size bytes)

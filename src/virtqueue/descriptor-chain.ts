@@ -2,7 +2,7 @@
  * DescriptorChain: one popped request, walked into reusable readable/writable SgLists (no allocation per chain).
  * Design: the walk copies each descriptor's fields into locals exactly once (TOCTOU), bounds everything the guest
  * controls, and reports a bad chain as `error` with `head` still set, so the device completes it with used len 0
- * (request-level failure, house style §3.5 scope 1); only a bad *head* is queue-fatal and that is SplitQueue's job.
+ * (per-request guest error, docs/architecture.md §6); only a bad *head* is queue-fatal and that is SplitQueue's job.
  * Capacity: each SgList holds min(queue size, 1024) + 16 entries (1024 = QEMU/libvhost-user VIRTQUEUE_MAX_SIZE;
  * +16 for region splits); a chain needing more segments fails with "too many segments".
  * Spec: VIRTIO 1.2 §2.7.5 (descriptor table), §2.7.5.3 (indirect), §2.7.4.1 (writable after readable).
@@ -119,7 +119,7 @@ export class DescriptorChain {
         if (hi >= 0x200000) return this.fail(ChainError.INDIRECT_UNMAPPED);
         const addr = lo + hi * TWO_32;
         // In place when the table is in one region and 4-byte aligned in its buffer, else copied to scratch
-        // (a table may straddle regions, vhost-user.md §2.5). Either way each entry is read once below.
+        // (a table may straddle regions). Either way each entry is read once below.
         const r = mem.findGpa(addr);
         const off = r === null ? 0 : r.u8.byteOffset + (addr - r.gpa);
         if (r !== null && addr + len <= r.gpa + r.size && (off & 3) === 0) {

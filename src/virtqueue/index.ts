@@ -1,7 +1,7 @@
 /**
  * Public surface of the virtqueue layer: split ring, descriptor chains, spec constants, ordering primitives.
  * Devices import from here; tests may import the individual modules.
- * Layering: depends only on src/memory and src/util (house style §3.1 principle 2).
+ * Layering: depends only on src/memory and src/util (docs/architecture.md §2).
  */
 export * from './defs.js';
 export { vringNeedEvent } from './event-idx.js';

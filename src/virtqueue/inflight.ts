@@ -1,6 +1,6 @@
 /**
- * InflightQueue: one split ring's part of the vhost-user inflight region (INFLIGHT_SHMFD, reference vhost-user.md
- * §2.9, pitfall §5.12). The region is a memfd the front-end keeps across back-end crashes; it records which heads
+ * InflightQueue: one split ring's part of the vhost-user inflight region (INFLIGHT_SHMFD, vhost-user spec,
+ * "Inflight I/O tracking"). The region is a memfd the front-end keeps across back-end crashes; it records which heads
  * were taken from the avail ring and not yet completed, so a restarted back-end can resubmit them.
  *
  * Layout (QueueRegionSplit, little-endian, per queue at i * perQueueBytes(queue_size)):
@@ -15,7 +15,7 @@
  * Recovery (recover(), at ring start): version 0 = fresh region (after a VM reset): stamp it, nothing to resubmit.
  * Otherwise clear a published-but-uncleared batch (validated: size ≤ desc_num, the `next` walk visits distinct
  * in-flight heads, and they are exactly the heads in the used ring window [used_idx, used.idx)), then resubmit the
- * heads still in flight in ascending counter order. Pitfall §5.12: last_batch_head defaults to 0, so a region that
+ * heads still in flight in ascending counter order. Edge case: last_batch_head defaults to 0, so a region that
  * never completed anything while used.idx moved would, naively, lose desc[0]; the validation refuses such a batch
  * (and a fresh region starts with used_idx = used.idx, so the state does not arise from this back-end).
  * Stores that order the protocol (last_batch_head, used_idx) are Atomics stores: the compiler keeps program order
@@ -177,7 +177,7 @@ export class InflightQueue {
     let h = this.lastBatchHead;
     for (let k = 0; k < n; k++) {
       if (h >= size) return `batch list reaches head ${h} >= ${size}`;
-      if (seen[h]) return `batch list revisits head ${h} after ${k} of ${n} entries (never-completed region, pitfall §5.12)`;
+      if (seen[h]) return `batch list revisits head ${h} after ${k} of ${n} entries (never-completed region)`;
       if (this.u8[16 + 16 * h] !== 1) return `batch list head ${h} is not in flight`;
       seen[h] = 1;
       heads.push(h);

@@ -1,11 +1,11 @@
 /**
  * SplitQueue: the device side of a split virtqueue on typed-array views cached once at construction (no address
- * translation on the hot path, house style §3.6 rule 1). Used entries are batched: addUsed() many times, then one
+ * translation on the hot path, docs/architecture.md §10). Used entries are batched: addUsed() many times, then one
  * publishUsed() = one used.idx store + one notification decision. All memory ordering goes through barrier.ts.
  * Decision: with EVENT_IDX, avail_event = lastAvailIdx is written on every pop (as libvhost-user vu_queue_pop), so
- * a device that forgets enableNotification still gets kicks once it has caught up (vhost-user.md §5 pitfall 4).
+ * a device that forgets enableNotification still gets kicks once it has caught up (docs/protocol.md §3).
  * Guest errors: a bad chain is a request error (chain.error); a bad avail idx or head index breaks the queue.
- * Spec: VIRTIO 1.2 §2.7 (split virtqueues), §2.7.7 / §2.7.10 (notification suppression), vhost-user.md §2.6.
+ * Spec: VIRTIO 1.2 §2.7 (split virtqueues), §2.7.7 / §2.7.10 (notification suppression).
  */
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { VhostError } from '../util/errors.js';
@@ -112,7 +112,7 @@ export class SplitQueue {
     this.used32 = new Uint32Array(u.buffer, u.byteOffset + 4, 2 * size);
     this.usedEventIndex = 2 + size;
     this.availEventIndex = 2 + 4 * size;
-    // Pitfall 10: start from the guest's used.idx (0 after a guest reboot), never from a stale shadow.
+    // docs/architecture.md §5: start from the guest's used.idx (0 after a guest reboot), never from a stale shadow.
     this.usedIdx = Atomics.load(this.used16, 1);
     this.publishedIdx = this.usedIdx;
   }
@@ -137,7 +137,7 @@ export class SplitQueue {
   private refreshAvail(): number {
     const idx = loadAvailIdx(this.avail);
     const n = (idx - this.nextAvail) & 0xffff;
-    // vhost-user.md §2.6 rule 1: more than `size` outstanding heads means the driver is broken.
+    // docs/architecture.md §6: more than `size` outstanding heads means the driver is broken.
     if (n > this.size) {
       this.markBroken(`avail idx jumped by ${n} > queue size ${this.size} (avail.idx ${idx}, last_avail_idx ${this.nextAvail})`);
       return 0;
@@ -175,7 +175,7 @@ export class SplitQueue {
     this.nextAvail = (cur + 1) & 0xffff;
     chain.walk(this.mem, this.desc32, this.size, head, this.indirect);
     if (this.inflight !== null) this.inflight.take(head);
-    // §2.7.10 / pitfall 4: keep avail_event at our position so the driver kicks once we have caught up.
+    // VIRTIO 1.2 §2.7.10: keep avail_event at our position so the driver kicks once we have caught up.
     if (this.eventIdx) this.used16[this.availEventIndex] = this.nextAvail;
     return true;
   }
@@ -194,7 +194,7 @@ export class SplitQueue {
     return this.used32[(slot & this.mask) << 1];
   }
 
-  /** Track takes and completions in `inflight` from now on (vhost-user.md §2.9). */
+  /** Track takes and completions in `inflight` from now on (vhost-user spec, "Inflight I/O tracking"). */
   attachInflight(inflight: InflightQueue | null): void {
     this.inflight = inflight;
   }
@@ -212,7 +212,7 @@ export class SplitQueue {
   /**
    * Publish everything added since the last publish with one used.idx store (release), full fence, then decide
    * whether the driver wants an interrupt. Returns true if the caller must write the call eventfd.
-   * EVENT_IDX (§2.7.10): vring_need_event(used_event, new, signalled_used), always true on the first publish after
+   * EVENT_IDX (§2.7.7): vring_need_event(used_event, new, signalled_used), always true on the first publish after
    * start (signalled_used invalid; DPDK 2f706027c8). Otherwise (§2.7.7): unless avail.flags has NO_INTERRUPT.
    */
   publishUsed(): boolean {
@@ -237,7 +237,7 @@ export class SplitQueue {
       notify = (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
     if (inflight !== null) inflight.postPublish(newIdx);
-    // Live migration: after the writes, mark the used ring's pages (vhost-user.md §2.10).
+    // Live migration: after the writes, mark the used ring's pages (vhost-user spec, "Migration").
     if (this.mem.dirtyLog !== null) this.logUsedRing();
     return notify;
   }
@@ -287,7 +287,7 @@ export class SplitQueue {
   }
 
   /**
-   * Ring restart: re-read used.idx from guest memory into the shadow (pitfall 10), forget what was published and
+   * Ring restart: re-read used.idx from guest memory into the shadow, forget what was published and
    * signalled, so the first publish after restart always notifies.
    */
   resetSignalled(): void {

@@ -1,5 +1,5 @@
 /**
- * `vhostctl qemu-args` is what operators paste into their QEMU command lines (issue 6 §2, docs/operations.md), so a
+ * `vhostctl qemu-args` is what operators paste into their QEMU command lines (docs/operations.md), so a
  * guest is started from it and nothing else: the real daemon serves vm1 (one interface, one qcow2 disk made with
  * `vhostctl create`) and vm2 on switch "lan", which also has a vport moved into a network namespace (the
  * vport.test.ts pattern: one guest boot proves the NIC both ways). The test runs the real vhostctl binary for

@@ -1,5 +1,5 @@
 /**
- * Real guest across a vhostd crash (issue 4 §1 "Reconnect", vhost-user.md §2.9, §4.1): a QEMU 7.2 TCG guest with
+ * Real guest across a vhostd crash (vhost-user spec, "Inflight I/O tracking"): a QEMU 7.2 TCG guest with
  * `reconnect=1` on a vhostd disk runs a write loop (dd of a known pattern at a new offset, sync, drop caches, md5
  * of what it wrote). The test SIGKILLs vhostd mid-run and starts it again on the same socket; QEMU reconnects and
  * re-sends SET_INFLIGHT_FD with the same memfd, requests in flight are resubmitted, and the guest finishes without

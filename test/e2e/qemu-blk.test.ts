@@ -2,7 +2,7 @@
  * Real guest on a vhostd disk: a QEMU 7.2 TCG guest (Linux virtio_blk) with vhost-user-blk-pci served by the real
  * daemon from a raw image the test makes, and from a qcow2 image made by `vhostctl create` (checked by qemu-img). The guest checks the capacity and the write cache mode, writes a pattern
  * with dd, drops its page cache and reads it back; after it powers off, the host checks the image file holds the
- * pattern where the guest wrote it and the original bytes everywhere else. Then (issue 4 §4 "Real guests"): the guest
+ * pattern where the guest wrote it and the original bytes everywhere else. Then: the guest
  * reads the whole disk and its sha256 matches the host's sha256 of the image contents; it writes aligned and
  * unaligned data with dd (512-byte O_DIRECT writes at odd sectors, an 11.5 KiB O_DIRECT write across a 64 KiB
  * cluster end, a buffered write of 3 x 1000 bytes) and powers off; the host finds exactly those writes in the image

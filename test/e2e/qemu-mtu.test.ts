@@ -1,5 +1,5 @@
 /**
- * VIRTIO_NET_F_MTU with real QEMU 7.2 guests (issue 3 §1): on a switch with `mtu 9000`, two guests started with
+ * VIRTIO_NET_F_MTU with real QEMU 7.2 guests: on a switch with `mtu 9000`, two guests started with
  * host_mtu=9000 come up with eth0 MTU 9000 and exchange 9000-byte IP packets (ping -s 8972; eth0's MTU keeps them
  * unfragmented, and vhostd's byte counters show 9014-byte frames crossed). A guest
  * started with host_mtu above its switch's MTU does not get a working device: QEMU reports the NACK and vhostd's

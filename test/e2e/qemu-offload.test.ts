@@ -1,5 +1,5 @@
 /**
- * Offloads between real guests (issue 3 §2): three QEMU 7.2 TCG guests on one switch, A and B with every offload
+ * Offloads between real guests: three QEMU 7.2 TCG guests on one switch, A and B with every offload
  * QEMU's virtio-net-pci offers (csum, guest_csum, host/guest TSO4/6 on: QEMU's defaults), C with all of them off
  * (device properties). 2 MiB of /dev/urandom crosses with busybox nc A → B (TSO frames and partial checksums pass
  * through vhostd with their header), A → C (vhostd segments and completes checksums in software) and C → A (plain

@@ -1,5 +1,5 @@
 /**
- * The host port (issue 3 §4, `vport "NAME"`) with the real daemon and a real QEMU 7.2 TCG guest: vhostd creates
+ * The host port (`vport "NAME"`, docs/vport.md) with the real daemon and a real QEMU 7.2 TCG guest: vhostd creates
  * the tap named in its configuration; the test moves it into a network namespace of its own and gives it
  * 10.0.77.1/24 there (as an operator would give vport0 an address); the guest (10.0.77.2/24) on the same switch
  * pings the namespace and gets replies, then the namespace pings the guest back.

@@ -1,6 +1,6 @@
 /**
  * FakeBlkDriver: a virtio-blk driver (the guest's side) over a FakeFrontend, GuestRam and N DriverSplitQueues. It
- * negotiates with the sequence QEMU 7.2 vhost-user-blk-pci sends (reference vhost-user.md §3.2: GET_CONFIG of 57
+ * negotiates with the sequence QEMU 7.2 vhost-user-blk-pci sends (GET_CONFIG of 57
  * bytes at realize, then the start sequence with ADD_MEM_REG and SET_VRING_ENABLE for every queue), and submits
  * requests as real chains (header, data, status) in memfd guest memory; completions are reaped from the used ring
  * when the call eventfd fires.
@@ -141,13 +141,13 @@ export class FakeBlkDriver {
     }
   }
 
-  /** Realize: §3.2 step 1 and GET_CONFIG(0, 57). */
+  /** Realize: the connect sequence and GET_CONFIG(0, 57). */
   async realize(): Promise<void> {
     await this.connectSequence();
     this.config = await this.getConfig(0, 57);
   }
 
-  /** §3.2 step 1 (also what QEMU sends on a reconnect, without GET_CONFIG). */
+  /** The connect sequence (also what QEMU sends on a reconnect, without GET_CONFIG). */
   private async connectSequence(): Promise<void> {
     const fe = this.fe;
     this.offered = await fe.getFeatures();
@@ -179,7 +179,7 @@ export class FakeBlkDriver {
     return this.fe.ack(R.SET_CONFIG, encodeConfig(offset, 0, data));
   }
 
-  /** Guest driver load: §3.2 start sequence. `bases`: SET_VRING_BASE per queue (default 0). */
+  /** Guest driver load: the start sequence. `bases`: SET_VRING_BASE per queue (default 0). */
   async start(bases?: number[]): Promise<void> {
     const fe = this.fe;
     this.acked = this.accept(this.offered) & ~bit(VHOST_USER_F_PROTOCOL_FEATURES);
@@ -237,7 +237,7 @@ export class FakeBlkDriver {
   }
 
   /**
-   * QEMU 7.2 blk reconnect (vhost-user.md §4.1): connect again, §3.2 step 1 without GET_CONFIG, then the start
+   * QEMU 7.2 blk reconnect: connect again, the connect sequence without GET_CONFIG, then the start
    * sequence with SET_INFLIGHT_FD of the same memfd and SET_VRING_BASE = used.idx. Requests still pending
    * complete when the back-end resubmits them.
    */

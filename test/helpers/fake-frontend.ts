@@ -1,7 +1,7 @@
 /**
  * FakeFrontend: plays the front-end (QEMU 7.2 or DPDK 22.11 virtio_user) over a real unix socket, for fast,
  * deterministic and adversarial tests of the back-end. It frames replies, checks their flags (exactly 0x5),
- * and replays the negotiation sequences of reference vhost-user.md §3.1 (QEMU net) and §3.3 (DPDK).
+ * and replays the negotiation sequences of QEMU 7.2 net and DPDK 22.11 (docs/protocol.md §4).
  */
 import { loadNative } from '../../src/native/binding.js';
 import type { FdWatcher, NativeBinding } from '../../src/native/types.js';
@@ -252,7 +252,7 @@ export class FakeFrontend {
   }
 
   /**
-   * QEMU 7.2 vhost_dev_init for a net device (vhost-user.md §3.1), up to the guest's feature write: features,
+   * QEMU 7.2 vhost_dev_init for a net device, up to the guest's feature write: features,
    * protocol features (masked to 17 bits, CONFIG stripped), queue count, mem slots, SET_OWNER, features again, and
    * each queue's call fd (err fds none). Returns the offered features and whether memory goes by ADD_MEM_REG.
    */

@@ -1,8 +1,8 @@
 /**
  * FakeNetDriver: a virtio-net driver (the guest's side) over a FakeFrontend, GuestRam and two DriverSplitQueues
  * (RX = 0, TX = 1). Like a real driver it owns one fixed buffer per descriptor and recycles it, so it can push
- * millions of frames. It negotiates with the sequence QEMU 7.2 or DPDK 22.11 sends (reference vhost-user.md
- * §3.1, §3.3), sends frames (kicking only when the device asks: NO_NOTIFY / avail_event), and receives frames
+ * millions of frames. It negotiates with the sequence QEMU 7.2 or DPDK 22.11 sends (docs/protocol.md §4),
+ * sends frames (kicking only when the device asks: NO_NOTIFY / avail_event), and receives frames
  * either by polling or interrupt-only (sleeping on the call eventfd).
  */
 import { closeAll } from '../../src/native/fd.js';
@@ -49,12 +49,12 @@ export interface FakeNetDriverOptions {
   /** Region size of the guest RAM (default 8 MiB). */
   regionSize?: number;
   /**
-   * Accept VIRTIO_NET_F_MTU and send NET_SET_MTU(mtu) at "DRIVER_OK", as QEMU does with host_mtu (§3.1); a NACK
+   * Accept VIRTIO_NET_F_MTU and send NET_SET_MTU(mtu) at "DRIVER_OK", as QEMU does with host_mtu; a NACK
    * makes start() fail, as QEMU refuses to start the device.
    */
   mtu?: number;
   /**
-   * Extra feature bits to accept when offered, e.g. the offloads (issue 3 §2): bit(VIRTIO_NET_F_CSUM) |
+   * Extra feature bits to accept when offered, e.g. the offloads: bit(VIRTIO_NET_F_CSUM) |
    * bit(VIRTIO_NET_F_HOST_TSO4) ... Default none.
    */
   features?: bigint;
@@ -165,11 +165,11 @@ export class FakeNetDriver {
     if (!this.opts.noRxBuffers) this.postRxBuffers(this.opts.queueSize);
   }
 
-  /** QEMU 7.2 virtio-net-pci + vhost-user netdev (§3.1), with CONFIGURE_MEM_SLOTS: ADD_MEM_REG per region. */
+  /** QEMU 7.2 virtio-net-pci + vhost-user netdev, with CONFIGURE_MEM_SLOTS: ADD_MEM_REG per region. */
   private async startQemu(): Promise<void> {
     const fe = this.fe;
     const { offered, memSlots } = await fe.qemuNetInit(this.callFds);
-    // Guest driver writes its features: rings enabled before any SET_FEATURES (pitfall 2).
+    // Guest driver writes its features: rings enabled before any SET_FEATURES (docs/protocol.md §4).
     fe.setVringEnable(0, true);
     fe.setVringEnable(1, true);
     this.acked = this.wanted(offered);
@@ -191,7 +191,7 @@ export class FakeNetDriver {
     await fe.getQueueNum(); // round trip: everything above has been processed
   }
 
-  /** DPDK 22.11 net_virtio_user (§3.3): SET_OWNER first, SET_MEM_TABLE at DRIVER_OK, enable after kick. */
+  /** DPDK 22.11 net_virtio_user: SET_OWNER first, SET_MEM_TABLE at DRIVER_OK, enable after kick. */
   private async startDpdk(): Promise<void> {
     const fe = this.fe;
     fe.setOwner();

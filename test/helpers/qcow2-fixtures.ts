@@ -1,5 +1,5 @@
 /**
- * Annotated qcow2 header fixtures (house style §3.8): one field per line, `name type value # comment`, so a hostile
+ * Annotated qcow2 header fixtures: one field per line, `name type value # comment`, so a hostile
  * variant is the valid header with one named line changed. buildImage() lays a header out like qemu-img does
  * (cluster 0 header, 1 refcount table, 2 refcount block, 3 L1 table, 4 one L2 table) at 64 KiB clusters.
  */

@@ -1,5 +1,5 @@
 /**
- * qemu-img as the oracle for qcow2 tests (reference §2.6): availability check (skip with a printed reason, or fail
+ * qemu-img as the oracle for qcow2 tests (docs/qcow2.md): availability check (skip with a printed reason, or fail
  * under CI=true), thin wrappers, a seeded PRNG and temp dirs.
  */
 import { execFileSync, spawnSync } from 'node:child_process';

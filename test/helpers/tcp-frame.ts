@@ -1,5 +1,5 @@
 /**
- * TCP/IP test frames for the offload tests (issue 3 §2) and a reference Internet checksum written independently of
+ * TCP/IP test frames for the offload tests and a reference Internet checksum written independently of
  * src/net/offload.ts (a plain sum of 16-bit words over an array).
  */
 /** Reference: complement of the ones'-complement sum of the bytes (zero-padded to even length). */

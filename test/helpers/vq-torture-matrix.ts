@@ -1,5 +1,5 @@
 /**
- * The hang-regression matrix (issue 5 §4): what a cell is, which cells run and what makes one pass. Shared by
+ * The hang-regression matrix: what a cell is, which cells run and what makes one pass. Shared by
  * the quick matrix in `npm test` (test/integration/hang-matrix.test.ts, 10^5 buffers per cell) and the benchmark
  * (bench/hang/hang-matrix.bench.ts, 10^5 quick, 10^7 with --full). Seeds are fixed so a run replays; set
  * VHOSTD_HANG_SEED to explore others (each cell logs its seed and the hook string that replays it).
@@ -61,7 +61,7 @@ export function cellName(c: Pick<CellSpec, 'queueSize' | 'eventIdx' | 'lifecycle
 
 export const QUEUE_SIZES = [16, 64, 256, 1024] as const;
 export const LIFECYCLES: readonly Lifecycle[] = ['steady', 'reset', 'restart'];
-/** Pass criterion: no stall of a second or more (1 s is the OpenBSD vio tick, perf-anchors-and-hangs.md §3.4). */
+/** Pass criterion: no stall of a second or more (1 s is the OpenBSD vio tick, docs/testing.md "The hang matrix"). */
 export const STALL_LIMIT_MS = 1000;
 
 function baseSeed(): number {

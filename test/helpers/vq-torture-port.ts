@@ -2,7 +2,7 @@
  * TorturePort: one guest virtio-net device as the hang matrix drives it (vq-torture.ts): memfd guest RAM, an RX
  * and a TX TortureRing with one fixed buffer per descriptor, kick/call eventfds that outlive the vhost-user
  * connection (as QEMU's ioeventfd/irqfd do), and the three control-path sequences of a QEMU 7.2 netdev
- * (reference vhost-user.md §3.1): connect + start, guest reset (GET_VRING_BASE on both rings, the guest re-creates
+ * (docs/protocol.md §4): connect + start, guest reset (GET_VRING_BASE on both rings, the guest re-creates
  * its rings, start again with base 0), and reconnect after a back-end crash (start again with base = used.idx,
  * QEMU's virtio_queue_restore_last_avail_idx). Calls are delivered to `onCall[q]`; what to do with them is the
  * cell's business.
@@ -123,7 +123,7 @@ export class TorturePort {
   }
 
   /**
-   * QEMU 7.2 connect + DRIVER_OK (vhost-user.md §3.1) on a fresh socket. `bases` are the SET_VRING_BASE values:
+   * QEMU 7.2 connect + DRIVER_OK on a fresh socket. `bases` are the SET_VRING_BASE values:
    * [0, 0] at first start, the rings' used.idx after a back-end crash (nothing in flight is remembered).
    */
   async connect(socket: string, bases: [number, number] = [0, 0]): Promise<void> {
@@ -167,7 +167,7 @@ export class TorturePort {
   }
 
   /**
-   * Guest virtio reset (ifconfig down/up, driver reload), as QEMU 7.2 runs it (§3.1): GET_VRING_BASE on RX and TX
+   * Guest virtio reset (ifconfig down/up, driver reload), as QEMU 7.2 runs it: GET_VRING_BASE on RX and TX
    * (the back-end stops both), the guest frees and re-creates its rings (indices 0, every RX buffer posted again,
    * frames in the old TX ring are gone), then DRIVER_OK: enable, SET_FEATURES, each ring started with base 0.
    */

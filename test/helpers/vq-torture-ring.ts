@@ -7,7 +7,7 @@
  *   avail u16[0] flags, [1] idx, [2+i] ring[i], [2+size] used_event                        (§2.7.6)
  *   used  u16[0] flags, [1] idx, u32 elems {id, len} from byte 4, u16[2+4*size] avail_event (§2.7.8)
  *
- * Invariants (perf-anchors-and-hangs.md §3.4): every used id is a head this driver made available and has not got
+ * Invariants (docs/testing.md "The hang matrix"): every used id is a head this driver made available and has not got
  * back yet (completed exactly once), len is within the chain's writable bytes, and used.idx never moves by more
  * than the heads outstanding. Violations are strings handed to `onViolation`; the ring skips the bad entry.
  */

@@ -1,5 +1,5 @@
 /**
- * vq-torture: one cell of the hang-regression matrix (issue 5 §4, reference perf-anchors-and-hangs.md §3.4)
+ * vq-torture: one cell of the hang-regression matrix (docs/testing.md "The hang matrix")
  * against the real daemon (VhostdProcess) with VHOSTD_TEST_HOOKS sleeping, on a seeded 1 pass in K, inside both
  * store→load race windows (barrier.ts). Guest A streams sequence-numbered frames to guest B through the switch:
  *
@@ -15,7 +15,7 @@
  *    SIGKILL + restart of vhostd with both guests reconnecting. Frames sent before the event completes may be lost
  *    (or, across a restart, duplicated); frames sent after it may not.
  *
- * An observer timer (not the driver: it consumes nothing) measures what §3.4 asks: max stall (a frame outstanding
+ * An observer timer (not the driver: it consumes nothing) measures the pass criteria: max stall (a frame outstanding
  * and no progress), lost kicks (A legally skipped a kick, and the device did not consume within the stall threshold),
  * lost calls (B or A armed, used.idx moved past the armed index, no call within the threshold), and the ring and
  * sequence invariants (vq-torture-ring.ts, vq-torture-frame.ts). On a 1 s stall it classifies, dumps the rings and

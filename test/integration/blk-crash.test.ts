@@ -1,5 +1,5 @@
 /**
- * Crash test (issue 4 §4) with the real daemon: the driver-side FakeBlkDriver runs a seeded write-and-flush workload
+ * Crash test with the real daemon: the driver-side FakeBlkDriver runs a seeded write-and-flush workload
  * on a qcow2 image served by a vhostd child process, which is SIGKILLed at a random moment. Then:
  *  - `qemu-img check` finds no corruption (exit 0, or 3 = leaked clusters only);
  *  - every write covered by a completed FLUSH is in the image (qemu-img convert -O raw);

@@ -1,5 +1,5 @@
 /**
- * INFLIGHT_SHMFD through real sockets (vhost-user.md §2.9, §4.1): the FakeBlkDriver plays QEMU 7.2's blk
+ * INFLIGHT_SHMFD through real sockets: the FakeBlkDriver plays QEMU 7.2's blk
  * reconnect. Requests are held in flight by a gated disk when the connection drops; their completions are dropped
  * with the session; the driver reconnects with SET_INFLIGHT_FD of the same memfd and SET_VRING_BASE = used.idx, and
  * the back-end resubmits exactly those requests: each completes once, with the right data.
@@ -217,7 +217,7 @@ describe('INFLIGHT_SHMFD (blk)', () => {
     native.munmap(r.buffer as ArrayBuffer);
   });
 
-  test('pitfall §5.12 end to end: a region that never completed anything keeps its in-flight head 0 across a reconnect', async () => {
+  test('end to end: a region that never completed anything keeps its in-flight head 0 across a reconnect', async () => {
     const f = await setup();
     const d = await f.driver({ inflight: false });
     // History without inflight tracking: used.idx is 4.

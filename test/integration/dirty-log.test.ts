@@ -1,5 +1,5 @@
 /**
- * Live-migration dirty logging (reference vhost-user.md §2.10): with LOG_SHMFD, SET_LOG_BASE maps the front-end's
+ * Live-migration dirty logging (vhost-user spec, "Migration"): with LOG_SHMFD, SET_LOG_BASE maps the front-end's
  * bitmap; while VHOST_F_LOG_ALL is acked, every guest page vhostd writes (RX data, used ring when the vring has
  * the LOG flag) gets its bit set; with LOG_ALL off, nothing is marked.
  */
@@ -35,7 +35,7 @@ describe.skipIf(!native.ok)('dirty-page logging for live migration', () => {
     expect(await b.fe.getFeatures() & bit(VHOST_F_LOG_ALL)).not.toBe(0n);
     expect(await b.fe.getProtocolFeatures() & bit(VHOST_USER_PROTOCOL_F_LOG_SHMFD)).not.toBe(0n);
 
-    // QEMU's migration start (§3.1): SET_LOG_BASE (reply), SET_FEATURES + LOG_ALL, SET_VRING_ADDR with the LOG flag.
+    // QEMU's migration start: SET_LOG_BASE (reply), SET_FEATURES + LOG_ALL, SET_VRING_ADDR with the LOG flag.
     const logFd = b.native.memfdCreate('dirty-log', LOG_SIZE);
     const bitmapBuf = b.native.mmapShared(logFd, LOG_SIZE, 0, true);
     const bitmap = new Uint8Array(bitmapBuf);

@@ -1,5 +1,5 @@
 /**
- * Hang regressions, the quick matrix (issue 5 §4; perf-anchors-and-hangs.md §3.4). Each cell runs the real daemon
+ * Hang regressions, the quick matrix (docs/testing.md "The hang matrix"). Each cell runs the real daemon
  * with VHOSTD_TEST_HOOKS sleeping inside both store→load race windows on a seeded 1 pass in 4, and pushes 10^5
  * frames from guest A to an interrupt-only, NAPI-like guest B (test/helpers/vq-torture.ts): queue size 16..1024,
  * EVENT_IDX off and on, notification suppression on both sides, random driver delays and in-flight caps, and

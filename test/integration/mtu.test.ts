@@ -1,5 +1,5 @@
 /**
- * VIRTIO_NET_F_MTU negotiation (issue 3 §1) with the driver-side client playing QEMU's part: NET_SET_MTU at or
+ * VIRTIO_NET_F_MTU negotiation with the driver-side client playing QEMU's part: NET_SET_MTU at or
  * below the switch MTU is applied to the port, above it is refused with one log line; frames longer than the
  * egress port's MTU are dropped and counted, never truncated; a guest without F_MTU, or one that renegotiates
  * without it after a reset, runs at the switch MTU.

@@ -1,5 +1,5 @@
 /**
- * Offloads through the real vhost-user path (issue 3 §2), with the driver-side client: A sends with every offload,
+ * Offloads through the real vhost-user path, with the driver-side client: A sends with every offload,
  * B takes every offload, C none, D checksums only (GUEST_CSUM without GUEST_TSO). A 60 KB TSO frame crosses to B
  * as one frame with the sender's header; C and D get valid MTU-sized segments (D's marked DATA_VALID); a NEEDS_CSUM
  * frame reaches B as sent and C with its checksum completed.

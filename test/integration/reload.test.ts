@@ -1,5 +1,5 @@
 /**
- * Daemon.reload (issue 6 §2) through the real vhost-user path: an in-process Daemon with the native binding,
+ * Daemon.reload (docs/control.md) through the real vhost-user path: an in-process Daemon with the native binding,
  * FakeNetDriver / FakeBlkDriver guests on its sockets. Added and removed vms and disks, port flags changed under
  * a connected guest, a re-created device, live switch settings, what needs a restart, a refused reload that
  * changes nothing, and the socket owner (mode 0660, configured uid/gid) on start and on reload.

@@ -1,6 +1,6 @@
 /**
- * Ring state machine and guest-error behaviour over real sockets and memfd guest RAM (reference vhost-user.md
- * §2.2-§2.6, §5): enable/started independence with and without bit 30, NOFD kick (poll) and call (no
+ * Ring state machine and guest-error behaviour over real sockets and memfd guest RAM (vhost-user spec,
+ * "Ring states"): enable/started independence with and without bit 30, NOFD kick (poll) and call (no
  * interrupts), a guest that breaks its queue or posts bad chains, memory-table changes while rings run, and
  * GET_VRING_BASE stopping a ring. Each test drives the negotiation itself where the stock sequences of
  * FakeNetDriver do not exercise the case.
@@ -352,8 +352,8 @@ describe.skipIf(!native.ok)('vring state machine and guest errors', () => {
     expect(fx.problems()).toEqual([]);
   });
 
-  // The region holding the rings is removed and re-added while the rings run (§2.5: "invalidate ring
-  // translations on REM, re-resolve on ADD"): the rings are parked while their memory is gone, not fatal.
+  // The region holding the rings is removed and re-added while the rings run (docs/protocol.md §3,
+  // CONFIGURE_MEM_SLOTS): the rings are parked while their memory is gone, not fatal.
   test('REM_MEM_REG of the region holding running rings, then ADD_MEM_REG again: acked, traffic flows after re-adding', async () => {
     fx = new NetBackendFixture(2);
     const b = await peer(1);

@@ -1,5 +1,5 @@
 /**
- * The host port (issue 3 §4, vport) against the real Linux stack, without QEMU: a TapPort on a switch whose tap
+ * The host port (vport, docs/vport.md) against the real Linux stack, without QEMU: a TapPort on a switch whose tap
  * lives in a network namespace made by the test (10.0.78.1/24), and a FakeNetDriver guest (10.0.78.2) on the
  * same switch. The guest's ARP request gets the host stack's ARP reply; a ping from the namespace reaches the guest,
  * which answers it by hand, and ping sees the reply. Needs root (tap + netns): skipped with a reason otherwise,

@@ -1,5 +1,5 @@
 /**
- * vhostctl against a live vhostd (issue 6 §1, §2): the real daemon as a child process (VhostdProcess) and the real
+ * vhostctl against a live vhostd (docs/control.md): the real daemon as a child process (VhostdProcess) and the real
  * vhostctl binary (build/src/bin/vhostctl.js) for every command, fake virtio drivers as guests. Also the control
  * protocol itself over a raw socket (malformed lines, an over-long line, many clients at once), the control socket
  * life cycle (stale file replaced, a live one refused), `socket owner` permissions (a user outside the group is

@@ -1,5 +1,5 @@
 /**
- * Layering (house style §3.1 principle 2, docs/architecture.md "Layers"): every relative import under src/ must
+ * Layering (docs/architecture.md "Layers"): every relative import under src/ must
  * point down or sideways, never up. Layers:
  *
  *   0  native/, util/, virtio/        shared: syscalls, errors, logging, spec constants

@@ -1,5 +1,5 @@
 /**
- * Fixed-rate send schedule for open-loop latency runs (perf-anchors-and-hangs.md §4: measure from the intended
+ * Fixed-rate send schedule for open-loop latency runs (measure from the intended
  * send time so coordinated omission cannot hide stalls). A worker thread (send-clock-worker.ts) sleeps until each
  * intended time and wakes the main thread through an eventfd watched on its event loop; the main thread sends
  * every frame that is due, however late it runs, and the lateness counts as latency.

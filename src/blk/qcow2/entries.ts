@@ -1,5 +1,5 @@
 /**
- * L1/L2/refcount entry codecs (reference §1.5–1.9). 64-bit entries are handled as two u32 halves so the data path
+ * L1/L2/refcount entry codecs (qcow2 spec). 64-bit entries are handled as two u32 halves so the data path
  * stays on plain numbers (host offsets < 2^56; anything above 2^53 is past any real file and refused as such).
  */
 
@@ -38,7 +38,7 @@ export interface CompressedLocation {
   size: number;
 }
 
-/** Compressed descriptor (§1.7): x = 62 - (cluster_bits - 8). */
+/** Compressed descriptor (qcow2 spec, "Cluster mapping"): x = 62 - (cluster_bits - 8). */
 export function compressedLocation(hi: number, lo: number, clusterBits: number): CompressedLocation {
   const x = 62 - (clusterBits - 8);
   const hiBits = x - 32; // offset bits that live in the high word

@@ -1,4 +1,4 @@
-/** parseBlkRequest: every request shape and every named failure (reference qcow2-and-virtio-blk.md §5.3-§5.5). */
+/** parseBlkRequest: every request shape and every named failure (VIRTIO 1.2 §5.2.6). */
 import { describe, expect, test } from 'vitest';
 import { SgList } from '../../../src/memory/sg-list.js';
 import { BlkRequestError, parseBlkRequest, sgViews, writeStatus, type BlkLimits, type ChainView } from '../../../src/blk/request.js';

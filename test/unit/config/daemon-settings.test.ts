@@ -1,5 +1,5 @@
 /**
- * Daemon-wide settings (issue 6 §1, §3): `control "PATH"`, `socket owner [user][:group]` (names resolved from
+ * Daemon-wide settings (docs/configuration.md): `control "PATH"`, `socket owner [user][:group]` (names resolved from
  * passwd/group files at parse time), `metrics listen "ADDRESS:PORT"`, `log level LEVEL`, and their errors.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';

@@ -1,4 +1,4 @@
-/** planReload (issue 6 §2): what a reload adds, removes, changes live, re-creates, and what needs a restart. */
+/** planReload (docs/control.md): what a reload adds, removes, changes live, re-creates, and what needs a restart. */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -1,4 +1,4 @@
-/** parseConfig: the veb switch and interface keywords of issue 3 §3, and their errors with file:line:col. */
+/** parseConfig: the veb switch and interface keywords (docs/configuration.md), and their errors with file:line:col. */
 import { describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../src/config/lexer.js';
 import { parseConfig } from '../../../src/config/parser.js';

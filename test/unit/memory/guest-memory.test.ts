@@ -1,7 +1,7 @@
 /**
  * GuestMemory: region validation (overlap in GPA or UVA, size, 2^53 range) and translation (findGpa with MRU,
  * mapGpa splitting at region ends, uvaRange/gpaRange for rings). Plain ArrayBuffers, no addon.
- * Spec: vhost-user.md §2.5.
+ * Spec: vhost-user spec, "Memory access".
  */
 import { describe, test, expect } from 'vitest';
 import { GuestMemory } from '../../../src/memory/guest-memory.js';

@@ -1,6 +1,6 @@
 /**
  * MacTable: learn/lookup/move, main+shadow aging bounds driven by explicit tick() times, the address cap,
- * remove(port), flush() and entries(). Reference: house style §3.7, veb-switch.md §1.10.
+ * remove(port), flush() and entries(). Reference: docs/configuration.md (`timeout`, `maxaddr`).
  */
 import { describe, expect, test } from 'vitest';
 import { parseMac } from '../../../src/net/mac.js';

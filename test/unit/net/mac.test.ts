@@ -1,6 +1,6 @@
 /**
  * MacKey encoding, sg reads (fast path and split across entries), parse/format round trips and the I/G bit.
- * Reference: house style §3.3 Switching (MacKey = hi16 * 2**32 + lo32).
+ * Reference: src/net/mac.ts (MacKey = hi16 * 2**32 + lo32).
  */
 import { describe, expect, test } from 'vitest';
 import { SgList } from '../../../src/memory/sg-list.js';

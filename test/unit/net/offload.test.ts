@@ -1,5 +1,5 @@
 /**
- * Software offloads (issue 3 §2, src/net/offload.ts): checksum completion and TCP segmentation, checked against a
+ * Software offloads (src/net/offload.ts): checksum completion and TCP segmentation, checked against a
  * reference checksum written here independently (a plain sum of 16-bit words over a number[]).
  */
 import { describe, expect, test } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * Issue 3 §5: the switch adds no allocation per frame. Measured, not assumed: a million unicast and flood frames
+ * The switch adds no allocation per frame. Measured, not assumed: a million unicast and flood frames
  * through Switch.forward (ports that only count) must not grow the heap or trigger collections in proportion.
  * Guards two regressions found by bench/net/switch-forward.bench.ts: 48-bit MAC keys boxed on every Map call, and
  * per-port counters left in V8's dictionary mode.

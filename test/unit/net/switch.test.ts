@@ -1,7 +1,7 @@
 /**
  * Switch forwarding with fake ports that copy delivered frames out (sgCopyOut): learning, unicast, flooding,
  * hairpin, runts, MAC moves, aging, the address cap, removePort, batch flushes and counters.
- * Reference: house style §3.7, veb-switch.md §1.4, §1.10, §1.11.
+ * Reference: OpenBSD veb(4), docs/configuration.md.
  */
 import { describe, expect, test } from 'vitest';
 import { SgList, sgCopyOut } from '../../../src/memory/sg-list.js';

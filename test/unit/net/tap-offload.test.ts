@@ -1,5 +1,5 @@
 /**
- * The host port never gets a partial checksum or a GSO frame (issue 3 §2, §4): TapPort (over a fake native binding
+ * The host port never gets a partial checksum or a GSO frame (docs/vport.md): TapPort (over a fake native binding
  * that records write()s) completes the checksum of a NEEDS_CSUM frame and segments a TSO frame into MTU-sized frames
  * with complete checksums, one write() each.
  */

@@ -1,5 +1,5 @@
 /**
- * veb(4) knobs of the Switch (veb-switch.md §1.2–§1.11): each test turns one knob on and checks what changes, so
+ * veb(4) knobs of the Switch (docs/configuration.md): each test turns one knob on and checks what changes, so
  * each fails without its knob. Frames are copied out by CopyPort through frameCopyTo (the egress copy).
  */
 import { describe, expect, test } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * MAC table knobs through the Switch (veb-switch.md §1.10, §4.1, §4.2): static entries, deladdr, flush, timeout,
+ * MAC table knobs through the Switch (docs/configuration.md): static entries, deladdr, flush, timeout,
  * maxaddr with fair eviction and the per-port learn limit (static entries never evicted), MAC-move damping, and
  * the control operations (flushDynamic, addStatic, delAddr, entries).
  */

@@ -1,5 +1,5 @@
 /**
- * 802.1Q on the switch (veb-switch.md §1.3): PVID/tagged sets, tag insertion and stripping by the egress copy
+ * 802.1Q on the switch (OpenBSD veb(4)): PVID/tagged sets, tag insertion and stripping by the egress copy
  * (frameCopyTo, checked byte for byte, also with frames split across sg entries), double tags, tagged-in/out,
  * untagged none, the MTU check on the length as sent, and VLAN-transparent mode when no port has VLAN settings.
  */

@@ -21,7 +21,7 @@ function setup(eventIdx: boolean) {
 }
 
 /**
- * The lost-interrupt race (perf-anchors-and-hangs.md §3.1): the device publishes used.idx and reads the driver's
+ * The lost-interrupt race (docs/architecture.md §7): the device publishes used.idx and reads the driver's
  * suppression state; inside that window the driver re-enables interrupts and re-checks used.idx. A correct device
  * either signals or the driver sees the new entry. Returns whether the wakeup survived.
  */

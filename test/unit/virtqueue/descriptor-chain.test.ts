@@ -1,6 +1,6 @@
 /**
  * Descriptor chain walk (VIRTIO 1.2 §2.7.5, §2.7.5.3): valid direct/indirect chains, buffers and indirect tables
- * crossing region ends, and the adversarial table (house style §3.8): each bad chain fails its request
+ * crossing region ends, and the adversarial table: each bad chain fails its request
  * (chain.error set, head returned) and never the queue.
  */
 import { describe, test, expect } from 'vitest';

@@ -1,5 +1,5 @@
 /**
- * InflightQueue (vhost-user.md §2.9, pitfall §5.12): the take/publish protocol as it leaves the region, and the
+ * InflightQueue (vhost-user spec, "Inflight I/O tracking"): the take/publish protocol as it leaves the region, and the
  * ring-start recovery on hand-made regions.
  */
 import { describe, expect, test } from 'vitest';
@@ -85,7 +85,7 @@ describe('inflight region', () => {
     expect(q.counterOf(7)).toBeGreaterThan(30);
   });
 
-  test('pitfall §5.12: a region that never completed anything does not lose desc[0] (last_batch_head defaults to 0)', () => {
+  test('a region that never completed anything does not lose desc[0] (last_batch_head defaults to 0)', () => {
     const { q, dv } = region();
     // used.idx moved to 3 while nothing was ever recorded as completed: used_idx 0, last_batch_head 0, next 0.
     plant(dv, { usedIdx: 0, lastBatchHead: 0, inflight: [[0, 1], [6, 2]] });
