@@ -8,7 +8,7 @@
 import { DescriptorChain } from '../../src/virtqueue/descriptor-chain.js';
 import { parseBlkRequest, writeStatus, type BlkLimits } from '../../src/blk/request.js';
 import { SECTOR_SIZE, VIRTIO_BLK_ID_BYTES } from '../../src/blk/virtio-blk-defs.js';
-import { checkChain, CHAIN_MAX_LEN, decodeChainInput } from './chain-input.js';
+import { checkChain, CHAIN_DICTIONARY, CHAIN_MAX_LEN, decodeChainInput } from './chain-input.js';
 import type { FuzzTarget } from './engine.js';
 
 const CAPACITY = 2048;
@@ -29,6 +29,8 @@ export const target: FuzzTarget = {
   name: 'blk-request',
   maxLen: CHAIN_MAX_LEN,
   allowed: () => false,
+  // Region edges, sectors around the capacity, request types (VIRTIO 1.2 §5.2.6).
+  dictionary: [...CHAIN_DICTIONARY, ...[CAPACITY - 2, CAPACITY - 1, CAPACITY, 0, 1, 4, 8, 11, 13, 0x80000000].map((v) => new Uint8Array(new Uint32Array([v]).buffer))],
   run(data) {
     const input = decodeChainInput(data);
     if (input === null) return;

@@ -16,6 +16,13 @@ export const REGIONS = [
 export const MAX_QUEUE_LOG2 = 7;
 export const CHAIN_MAX_LEN = 3 + 16 * (1 << MAX_QUEUE_LOG2) + 0x3000;
 
+const le32 = (v: number): Uint8Array => new Uint8Array(new Uint32Array([v]).buffer);
+/** Region edges as little-endian addresses, and the descriptor flag combinations. */
+export const CHAIN_DICTIONARY: readonly Uint8Array[] = [
+  ...[0x1000, 0x1ff0, 0x1ffc, 0x2000, 0x2ff0, 0x3000, 0x8000, 0x8ff0, 0x8fff, 0x9000].map(le32),
+  ...[1, 2, 3, 4, 5, 6].map((f) => new Uint8Array([f, 0])),
+];
+
 export interface ChainInput {
   mem: GuestMemory;
   table: Uint32Array;

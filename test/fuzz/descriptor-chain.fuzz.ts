@@ -4,13 +4,14 @@
  * (a bad chain is reported in chain.error), and a valid chain's sg lists stay inside guest memory and add up.
  */
 import { DescriptorChain } from '../../src/virtqueue/descriptor-chain.js';
-import { checkChain, CHAIN_MAX_LEN, decodeChainInput } from './chain-input.js';
+import { checkChain, CHAIN_DICTIONARY, CHAIN_MAX_LEN, decodeChainInput } from './chain-input.js';
 import type { FuzzTarget } from './engine.js';
 
 export const target: FuzzTarget = {
   name: 'descriptor-chain',
   maxLen: CHAIN_MAX_LEN,
   allowed: () => false,
+  dictionary: CHAIN_DICTIONARY,
   run(data) {
     const input = decodeChainInput(data);
     if (input === null) return;

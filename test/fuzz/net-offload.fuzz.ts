@@ -25,6 +25,8 @@ export const target: FuzzTarget = {
   name: 'net-offload',
   maxLen: VIRTIO_NET_HDR_LEN + 9018,
   allowed: () => false,
+  // Ethertypes, the 802.1Q TPID, IP versions/protocol, GSO types (network byte order where it applies).
+  dictionary: [[0x08, 0x00], [0x86, 0xdd], [0x81, 0x00], [0x45], [0x60], [0x06], [0x11], [0x01, 0x01], [0x01, 0x04], [0x01, 0x81]].map((b) => new Uint8Array(b)),
   run(data) {
     if (data.length < VIRTIO_NET_HDR_LEN + 14) return;
     const h = data;

@@ -8,6 +8,10 @@ import { ImageError } from '../../src/blk/qcow2/errors.js';
 import { MAX_L1_BYTES, MAX_REFTABLE_BYTES, MAX_SNAPSHOTS, parseHeader } from '../../src/blk/qcow2/header.js';
 import type { FuzzTarget } from './engine.js';
 
+const be32 = (v: number): Uint8Array => new Uint8Array([v >>> 24, (v >>> 16) & 0xff, (v >>> 8) & 0xff, v & 0xff]);
+/** Magic, extension types, versions, cluster_bits edges and feature bits, big-endian as in the file. */
+export const QCOW2_DICTIONARY: readonly Uint8Array[] = [0x514649fb, 0xe2792aca, 0x6803f857, 0x23852875, 0x0537be77, 0x44415441, 2, 3, 8, 9, 16, 21, 22, 104, 112, 0x200, 0x10000].map(be32);
+
 function check(data: Uint8Array, fileSize: number): void {
   let h;
   try {
@@ -34,6 +38,7 @@ export const target: FuzzTarget = {
   name: 'qcow2-header',
   maxLen: 4096,
   allowed: (err) => err instanceof ImageError,
+  dictionary: QCOW2_DICTIONARY,
   run(data) {
     check(data, data.length);
     check(data, 2 ** 40);

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { ImageError } from '../../src/blk/qcow2/errors.js';
 import { Qcow2Image } from '../../src/blk/qcow2/image.js';
 import type { FuzzTarget } from './engine.js';
+import { QCOW2_DICTIONARY } from './qcow2-header.fuzz.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vhostd-fuzz-qcow2-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -56,6 +57,7 @@ export const target: FuzzTarget = {
   name: 'qcow2-open',
   maxLen: 16384,
   allowed: (err) => err instanceof ImageError,
+  dictionary: QCOW2_DICTIONARY,
   async run(data) {
     writeFileSync(file, data);
     await exercise(true);

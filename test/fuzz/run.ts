@@ -3,15 +3,38 @@
  * (`npm run fuzz -- TARGET --runs N`; no TARGET: every project target in turn). Exit status 0: no finding;
  * 1: a finding (written to DIR, default fuzz-findings/); killed by SIGKILL: a hang (the watchdog saved it).
  * --grow adds coverage-increasing inputs to the target's corpus directory (for long runs; review before commit).
- * One line of JSON per target at the end: executions, corpus, features, blocks covered, allowed errors.
+ * One line of JSON per target at the end: executions, corpus size, features (block x hit-count bucket), allowed
+ * errors, and the coverage of the final corpus replayed without the JIT (functions run, blocks in them not run).
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fuzz } from './engine.js';
+import { fuzz, readCorpus, replayCoverage } from './engine.js';
 import { PROJECT_TARGETS, TARGETS } from './targets.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const args = process.argv.slice(2);
+
+// Internal: `--replay TARGET DIR` in a --jitless child prints the coverage of the inputs in DIR.
+if (args[0] === '--replay') {
+  const target = await TARGETS[args[1]]();
+  process.stdout.write(JSON.stringify(await replayCoverage(target, readCorpus(args[2]))));
+  process.exit(0);
+}
+
+/** Functions run and blocks not run, over the final corpus, measured without the JIT (exact counts). */
+function coverageOf(name: string, inputs: Uint8Array[]): { functions: number; blocksNotRun: number } | null {
+  const dir = mkdtempSync(join(tmpdir(), 'vhostd-fuzz-replay-'));
+  try {
+    inputs.forEach((b, i) => writeFileSync(join(dir, String(i).padStart(6, '0')), b));
+    const r = spawnSync(process.execPath, ['--jitless', fileURLToPath(import.meta.url), '--replay', name, dir], { encoding: 'utf8' });
+    return r.status === 0 ? JSON.parse(r.stdout) : null;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
 const names: string[] = [];
 let runs = 10_000;
 let seed = 1;
@@ -48,7 +71,8 @@ for (const name of names.length ? names : PROJECT_TARGETS) {
     status = 1;
     process.stderr.write(`fuzz: FINDING ${r.finding.kind}: ${name} after ${r.execs} executions (saved as ${r.finding.file})\n${r.finding.message}\n`);
   }
-  const { finding, ...figures } = r;
-  process.stdout.write(`${JSON.stringify({ target: name, seed, ...figures, ms: Math.round(r.ms), finding: finding ? finding.file : null })}\n`);
+  const { finding, inputs, ...figures } = r;
+  const coverage = coverageOf(name, inputs);
+  process.stdout.write(`${JSON.stringify({ target: name, seed, ...figures, ...coverage, ms: Math.round(r.ms), finding: finding ? finding.file : null })}\n`);
 }
 process.exit(status);

@@ -40,6 +40,8 @@ export const target: FuzzTarget = {
   name: 'vhost-message',
   maxLen: HEADER_SIZE + 320,
   allowed: (err) => err instanceof VhostError,
+  // Request ids and the flags word (version 1, NEED_REPLY) as they sit in the header.
+  dictionary: [...Array.from({ length: 40 }, (_, i) => i + 1), 0x1, 0x9, 0x5].map((v) => new Uint8Array(new Uint32Array([v]).buffer)),
   run(data) {
     if (data.length < HEADER_SIZE) return;
     const h = decodeHeader(data.subarray(0, HEADER_SIZE));
