@@ -14,8 +14,8 @@ import { PROJECT_TARGETS } from './targets.js';
 const root = join(__dirname, '..', '..');
 const runner = join(root, 'build', 'test', 'fuzz', 'run.js');
 /** Executions per target: a few seconds each (the figures of long runs are in docs/testing.md). */
-const RUNS: Record<string, number> = { 'qcow2-open': 300 };
-const DEFAULT_RUNS = 1000;
+const RUNS: Record<string, number> = { 'qcow2-open': 1000 };
+const DEFAULT_RUNS = 2000;
 
 let out: string;
 beforeAll(() => {

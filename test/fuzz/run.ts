@@ -1,7 +1,8 @@
 /**
- * Fuzz runner: `node build/test/fuzz/run.js TARGET [--runs N] [--seed S] [--hang-ms MS] [--grow] [--out DIR]`
+ * Fuzz runner: `node build/test/fuzz/run.js TARGET [--runs N] [--seed S] [--hang-ms MS] [--grow] [--out DIR] [--corpus DIR]`
  * (`npm run fuzz -- TARGET --runs N`; no TARGET: every project target in turn). Exit status 0: no finding;
  * 1: a finding (written to DIR, default fuzz-findings/); killed by SIGKILL: a hang (the watchdog saved it).
+ * --corpus DIR starts from DIR instead of test/fuzz/corpus/TARGET (replay one finding: a directory holding it, --runs 1).
  * --grow adds coverage-increasing inputs to the target's corpus directory (for long runs; review before commit).
  * One line of JSON per target at the end: executions, corpus size, features (block x hit-count bucket), allowed
  * errors, and the coverage of the final corpus replayed without the JIT (functions run, blocks in them not run).
@@ -40,6 +41,7 @@ let runs = 10_000;
 let seed = 1;
 let hangMs = 5000;
 let grow = false;
+let corpusOverride: string | null = null;
 let out = join(process.cwd(), 'fuzz-findings');
 for (let i = 0; i < args.length; i++) {
   const a = args[i];
@@ -48,6 +50,7 @@ for (let i = 0; i < args.length; i++) {
   else if (a === '--hang-ms') hangMs = Number(args[++i]);
   else if (a === '--out') out = args[++i];
   else if (a === '--grow') grow = true;
+  else if (a === '--corpus') corpusOverride = args[++i];
   else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
   else names.push(a);
 }
@@ -57,7 +60,7 @@ for (const n of names) if (!TARGETS[n]) throw new Error(`unknown target ${n}; ta
 let status = 0;
 for (const name of names.length ? names : PROJECT_TARGETS) {
   const target = await TARGETS[name]();
-  const corpusDir = join(root, 'test', 'fuzz', 'corpus', name);
+  const corpusDir = corpusOverride ?? join(root, 'test', 'fuzz', 'corpus', name);
   const r = await fuzz(target, {
     runs,
     seed,
