@@ -55,6 +55,32 @@ const messages: [string, number, Uint8Array][] = [
 ];
 for (const [name, req, p] of messages) put('vhost-message', name, encodeRequest(req, p, name.startsWith('set-mem')));
 
+// --- inflight regions (layout: inflight.fuzz.ts and src/virtqueue/inflight.ts)
+function inflightSeed(log2: number, usedIdx: number, usedIds: number[], version: number, heads: [head: number, counter: number, next: number][], lastBatch = 0, regionUsedIdx = usedIdx): Uint8Array {
+  const size = 1 << log2;
+  const bytes = Math.ceil((16 * size + 16) / 64) * 64;
+  const out = new Uint8Array(3 + 2 * size + bytes);
+  const dv = new DataView(out.buffer);
+  out[0] = log2;
+  dv.setUint16(1, usedIdx, true);
+  usedIds.forEach((id, i) => dv.setUint16(3 + 2 * i, id, true));
+  const r = 3 + 2 * size;
+  dv.setUint16(r + 8, version, true);
+  dv.setUint16(r + 10, size, true);
+  dv.setUint16(r + 12, lastBatch, true);
+  dv.setUint16(r + 14, regionUsedIdx, true);
+  for (const [h, c, n] of heads) {
+    out[r + 16 + 16 * h] = 1;
+    dv.setUint16(r + 16 + 16 * h + 6, n, true);
+    dv.setBigUint64(r + 16 + 16 * h + 8, BigInt(c), true);
+  }
+  return out;
+}
+put('inflight', 'fresh', inflightSeed(3, 0, [], 0, []));
+put('inflight', 'two-in-flight', inflightSeed(3, 5, [], 1, [[2, 7, 0], [6, 3, 0]]));
+put('inflight', 'uncleared-batch', inflightSeed(3, 6, [0, 0, 0, 0, 0, 4, 0, 0], 1, [[4, 9, 0], [1, 8, 0]], 4, 5));
+put('inflight', 'bad-batch', inflightSeed(2, 3, [1, 1, 1, 1], 1, [[0, 1, 0]], 0, 0));
+
 // --- descriptor chains (layout: chain-input.ts)
 type Desc = [addr: number, len: number, flags: number, next: number];
 const NEXT = 1;

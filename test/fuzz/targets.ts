@@ -4,6 +4,7 @@ import type { FuzzTarget } from './engine.js';
 export const TARGETS: Record<string, () => Promise<FuzzTarget>> = {
   'vhost-message': async () => (await import('./vhost-message.fuzz.js')).target,
   'descriptor-chain': async () => (await import('./descriptor-chain.fuzz.js')).target,
+  'inflight': async () => (await import('./inflight.fuzz.js')).target,
   'blk-request': async () => (await import('./blk-request.fuzz.js')).target,
   'net-offload': async () => (await import('./net-offload.fuzz.js')).target,
   'qcow2-header': async () => (await import('./qcow2-header.fuzz.js')).target,
