@@ -5,11 +5,11 @@
  * did not negotiate the offload gets it. Input: 12-byte virtio-net header (byte 10: bit 0 strip a tag, bit 1
  * insert one; byte 11: where the sender's buffer is split in two), then the Ethernet frame.
  * Contract: nothing throws; every output frame fits the scratch; TSO segments carry at most gso_size payload
- * bytes, add up to the frame's payload, and have a valid IPv4 header checksum.
+ * bytes, add up to the frame's payload, and have valid IPv4 header and TCP checksums.
  */
 import { SgList } from '../../src/memory/sg-list.js';
 import { Frame, NO_VLAN_TAG } from '../../src/net/frame.js';
-import { gsoHeaderEnd, inetChecksum, MAX_OFFLOAD_FRAME, MAX_SEGMENTS, OFFLOAD_DROP, SoftOffload } from '../../src/net/offload.js';
+import { gsoHeaderEnd, inetChecksum, MAX_OFFLOAD_FRAME, MAX_SEGMENTS, OFFLOAD_DROP, onesSum, SoftOffload } from '../../src/net/offload.js';
 import { VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_LEN } from '../../src/net/virtio-net-hdr.js';
 import type { FuzzTarget } from './engine.js';
 
@@ -67,6 +67,10 @@ export const target: FuzzTarget = {
       if (seg < 0 || seg > plan.mss || (plan.payload > 0 && seg === 0)) fail(`segment ${i} carries ${seg} payload bytes (mss ${plan.mss})`);
       payload += seg;
       if (!plan.v6 && inetChecksum(soft.out, plan.l3, plan.l4 - plan.l3) !== 0) fail(`segment ${i} has a bad IPv4 header checksum`);
+      // TCP checksum over the pseudo-header (addresses, protocol 6, TCP length) and the segment: sums to zero.
+      const l4Len = len - plan.l4;
+      const pseudo = (plan.v6 ? onesSum(soft.out, plan.l3 + 8, 32) : onesSum(soft.out, plan.l3 + 12, 8)) + 6 + l4Len;
+      if (inetChecksum(soft.out, plan.l4, l4Len, pseudo) !== 0) fail(`segment ${i} has a bad TCP checksum`);
     }
     if (gso && payload !== plan.payload) fail(`segments carry ${payload} bytes of ${plan.payload}`);
   },
