@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cmsg.h"
 #include "common.h"
 
 #define MAX_RECV_FDS 8  /* MAX_FDS_PER_MSG in src/native/types.ts */
@@ -18,6 +19,8 @@ static int arg_sockaddr(napi_env env, napi_value v, struct sockaddr_un *sa) {
   sa->sun_family = AF_UNIX;
   return arg_string(env, v, "path", sa->sun_path, sizeof(sa->sun_path), &len);
 }
+
+static void close_quietly(int fd) { close(fd); }
 
 static napi_value fail_close(napi_env env, const char *syscall, int fd) {
   int err = errno;
@@ -104,17 +107,7 @@ napi_value sock_recv_msg(napi_env env, napi_callback_info info) {
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return make_number(env, -1);
   if (n < 0) return throw_errno(env, "recvmsg", errno);
 
-  int nfds = 0;
-  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-    int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-    for (int i = 0; i < count; i++) {
-      int rfd;
-      memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (nfds < MAX_RECV_FDS) fds_out[1 + nfds++] = rfd;
-      else close(rfd); /* cannot happen with this buffer size; never leak */
-    }
-  }
+  int nfds = cmsg_collect_fds(&msg, fds_out + 1, MAX_RECV_FDS, close_quietly); /* beyond 8: closed, never leaked */
   if (msg.msg_flags & MSG_CTRUNC) {
     for (int i = 0; i < nfds; i++) close(fds_out[1 + i]);
     fds_out[0] = 0;

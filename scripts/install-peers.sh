@@ -9,7 +9,8 @@
 set -u
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd strace)
+# clang + libclang-rt-14-dev (libFuzzer) and valgrind: the C addon's fuzz test (test/fuzz/fuzz.test.ts).
+PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd strace clang libclang-rt-14-dev valgrind)
 LOG="${TMPDIR:-/tmp}/vhostd-install-peers.log"
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -44,6 +45,8 @@ missing_list() {
   have ip || m+=("ip (iproute2: network namespaces for the vport tests)")
   have systemd-analyze || m+=("systemd-analyze (checks the example unit in contrib/systemd)")
   have strace || m+=("strace (the system calls the daemon makes, against the unit's SystemCallFilter=)")
+  { have clang && compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null; } || m+=("clang with libFuzzer (native fuzz test)")
+  have valgrind || m+=("valgrind (native fuzz test)")
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.xz" >/dev/null; then have xz || m+=("xz"); fi
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.zst" >/dev/null; then have zstd || m+=("zstd"); fi
   echo "${m[*]:-}"
@@ -51,7 +54,7 @@ missing_list() {
 
 missing="$(missing_list)"
 if [ -z "$missing" ]; then
-  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze, strace)"
+  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze, strace, clang/libFuzzer, valgrind)"
   exit 0
 fi
 

@@ -618,7 +618,7 @@ export class BackendSession {
 }
 
 /** The 24-byte inflight payload (not packed: 4 bytes of padding at the end). */
-function decodeInflight(msg: Message): { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number } {
+export function decodeInflight(msg: Message): { mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number } {
   expectSize(msg.payload, 24, msg.request);
   const dv = new DataView(msg.payload.buffer, msg.payload.byteOffset, 24);
   return {

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Long run of the libFuzzer target: `npm run fuzz:native -- [libFuzzer flags]`, e.g. -max_total_time=600 or
+# -runs=10000000. Builds into native/fuzz/build, fuzzes a working copy of native/fuzz/corpus (new inputs stay in
+# native/fuzz/build/corpus), writes crashes to fuzz-findings/. Defaults: -seed=1 -max_total_time=60.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+"$here/build.sh" "$here/build"
+mkdir -p "$here/build/corpus" "$root/fuzz-findings"
+cp -n "$here"/corpus/* "$here/build/corpus/"
+args=("$@")
+[ ${#args[@]} -eq 0 ] && args=(-seed=1 -max_total_time=60)
+exec "$here/build/cmsg_fuzz" -artifact_prefix="$root/fuzz-findings/cmsg-" -print_final_stats=1 "${args[@]}" "$here/build/corpus"
