@@ -12,7 +12,7 @@ import { closeAll } from '../native/fd.js';
 import type { VirtioDevice } from '../device/device.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { MemoryRegion } from '../memory/region.js';
-import { mapRegion, unmapRegions } from '../memory/mmap-regions.js';
+import { MAP_WINDOWS_PER_TURN, mapRegions, unmapRegions } from '../memory/mmap-regions.js';
 import { DirtyLog } from '../memory/dirty-log.js';
 import { MAX_QUEUE_SIZE } from '../virtqueue/defs.js';
 import { InflightQueue, inflightQueueBytes } from '../virtqueue/inflight.js';
@@ -160,22 +160,25 @@ export class BackendSession {
     const device = this.device;
     if (!BackendSession.memoryChanges.has(msg.request) || !device.pause) return this.run(msg, needReply, handler);
     const drained = device.pause();
-    if (!drained) {
+    // Resume only once the change is installed: a large table is mapped over several turns (mapThen).
+    const runThenResume = (): void | Promise<void> => {
+      let r: void | Promise<void>;
       try {
-        return this.run(msg, needReply, handler);
-      } finally {
+        r = this.run(msg, needReply, handler);
+      } catch (err) {
         device.resume?.();
+        throw err;
       }
-    }
+      if (r instanceof Promise) return r.finally(() => device.resume?.());
+      device.resume?.();
+      return r;
+    };
+    if (!drained) return runThenResume();
     this.log.debug({ req: requestName(msg.request) }, 'memory change waits for in-flight requests');
     return drained.then(() => {
       // Connection dropped meanwhile: release() already reset the device; the fds left in msg are closed for us.
       if (this.released) return;
-      try {
-        return this.run(msg, needReply, handler);
-      } finally {
-        device.resume?.();
-      }
+      return runThenResume();
     });
   }
 
@@ -321,25 +324,56 @@ export class BackendSession {
   }
 
   /** SET_MEM_TABLE replaces the whole table; it may arrive with rings running (docs/protocol.md §4). */
-  private setMemTable(msg: Message): null {
+  private setMemTable(msg: Message): null | Promise<null> {
     const descs = decodeMemTable(msg.payload, msg.request);
     this.expectFds(msg, descs.length);
     checkRegionFds(this.native, msg.request, descs, msg.fds, this.limits.maxGuestMemory);
     const fds = msg.fds.splice(0);
-    const mapped: MappedRegion[] = [];
-    try {
-      for (let i = 0; i < descs.length; i++) mapped.push({ desc: descs[i], windows: mapRegion(this.native, descs[i], fds[i]) });
-    } catch (err) {
-      for (const m of mapped) unmapRegions(this.native, m.windows);
-      throw new VhostError('ERR_MEM_MAP', `SET_MEM_TABLE: cannot map region: ${(err as Error).message}`, { cause: err });
-    } finally {
-      closeAll(this.native, fds); // the mapping keeps the memory; the fds are not needed
-    }
-    this.installMemory(mapped, this.regions);
-    return null;
+    return this.mapThen('SET_MEM_TABLE', descs.map((desc, i) => ({ desc, fd: fds[i] })), (windows) => {
+      this.installMemory(descs.map((desc, i) => ({ desc, windows: windows[i] })), this.regions);
+      return null;
+    });
   }
 
-  private addMemReg(msg: Message): null {
+  /**
+   * Map a table's regions (over several event-loop turns when it is large: mapRegions), close their fds (the
+   * mappings keep the memory), then `install`. Synchronous for tables of a few GiB; the connection reads no further
+   * request while a promise is pending, and the rings keep serving the old memory until `install` swaps it.
+   */
+  private mapThen(req: string, items: { desc: RegionDescriptor; fd: number }[], install: (windows: MemoryRegion[][]) => null): null | Promise<null> {
+    const fds = items.map((it) => it.fd);
+    const failed = (err: unknown): never => {
+      throw new VhostError('ERR_MEM_MAP', `${req}: cannot map region: ${(err as Error).message}`, { cause: err });
+    };
+    let r: MemoryRegion[][] | Promise<MemoryRegion[][]>;
+    try {
+      r = mapRegions(this.native, items, MAP_WINDOWS_PER_TURN, () => this.released);
+    } catch (err) {
+      closeAll(this.native, fds);
+      return failed(err);
+    }
+    if (!(r instanceof Promise)) {
+      closeAll(this.native, fds);
+      return install(r);
+    }
+    this.log.debug({ req }, 'large memory table: mapped over several event-loop turns');
+    return r.then(
+      (windows) => {
+        closeAll(this.native, fds);
+        if (this.released) {
+          for (const w of windows) unmapRegions(this.native, w);
+          return failed(new Error('the connection closed while its memory was being mapped'));
+        }
+        return install(windows);
+      },
+      (err: unknown) => {
+        closeAll(this.native, fds);
+        return failed(err);
+      },
+    );
+  }
+
+  private addMemReg(msg: Message): null | Promise<null> {
     const desc = decodeSingleRegion(msg.payload, msg.request);
     this.expectFds(msg, 1);
     checkRegionFds(this.native, msg.request, [desc], msg.fds, this.memoryBudget(desc));
@@ -353,16 +387,10 @@ export class BackendSession {
       closeAll(this.native, [fd]);
       throw new VhostError('ERR_VU_BAD_PAYLOAD', `ADD_MEM_REG: more than ${MAX_MEM_SLOTS} regions`);
     }
-    let windows: MemoryRegion[];
-    try {
-      windows = mapRegion(this.native, desc, fd);
-    } catch (err) {
-      throw new VhostError('ERR_MEM_MAP', `ADD_MEM_REG: cannot map region: ${(err as Error).message}`, { cause: err });
-    } finally {
-      closeAll(this.native, [fd]);
-    }
-    this.installMemory([...this.regions, { desc, windows }], []);
-    return null;
+    return this.mapThen('ADD_MEM_REG', [{ desc, fd }], ([windows]) => {
+      this.installMemory([...this.regions, { desc, windows }], []);
+      return null;
+    });
   }
 
   private remMemReg(msg: Message): null {
