@@ -33,6 +33,7 @@ import {
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
 import type { Disk } from './disk.js';
+import { ImageError } from './qcow2/errors.js';
 import { newBlkLatency, type BlkLatency } from './latency.js';
 import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest, type BlkSegment } from './request.js';
 import {
@@ -89,6 +90,8 @@ export interface BlkCounters {
   unsupported: number;
   /** Requests whose I/O failed (IOERR). */
   ioErrors: number;
+  /** Writes the image policy refused (IOERR): a disk probed as raw that would start with the qcow2 magic. */
+  refused: number;
   /** Requests in flight right now. */
   inflight: number;
 }
@@ -125,7 +128,7 @@ export class BlkDevice implements VirtioDevice {
   readonly disk: Disk;
   readonly counters: BlkCounters = {
     reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getIds: 0, readBytes: 0, writtenBytes: 0,
-    badChain: 0, badRequest: 0, unsupported: 0, ioErrors: 0, inflight: 0,
+    badChain: 0, badRequest: 0, unsupported: 0, ioErrors: 0, refused: 0, inflight: 0,
   };
   /** Request latency (submit to completion) per I/O kind, for metrics: one clock read per request, never per chain. */
   readonly latency: BlkLatency = newBlkLatency();
@@ -378,6 +381,12 @@ export class BlkDevice implements VirtioDevice {
       },
       (err: unknown) => {
         hist.observe((performance.now() - t0) / 1000);
+        // The policy's refusal is logged by whoever refused (ProbedRawGuard); counted apart from failed I/O.
+        if (err instanceof ImageError && err.kind === 'Refused') {
+          this.counters.refused++;
+          this.finish(st, chain, VIRTIO_BLK_S_IOERR, 1);
+          return;
+        }
         this.counters.ioErrors++;
         this.guestErrors.warn('io-error', { vq: st.dq.index, request: req.kind, reason: (err as Error).message ?? String(err) }, 'virtio-blk I/O failed (IOERR to the guest)');
         this.finish(st, chain, VIRTIO_BLK_S_IOERR, 1);

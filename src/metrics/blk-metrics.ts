@@ -25,6 +25,7 @@ const ERROR_KINDS = (
     ['badRequest', 'bad-request'],
     ['unsupported', 'unsupported'],
     ['ioErrors', 'io'],
+    ['refused', 'refused'],
   ] as const
 ).map(([field, kind]) => [field as keyof BlkCounters, label('kind', kind)] as const);
 
@@ -47,7 +48,7 @@ export function registerBlkMetrics(reg: Registry, src: MetricsSource): void {
   counterFrom(
     reg,
     'vhostd_blk_errors_total',
-    'virtio-blk requests that failed, by kind (bad-chain: returned unused; bad-request: IOERR before any I/O; unsupported: UNSUPP; io: the image I/O failed)',
+    'virtio-blk requests that failed, by kind (bad-chain: returned unused; bad-request: IOERR before any I/O; unsupported: UNSUPP; io: the image I/O failed; refused: a write the image policy refused)',
     (emit) => {
       for (const b of src.blkPorts) {
         const l = deviceLabels(b);

@@ -273,7 +273,7 @@ describe.skipIf(!hasQemuImg || !native.ok)('a probed raw disk cannot turn itself
     for (const f of cleanups.splice(0).reverse()) await f();
   });
 
-  async function serve(image: string): Promise<{ disk: Disk; driver: FakeBlkDriver; lines: LogLine[] }> {
+  async function serve(image: string): Promise<{ disk: Disk; device: BlkDevice; driver: FakeBlkDriver; lines: LogLine[] }> {
     const { log, lines } = capture();
     const disk = await openDisk(image, undefined, false, log);
     const device = new BlkDevice({ name: 'vm1.disk0', disk, log });
@@ -288,7 +288,7 @@ describe.skipIf(!hasQemuImg || !native.ok)('a probed raw disk cannot turn itself
     });
     await driver.realize();
     await driver.start();
-    return { disk, driver, lines };
+    return { disk, device, driver, lines };
   }
 
   test('a guest write of a qcow2 header naming a host file to sector 0 gets IOERR; the disk still opens as raw', async () => {
@@ -297,9 +297,10 @@ describe.skipIf(!hasQemuImg || !native.ok)('a probed raw disk cannot turn itself
     fs.writeFileSync(image, Buffer.alloc(4 * MiB, 0x5a));
     // What the guest writes: the first cluster of a real qcow2 overlay naming /etc/shadow as its raw backing file.
     const header = fs.readFileSync(overlay(path.join(tmp(), 'evil.qcow2'), '/etc/shadow')).subarray(0, 64 * 1024);
-    const { driver, lines } = await serve(image);
+    const { device, driver, lines } = await serve(image);
     expect(lines.some((l) => l.msg === 'image format probed as raw; set format raw on the disk to fix it')).toBe(true);
     expect((await driver.write(0, header)).status).toBe(VIRTIO_BLK_S_IOERR);
+    expect(device.counters).toMatchObject({ refused: 1, ioErrors: 0 });
     expect(lines.some((l) => /write refused: it would make a disk whose format was probed as raw look like qcow2/.test(l.msg))).toBe(true);
     // Other writes to sector 0, and the qcow2 header anywhere else, are ordinary data.
     const plain = Buffer.alloc(4096, 0x33);
