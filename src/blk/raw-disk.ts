@@ -7,8 +7,8 @@
  */
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
 import type { Disk } from './disk.js';
+import { openImageFile } from './image-file.js';
 
 /** Zero buffer for write-zeroes, written repeatedly (never modified). */
 const ZERO_CHUNK = 1 << 20;
@@ -25,11 +25,13 @@ export class RawDisk implements Disk {
     readonly readOnly: boolean,
   ) {}
 
-  /** Open a raw image; the capacity is the file size rounded down to 512 bytes. */
+  /**
+   * Open a raw image; the capacity is the file size rounded down to 512 bytes. The file is checked (regular file or
+   * block device) on an O_PATH handle before it is opened, so a FIFO or character device is never opened.
+   */
   static async open(path: string, opts: { readOnly: boolean }): Promise<RawDisk> {
-    const fh = await open(path, opts.readOnly ? 'r' : 'r+');
+    const { fh, stat: st } = await openImageFile(path, { readOnly: opts.readOnly, allowBlockDevice: true });
     try {
-      const st = await fh.stat();
       let bytes: number;
       if (st.isFile()) bytes = st.size;
       else if (st.isBlockDevice()) bytes = blockDeviceSize(st);

@@ -193,6 +193,25 @@ describe.skipIf(!hasQemuImg)('backing files under the image policy', () => {
   });
 });
 
+describe('a disk configured as raw', () => {
+  test('a FIFO or a character device is refused by type before it is opened (a read-only FIFO open would block)', async () => {
+    const { img } = layout();
+    const fifo = path.join(img, 'disk.fifo');
+    execFileSync('mkfifo', [fifo]);
+    const { log } = capture();
+    const opened = (p: string): Promise<unknown> =>
+      Promise.race([
+        openDisk(p, 'raw', true, log).then(async (d) => {
+          await d.close();
+          return 'opened';
+        }),
+        new Promise((_, reject) => setTimeout(() => reject(new Error(`opening ${p} blocked`)), 10_000).unref()),
+      ]);
+    await expect(opened(fifo)).rejects.toThrow(/is a FIFO, not a regular file or block device/);
+    await expect(opened('/dev/zero')).rejects.toThrow(/is a character device, not a regular file or block device/);
+  });
+});
+
 describe('the backing dir keyword', () => {
   test('repeats, resolves relative to the configuration, and must name an existing directory', () => {
     const root = tmp();
