@@ -15,6 +15,8 @@ NAPI_MODULE_INIT() {
     FN("memfdCreate", mem_memfd_create),
     FN("fdSize", mem_fd_size),
     FN("fdStat", mem_fd_stat),
+    FN("mappingFaults", mem_mapping_faults),
+    FN("guestFaults", sigbus_guest_faults),
     FN("eventfd", event_eventfd),
     FN("eventfdRead", event_read),
     FN("eventfdWrite", event_write),

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "sigbus.h"
 
 #define MAX_MAP_SIZE 4294967296.0 /* a typed array view is limited to 4 GiB on Node 20 */
 #define MAX_OFFSET 9007199254740991.0
@@ -19,6 +20,7 @@ typedef struct {
   size_t len;
   int mapped;
   int owners;
+  int slot; /* in the SIGBUS guard (sigbus.c) while mapped */
 } mapping_t;
 
 static const napi_type_tag mapping_tag = {0x76686f7374646d6dULL, 0x6d61707069e67321ULL};
@@ -29,6 +31,7 @@ static void mapping_release(mapping_t *m) {
 
 static void mapping_unmap(mapping_t *m) {
   if (!m->mapped) return;
+  sigbus_unregister(m->slot);
   munmap(m->base, m->len);
   m->mapped = 0;
 }
@@ -68,6 +71,13 @@ napi_value mem_mmap_shared(napi_env env, napi_callback_info info) {
     free(m);
     return throw_errno(env, "mmap", err);
   }
+  /* A front-end can truncate the file later (or its tmpfs can be full): a fault must not kill the daemon. */
+  m->slot = sigbus_register(m->base, m->len);
+  if (m->slot < 0) {
+    munmap(m->base, m->len);
+    free(m);
+    return throw_code(env, "mmap", "ENOSPC", "no slot left in the SIGBUS guard for another guest mapping");
+  }
   m->mapped = 1;
   m->owners = 1; /* the backing store */
   if (napi_create_external_arraybuffer(env, (char *)m->base + delta, (size_t)size, backing_finalize, m, &ab) !=
@@ -102,6 +112,18 @@ napi_value mem_munmap(napi_env env, napi_callback_info info) {
   NAPI_CALL(env, napi_detach_arraybuffer(env, argv[0]));
   mapping_unmap(m);
   return make_undefined(env);
+}
+
+napi_value mem_mapping_faults(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  bool ours = false;
+  void *data = NULL;
+  if (get_args(env, info, 1, argv, NULL)) return NULL;
+  if (napi_check_object_type_tag(env, argv[0], &mapping_tag, &ours) != napi_ok || !ours ||
+      napi_unwrap(env, argv[0], &data) != napi_ok)
+    return throw_type(env, "The \"ab\" argument must be an ArrayBuffer returned by mmapShared()");
+  mapping_t *m = data;
+  return make_number(env, m->mapped ? (double)sigbus_slot_faults(m->slot) : 0);
 }
 
 napi_value mem_memfd_create(napi_env env, napi_callback_info info) {

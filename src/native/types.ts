@@ -76,6 +76,14 @@ export interface NativeBinding {
   watch(fd: number, events: number, cb: (status: number, events: number) => void): FdWatcher;
   /** close(); EBADF throws. */
   close(fd: number): void;
+  /**
+   * SIGBUS faults on mmapShared() memory since the process started. A front-end can truncate a region's file after
+   * it was checked (or a sparse file's tmpfs can be full): the addon then maps a private zero page over the faulting
+   * page instead of letting the daemon die, and counts the fault here and on the mapping (mappingFaults).
+   */
+  guestFaults(): number;
+  /** SIGBUS faults counted on this mmapShared() ArrayBuffer (0 once unmapped). */
+  mappingFaults(ab: ArrayBuffer): number;
   /** fstat(fd).st_size, for checks on received fds. */
   fdSize(fd: number): number;
   /** What a received fd is, for the checks in src/vhost-user/fd-checks.ts. Throws EBADF on a closed fd. */

@@ -236,6 +236,16 @@ export class BackendSession {
     else void Promise.all(drains).then(() => this.dropMemory());
   }
 
+  /** Which of this session's shared mappings took a SIGBUS (native/sigbus.c), or null. */
+  faultedMapping(): string | null {
+    for (const m of this.regions) {
+      if (m.windows.some((w) => this.native.mappingFaults(w.buffer) > 0)) return `memory region at GPA 0x${m.desc.gpa.toString(16)}`;
+    }
+    if (this.logBuffer && this.native.mappingFaults(this.logBuffer) > 0) return 'dirty log';
+    if (this.inflightBuffer && this.native.mappingFaults(this.inflightBuffer) > 0) return 'inflight area';
+    return null;
+  }
+
   /** Negotiated view for status output. */
   get negotiated(): { features: string[]; protocol: string[] } {
     return { features: virtioFeatureNames(this.ackedFeatures), protocol: protocolFeatureNames(this.protocolFeatures) };

@@ -16,6 +16,8 @@ import { RateLimitedLog, type Logger } from '../util/log.js';
 import { BackendSession } from './backend.js';
 import { DEFAULT_LIMITS, type FrontendLimits } from './fd-checks.js';
 import { VhostUserConnection } from './connection.js';
+import { VhostError } from '../util/errors.js';
+import { unwatchFaults, watchFaults } from './fault-watch.js';
 import { requestName, type Message } from './message.js';
 
 /** How long accepting stays paused after accept4 failed. */
@@ -34,6 +36,8 @@ export class VhostUserServer {
   acceptErrors = 0;
   /** Times reading a connection paused because its front-end did not read its replies. */
   replyBackpressure = 0;
+  /** Connections dropped because their shared memory raised SIGBUS (truncated or unfillable file). */
+  memoryFaults = 0;
   private acceptRetry: NodeJS.Timeout | null = null;
   private readonly limitedLog: RateLimitedLog;
 
@@ -62,11 +66,21 @@ export class VhostUserServer {
     this.watcher = this.native.watch(this.listenFd, POLL_READABLE, (status) => {
       if (status >= 0) this.acceptPending();
     });
+    watchFaults(this.native, this);
     this.log.info('listening');
+  }
+
+  /** Drop the connection if a SIGBUS hit its guest memory, log or inflight area (fault-watch.ts). */
+  checkMemoryFaults(): void {
+    const faulted = this.session?.faultedMapping();
+    if (!faulted || !this.conn) return;
+    this.memoryFaults++;
+    this.conn.close(new VhostError('ERR_MEM_MAP', `SIGBUS on the ${faulted}: the front-end truncated its memory file, or its file system has no room for it`));
   }
 
   /** Stop listening, drop the connection and remove the socket file. */
   close(): void {
+    unwatchFaults(this);
     if (this.acceptRetry) clearTimeout(this.acceptRetry);
     this.acceptRetry = null;
     this.conn?.close();
@@ -96,7 +110,7 @@ export class VhostUserServer {
       if (fd < 0) return;
       if (this.conn) {
         // vhost-user has one front-end per device; a second one would fight over the rings.
-        this.log.warn('refused a second front-end connection: the device is in use');
+        this.limitedLog.warn('second-frontend', {}, 'refused a second front-end connection: the device is in use');
         closeQuietly(this.native, fd);
         continue;
       }

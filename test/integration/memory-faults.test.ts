@@ -1,0 +1,95 @@
+/**
+ * A front-end keeps its own fd of every region it sends: it can truncate the file after vhostd checked its size.
+ * The next access to that memory raised SIGBUS and killed the daemon, and every tenant with it. Now the addon maps
+ * a private zero page over the faulting page (native/sigbus.c), counts the fault on the mapping, and the server
+ * drops the connection that owns it (src/vhost-user/fault-watch.ts).
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, test } from 'vitest';
+import { loadNative, nativeAvailable } from '../../src/native/binding.js';
+import { FrontendRequest as R, encodeVringAddr, encodeVringFile, encodeVringState, u64Payload } from '../../src/vhost-user/message.js';
+import { VHOST_F_LOG_ALL, bit } from '../../src/vhost-user/features.js';
+import { FakeFrontend } from '../helpers/fake-frontend.js';
+import { GuestRam } from '../helpers/guest-ram.js';
+import { VhostdProcess } from '../e2e/support/vhostd-process.js';
+
+const native = nativeAvailable();
+if (!native.ok && process.env.CI === 'true') throw new Error(`the native addon is required in CI: ${native.reason}`);
+
+describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  test('a truncated mapping reads zeros, the fault is counted on that mapping, and the process lives', () => {
+    const n = loadNative();
+    const fd = n.memfdCreate('shrink-me', 64 * 1024);
+    cleanups.push(() => n.close(fd));
+    const ab = n.mmapShared(fd, 64 * 1024, 0, true);
+    const other = n.mmapShared(fd, 4096, 0, true);
+    cleanups.push(() => {
+      n.munmap(ab);
+      n.munmap(other);
+    });
+    const u8 = new Uint8Array(ab);
+    u8[5 * 4096] = 7;
+    const before = n.guestFaults();
+    fs.ftruncateSync(fd, 4096); // pages from 4096 on are gone: touching them raises SIGBUS
+    expect(u8[5 * 4096]).toBe(0);
+    u8[9 * 4096] = 1; // a store faults too, and then lands in the private page
+    expect(u8[9 * 4096]).toBe(1);
+    expect(n.mappingFaults(ab)).toBe(2);
+    expect(n.mappingFaults(other)).toBe(0);
+    expect(n.guestFaults() - before).toBe(2);
+    expect(u8[0]).toBe(0); // the first page still shares the file
+    new Uint8Array(other)[0] = 9;
+    expect(u8[0]).toBe(9);
+  });
+
+  test('a front-end that truncates its memory after SET_MEM_TABLE is dropped; the daemon and the other vm live', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-sigbus-'));
+    const vp = new VhostdProcess('switch "s" { }\nvm "victim" { interface { switch "s" } }\nvm "evil" { interface { switch "s" } }\n', { dir });
+    cleanups.push(async () => {
+      await vp.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    await vp.start();
+    const n = loadNative();
+    const ram = new GuestRam({ regions: 1 });
+    cleanups.push(() => ram.close());
+    const fe = FakeFrontend.connect(vp.socket('evil'));
+    cleanups.push(() => fe.close());
+    const offered = await fe.getFeatures();
+    await fe.setProtocolFeatures(await fe.getProtocolFeatures());
+    fe.setOwner();
+    await fe.ack(R.SET_FEATURES, u64Payload(offered & ~bit(VHOST_F_LOG_ALL)));
+    await fe.setMemTable(ram.regions, ram.fds());
+    const r = ram.regions[0];
+    const kick = n.eventfd(0);
+    const call = n.eventfd(0);
+    cleanups.push(() => {
+      n.close(kick);
+      n.close(call);
+    });
+    await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: 1, num: 256 }));
+    await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: 0 }));
+    await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
+    await fe.ack(R.SET_VRING_CALL, encodeVringFile(1, false), [call]);
+    await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 }));
+    await fe.ack(R.SET_VRING_KICK, encodeVringFile(1, false), [kick]);
+    // Every check passed; now the front-end shrinks the memfd it still holds, and kicks.
+    fs.ftruncateSync(ram.fd, 0);
+    n.eventfdWrite(kick, 1);
+    const line = await vp.waitLog((l) => l.msg === 'front-end connection dropped' && /SIGBUS on the memory region/.test(String(l.reason)), 10_000, 'the evil connection dropped');
+    expect(line.vm ?? line.dev).toBeTruthy();
+    await fe.waitClosed();
+    expect(vp.proc!.signalCode).toBe(null);
+    expect(vp.proc!.exitCode).toBe(null);
+    const victim = FakeFrontend.connect(vp.socket('victim'));
+    cleanups.push(() => victim.close());
+    expect(await victim.getFeatures()).toBe(offered);
+  });
+});
