@@ -35,7 +35,7 @@ while [ "$i" -le "$count" ]; do
 	mac=$(printf "fe:e1:bb:00:%02x:%02x" $((i / 256)) $((i % 256)))
 	echo
 	echo "vm \"$name\" {"
-	echo "    disk \"$images/$name.qcow2\""
+	echo "    disk \"$images/$name.qcow2\" format qcow2"
 	echo "    interface {"
 	echo "        switch \"uplink\""
 	echo "        lladdr $mac"
