@@ -31,6 +31,12 @@ export function registerDeviceMetrics(reg: Registry, src: MetricsSource): void {
   counterFrom(reg, 'vhostd_device_reply_backpressure_total', 'Times reading a front-end paused because it did not read its replies', (emit) =>
     eachDevice(emit, (p) => p.server.replyBackpressure),
   );
+  counterFrom(reg, 'vhostd_device_refused_requests_total', 'vhost-user requests refused or ignored (NACKed, unsupported)', (emit) =>
+    eachDevice(emit, (p) => p.server.refusedRequests),
+  );
+  counterFrom(reg, 'vhostd_device_memory_faults_total', 'Connections dropped because their shared memory raised SIGBUS (truncated or unfillable file)', (emit) =>
+    eachDevice(emit, (p) => p.server.memoryFaults),
+  );
 
   /** Rings of the current session that were ever set up (a blk device offers 16, a guest uses a few). */
   const eachRing = (emit: Emit, value: (v: Vring) => number): void => {

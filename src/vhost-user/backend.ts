@@ -17,7 +17,7 @@ import { DirtyLog } from '../memory/dirty-log.js';
 import { MAX_QUEUE_SIZE } from '../virtqueue/defs.js';
 import { InflightQueue, inflightQueueBytes } from '../virtqueue/inflight.js';
 import { VhostError } from '../util/errors.js';
-import type { Logger } from '../util/log.js';
+import { RateLimitedLog, type Logger } from '../util/log.js';
 import {
   FrontendRequest as R,
   VHOST_USER_NEED_REPLY_MASK,
@@ -82,6 +82,10 @@ export class BackendSession {
   private regions: MappedRegion[] = [];
   private readonly handlers: Map<number, Handler>;
   private released = false;
+  /** Requests refused or ignored (NACKed or answered as failed), for the status output; their log lines are rate-limited. */
+  refusedRequests = 0;
+  /** A front-end can repeat a refused request in a loop: its warnings are rate-limited per request. */
+  private readonly limited: RateLimitedLog;
   /** The dirty-page bitmap from SET_LOG_BASE (live migration), active while LOG_ALL is acked. */
   private logBuffer: ArrayBuffer | null = null;
   private dirtyLog: DirtyLog | null = null;
@@ -97,6 +101,7 @@ export class BackendSession {
     private readonly log: Logger,
     private readonly limits: FrontendLimits = DEFAULT_LIMITS,
   ) {
+    this.limited = new RateLimitedLog(log);
     this.vrings = Array.from({ length: device.maxQueues }, (_, i) => new Vring(i, native, device, log));
     this.handlers = new Map<number, Handler>([
       [R.GET_FEATURES, () => this.getFeatures()],
@@ -153,7 +158,8 @@ export class BackendSession {
     const needReply = (msg.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.replyAckAllowed();
     const handler = this.handlers.get(msg.request);
     if (!handler) {
-      this.log.warn({ req: requestName(msg.request), size: msg.size, fds: msg.fds.length }, 'unsupported request ignored');
+      this.refusedRequests++;
+      this.limited.warn(`unsupported ${msg.request}`, { req: requestName(msg.request), size: msg.size, fds: msg.fds.length }, 'unsupported request ignored');
       if (BackendSession.alwaysReply.has(msg.request) || needReply) this.reply(msg.request, u64Payload(1));
       return;
     }
@@ -215,7 +221,8 @@ export class BackendSession {
     closeAll(this.native, this.replyFds);
     this.replyFds = [];
     if (err instanceof VhostError && err.code === 'ERR_VU_PROTOCOL') {
-      this.log.warn({ req: requestName(msg.request), reason: err.message }, 'request refused');
+      this.refusedRequests++;
+      this.limited.warn(`refused ${msg.request}`, { req: requestName(msg.request), reason: err.message }, 'request refused');
       if (needReply) this.reply(msg.request, u64Payload(1));
       return;
     }
@@ -290,7 +297,7 @@ export class BackendSession {
     const v = readU64Big(msg.payload, msg.request);
     const offered = this.offeredFeatures();
     const unknown = v & ~offered;
-    if (unknown) this.log.warn({ unknown: virtioFeatureNames(unknown) }, 'front-end acked features that were not offered; ignored');
+    if (unknown) this.limited.warn('features', { unknown: virtioFeatureNames(unknown) }, 'front-end acked features that were not offered; ignored');
     const wasLogging = hasBit(this.ackedFeatures, VHOST_F_LOG_ALL);
     this.ackedFeatures = v & offered;
     this.featuresSet = true;
@@ -320,7 +327,7 @@ export class BackendSession {
   private setProtocolFeatures(msg: Message): null {
     const v = readU64Big(msg.payload, msg.request);
     const offered = protocolFeaturesFor(this.device.kind);
-    if (v & ~offered) this.log.warn({ unknown: protocolFeatureNames(v & ~offered) }, 'front-end acked protocol features that were not offered; ignored');
+    if (v & ~offered) this.limited.warn('protocol-features', { unknown: protocolFeatureNames(v & ~offered) }, 'front-end acked protocol features that were not offered; ignored');
     this.protocolFeatures = v & offered;
     return null;
   }
@@ -569,7 +576,7 @@ export class BackendSession {
     const data = this.device.getConfig(c.offset, c.size);
     if (!data) {
       // vhost-user spec, VHOST_USER_GET_CONFIG: size 0 tells the front-end the request failed.
-      this.log.warn({ offset: c.offset, size: c.size }, 'GET_CONFIG on a device without config space');
+      this.limited.warn('get-config', { offset: c.offset, size: c.size }, 'GET_CONFIG on a device without config space');
       return new Uint8Array(0);
     }
     return encodeConfig(c.offset, c.flags, data);
@@ -596,7 +603,8 @@ export class BackendSession {
     dv.setUint16(18, req.queueSize, true);
     const problem = this.inflightProblem(req.numQueues, req.queueSize);
     if (problem) {
-      this.log.warn({ numQueues: req.numQueues, queueSize: req.queueSize, reason: problem }, 'GET_INFLIGHT_FD refused (mmap_size 0)');
+      this.refusedRequests++;
+      this.limited.warn('get-inflight', { numQueues: req.numQueues, queueSize: req.queueSize, reason: problem }, 'GET_INFLIGHT_FD refused (mmap_size 0)');
       return reply;
     }
     const size = req.numQueues * inflightQueueBytes(req.queueSize);

@@ -38,6 +38,8 @@ export class VhostUserServer {
   replyBackpressure = 0;
   /** Connections dropped because their shared memory raised SIGBUS (truncated or unfillable file). */
   memoryFaults = 0;
+  /** refusedRequests of the sessions that ended. */
+  private refusedBefore = 0;
   private acceptRetry: NodeJS.Timeout | null = null;
   private readonly limitedLog: RateLimitedLog;
 
@@ -53,6 +55,11 @@ export class VhostUserServer {
 
   get connected(): boolean {
     return this.conn !== null;
+  }
+
+  /** Requests refused or ignored, over every connection so far. */
+  get refusedRequests(): number {
+    return this.refusedBefore + (this.session?.refusedRequests ?? 0);
   }
 
   get currentSession(): BackendSession | null {
@@ -149,6 +156,7 @@ export class VhostUserServer {
       },
       onClose: (err?: unknown) => {
         session?.release();
+        this.refusedBefore += session?.refusedRequests ?? 0;
         if (this.conn === conn) {
           this.conn = null;
           this.session = null;

@@ -91,6 +91,17 @@ describe.skipIf(!native.ok)('vhost-user protocol server', () => {
     expect(fx.problems('UNKNOWN(77)')).toHaveLength(1);
   });
 
+  test('a refused request repeated 200 times: every one NACKed and counted, a handful of log lines', async () => {
+    await handshake();
+    for (let i = 0; i < 200; i++) fe.send(99, new Uint8Array(0), { needReply: true });
+    for (let i = 0; i < 200; i++) expect(u64((await fe.nextReply()).payload)).toBe(1n);
+    expect(await fe.getQueueNum()).toBe(1n);
+    expect(fx.servers[0].currentSession!.refusedRequests).toBe(200);
+    const lines = fx.problems('UNKNOWN(99)').length;
+    expect(lines).toBeGreaterThan(0);
+    expect(lines).toBeLessThanOrEqual(5);
+  });
+
   test('GET_VRING_BASE on a never-configured ring answers num 0 with the same index', async () => {
     expect(await fe.getVringBase(1)).toEqual({ index: 1, num: 0 });
   });
