@@ -34,6 +34,11 @@ export class Rng {
   }
 }
 
+/** `len` seeded pseudo-random bytes (disk images, request data): same seed ⇒ same bytes, and a longer run extends a shorter one. */
+export function pattern(len: number, seed: number): Uint8Array {
+  return new Rng(seed).bytes(len);
+}
+
 /** GuestMemory over fresh ArrayBuffers: `[{gpa, size, uva?}]` (uva defaults to gpa). */
 export function makeMemory(layout: readonly { gpa: number; size: number; uva?: number }[]): GuestMemory {
   return GuestMemory.fromArrayBuffers(layout.map((l) => ({ gpa: l.gpa, uva: l.uva, buffer: new ArrayBuffer(l.size) })));

@@ -28,6 +28,7 @@ import {
 } from '../../src/blk/virtio-blk-defs.js';
 import { FakeBlkDriver, blkHeader } from '../helpers/fake-blk-driver.js';
 import { waitFor, type LogLine } from '../helpers/backend-fixture.js';
+import { pattern } from '../helpers/driver-memory.js';
 
 const MiB = 1024 * 1024;
 
@@ -41,7 +42,7 @@ class Fixture {
   drivers: FakeBlkDriver[] = [];
 
   async open(opts: { size?: number; readOnly?: boolean; wrap?: (d: Disk) => Disk } = {}): Promise<void> {
-    fs.writeFileSync(this.image, patternBytes(opts.size ?? 4 * MiB, 7));
+    fs.writeFileSync(this.image, pattern(opts.size ?? 4 * MiB, 7));
     const sink = new Writable({
       write: (chunk: Buffer, _e, cb) => {
         for (const l of chunk.toString().split('\n')) if (l) this.logs.push(JSON.parse(l) as LogLine);
@@ -71,16 +72,6 @@ class Fixture {
     await this.disk?.close();
     fs.rmSync(this.dir, { recursive: true, force: true });
   }
-}
-
-function patternBytes(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = seed * 2654435761;
-  for (let i = 0; i < len; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 
 let fx: Fixture | null = null;
@@ -134,7 +125,7 @@ describe('virtio-blk requests on a raw image', () => {
   test('write, read back, flush: the file holds what was written', async () => {
     const f = await setup();
     const d = await f.driver();
-    const data = patternBytes(64 * 1024, 99);
+    const data = pattern(64 * 1024, 99);
     const w = await d.write(100, data, 0, { split: 4096 });
     expect(w.status).toBe(VIRTIO_BLK_S_OK);
     const r = await d.read(100, data.length, 0, { split: 3 * 512 });
@@ -145,14 +136,14 @@ describe('virtio-blk requests on a raw image', () => {
     const file = fs.readFileSync(f.image);
     expect(Buffer.compare(file.subarray(100 * 512, 100 * 512 + data.length), Buffer.from(data))).toBe(0);
     // Untouched bytes keep their pattern.
-    expect(Buffer.compare(file.subarray(0, 100 * 512), Buffer.from(patternBytes(4 * MiB, 7).subarray(0, 100 * 512)))).toBe(0);
+    expect(Buffer.compare(file.subarray(0, 100 * 512), Buffer.from(pattern(4 * MiB, 7).subarray(0, 100 * 512)))).toBe(0);
     expect(f.device.counters).toMatchObject({ writes: 1, reads: 1, flushes: 1, writtenBytes: data.length, readBytes: data.length });
   });
 
   test('indirect chains and a buffer across a region end', async () => {
     const f = await setup();
     const d = await f.driver();
-    const data = patternBytes(8192, 5);
+    const data = pattern(8192, 5);
     const w = await d.submitRaw(0, { bufs: [{ len: 16, write: false, data: blkHeader(1, 8) }, { len: 8192, write: false, data, across: true }, { len: 1, write: true }], opts: { indirect: true } });
     expect(w.status).toBe(VIRTIO_BLK_S_OK);
     const r = await d.read(8, 8192);
@@ -207,7 +198,7 @@ describe('virtio-blk requests on a raw image', () => {
     expect((await d.discard([{ sector: 0, count: 1 }])).status).toBe(VIRTIO_BLK_S_IOERR);
     expect((await d.read(0, 512)).status).toBe(VIRTIO_BLK_S_OK);
     expect((await d.flush()).status).toBe(VIRTIO_BLK_S_OK);
-    expect(Buffer.compare(fs.readFileSync(f.image), Buffer.from(patternBytes(4 * MiB, 7)))).toBe(0);
+    expect(Buffer.compare(fs.readFileSync(f.image), Buffer.from(pattern(4 * MiB, 7)))).toBe(0);
   });
 
   test('many concurrent requests on several queues complete, batched', async () => {
@@ -216,7 +207,7 @@ describe('virtio-blk requests on a raw image', () => {
     const writes: Promise<unknown>[] = [];
     const blocks = new Map<number, Uint8Array>();
     for (let i = 0; i < 120; i++) {
-      const data = patternBytes(4096, 1000 + i);
+      const data = pattern(4096, 1000 + i);
       blocks.set(i * 8, data);
       writes.push(d.write(i * 8, data, i % 4, { kick: false }));
     }
@@ -255,7 +246,7 @@ describe('GET_VRING_BASE drains in-flight requests', () => {
       wrap: (disk) => Object.assign(Object.create(disk) as Disk, { write: async (o: number, b: readonly Uint8Array[]) => { await gate; await disk.write(o, b); } }),
     });
     const d = await f.driver();
-    const w = d.write(0, patternBytes(512, 3));
+    const w = d.write(0, pattern(512, 3));
     await waitFor(() => f.device.counters.inflight === 1, 'the write to be in flight');
     let replied = false;
     const base = d.stopQueue(0).then((n) => {
@@ -270,7 +261,7 @@ describe('GET_VRING_BASE drains in-flight requests', () => {
     expect(d.queues[0].usedIdx()).toBe(1);
     d.reap(0);
     expect((await w).status).toBe(VIRTIO_BLK_S_OK);
-    expect(Buffer.compare(fs.readFileSync(f.image).subarray(0, 512), Buffer.from(patternBytes(512, 3)))).toBe(0);
+    expect(Buffer.compare(fs.readFileSync(f.image).subarray(0, 512), Buffer.from(pattern(512, 3)))).toBe(0);
   });
 
   test('a disconnect with requests in flight drops their completions and keeps serving the next front-end', async () => {

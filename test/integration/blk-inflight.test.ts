@@ -20,19 +20,10 @@ import { inflightQueueBytes } from '../../src/virtqueue/inflight.js';
 import { VIRTIO_BLK_S_OK } from '../../src/blk/virtio-blk-defs.js';
 import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js';
 import { waitFor } from '../helpers/backend-fixture.js';
+import { pattern } from '../helpers/driver-memory.js';
 
 const MiB = 1024 * 1024;
 const native = loadNative();
-
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = seed >>> 0;
-  for (let i = 0; i < len; i++) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 class Fixture {
   readonly dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-inflight-'));

@@ -15,21 +15,12 @@ import { VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_OK } from '..
 import { bit } from '../../src/virtio/features.js';
 import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js';
 import { waitFor } from '../helpers/backend-fixture.js';
+import { pattern } from '../helpers/driver-memory.js';
 
 const BIN = path.join(packageRootFrom(import.meta.url), 'build/src/bin/vhostd.js');
 const MiB = 1024 * 1024;
 const REQ = MiB;
 const N = 64;
-
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = seed * 2654435761;
-  for (let i = 0; i < len; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 let proc: ChildProcess | null = null;
 let driver: FakeBlkDriver | null = null;

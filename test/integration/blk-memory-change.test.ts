@@ -24,6 +24,7 @@ import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js
 import type { PlacedBuf } from '../helpers/driver-queue.js';
 import { u64 } from '../helpers/fake-frontend.js';
 import { settle, waitFor, type LogLine } from '../helpers/backend-fixture.js';
+import { pattern } from '../helpers/driver-memory.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -71,16 +72,6 @@ class GatedDisk implements Disk {
   discard(offset: number, len: number): Promise<void> { return this.inner.discard(offset, len); }
   writeZeroes(offset: number, len: number, unmap: boolean): Promise<void> { return this.inner.writeZeroes(offset, len, unmap); }
   close(): Promise<void> { return this.inner.close(); }
-}
-
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  let x = seed * 2654435761;
-  for (let i = 0; i < len; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 
 class Fixture {
