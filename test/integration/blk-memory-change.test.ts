@@ -144,6 +144,29 @@ class Fixture {
     return { reply: await reply, completedAtReply };
   }
 
+  /**
+   * Two batches of 8 reads of 4 KiB on queue 0, each held in the disk at its own gate (0, then 1), with the ring
+   * disabled and enabled again between them: the first batch drains on its own. Returns the first batch's heads.
+   */
+  async holdTwoBatches(): Promise<number[]> {
+    const d = this.driver;
+    const q = d.queues[0];
+    const first: number[] = [];
+    for (let i = 0; i < 8; i++) {
+      void d.read(i * 8, 4096, 0, { kick: false });
+      first.push([...q.chains.keys()].at(-1)!);
+    }
+    d.kick(0);
+    await waitFor(() => this.disk.waiting === 8, 'the first batch held');
+    d.fe.setVringEnable(0, false);
+    this.disk.newGate();
+    d.fe.setVringEnable(0, true);
+    for (let i = 8; i < 16; i++) void d.read(i * 8, 4096, 0, { kick: false });
+    d.kick(0);
+    await waitFor(() => this.disk.waiting === 16, 'the second batch held');
+    return first;
+  }
+
   /** Every request OK; reads got the image bytes; writes reached the image. */
   check(completions: (BlkCompletion | null)[], writes: Map<number, Uint8Array>): void {
     const onDisk = fs.readFileSync(this.image);
@@ -268,20 +291,7 @@ describe('virtio-blk: memory changes wait for in-flight I/O', () => {
     const withBackend = mappings();
     const q = d.queues[0];
     const bufsOf = (heads: number[]): PlacedBuf[] => heads.flatMap((h) => q.chains.get(h)!.bufs.filter((b) => b.write && b.len > 1));
-    // First batch (held at gate 0), then the ring is disabled and enabled again: the first batch drains on its own.
-    const first: number[] = [];
-    for (let i = 0; i < 8; i++) {
-      void d.read(i * 8, 4096, 0, { kick: false });
-      first.push([...q.chains.keys()].at(-1)!);
-    }
-    d.kick(0);
-    await waitFor(() => f.disk.waiting === 8, 'the first batch held');
-    d.fe.setVringEnable(0, false);
-    f.disk.newGate();
-    d.fe.setVringEnable(0, true);
-    for (let i = 8; i < 16; i++) void d.read(i * 8, 4096, 0, { kick: false });
-    d.kick(0);
-    await waitFor(() => f.disk.waiting === 16, 'the second batch held');
+    const first = await f.holdTwoBatches();
     d.fe.setVringEnable(0, false); // the ring's drain is now the second batch's only
     await d.fe.getQueueNum();
     const firstBufs = bufsOf(first);
@@ -304,15 +314,7 @@ describe('virtio-blk: memory changes wait for in-flight I/O', () => {
     await fx.open();
     const f = fx;
     const d = f.driver;
-    for (let i = 0; i < 8; i++) void d.read(i * 8, 4096, 0, { kick: false });
-    d.kick(0);
-    await waitFor(() => f.disk.waiting === 8, 'the first batch held');
-    d.fe.setVringEnable(0, false);
-    f.disk.newGate();
-    d.fe.setVringEnable(0, true);
-    for (let i = 8; i < 16; i++) void d.read(i * 8, 4096, 0, { kick: false });
-    d.kick(0);
-    await waitFor(() => f.disk.waiting === 16, 'the second batch held');
+    await f.holdTwoBatches();
     let replied = false;
     const base = d.fe.getVringBase(0).then((b) => {
       replied = true;
