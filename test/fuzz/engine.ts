@@ -14,6 +14,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { getHeapStatistics } from 'node:v8';
 import { Worker } from 'node:worker_threads';
+import { Rng } from '../helpers/rng.js';
 
 export interface FuzzTarget {
   readonly name: string;
@@ -63,18 +64,8 @@ export interface FuzzResult {
   ms: number;
 }
 
-/** mulberry32: seeded and small. */
-class Prng {
-  private s: number;
-  constructor(seed: number) {
-    this.s = seed >>> 0;
-  }
-  u32(): number {
-    let t = (this.s = (this.s + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
+/** The shared seeded PRNG, plus the fuzzer's draw: `below(n)` in [0, n), no draw at all when n <= 1. */
+class Prng extends Rng {
   below(n: number): number {
     return n <= 1 ? 0 : this.u32() % n;
   }

@@ -28,7 +28,7 @@ import {
 } from '../../src/blk/virtio-blk-defs.js';
 import { FakeBlkDriver, blkHeader } from '../helpers/fake-blk-driver.js';
 import { waitFor, type LogLine } from '../helpers/backend-fixture.js';
-import { pattern } from '../helpers/driver-memory.js';
+import { pattern } from '../helpers/rng.js';
 
 const MiB = 1024 * 1024;
 

@@ -20,7 +20,7 @@ import { inflightQueueBytes } from '../../src/virtqueue/inflight.js';
 import { VIRTIO_BLK_S_OK } from '../../src/blk/virtio-blk-defs.js';
 import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js';
 import { waitFor } from '../helpers/backend-fixture.js';
-import { pattern } from '../helpers/driver-memory.js';
+import { pattern } from '../helpers/rng.js';
 
 const MiB = 1024 * 1024;
 const native = loadNative();

@@ -15,7 +15,7 @@ import { VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_OK } from '..
 import { bit } from '../../src/virtio/features.js';
 import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js';
 import { waitFor } from '../helpers/backend-fixture.js';
-import { pattern } from '../helpers/driver-memory.js';
+import { pattern } from '../helpers/rng.js';
 
 const BIN = path.join(packageRootFrom(import.meta.url), 'build/src/bin/vhostd.js');
 const MiB = 1024 * 1024;

@@ -24,7 +24,7 @@ import { FakeBlkDriver, type BlkCompletion } from '../helpers/fake-blk-driver.js
 import type { PlacedBuf } from '../helpers/driver-queue.js';
 import { u64 } from '../helpers/fake-frontend.js';
 import { settle, waitFor, type LogLine } from '../helpers/backend-fixture.js';
-import { pattern } from '../helpers/driver-memory.js';
+import { pattern } from '../helpers/rng.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
