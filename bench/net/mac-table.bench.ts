@@ -11,7 +11,7 @@ import { LEARN_KNOWN, LEARN_NEW, MacTable } from '../../src/net/mac-table.js';
 import { NO_PORT } from '../../src/net/port.js';
 import { measure, round, table, type Stats } from '../support/harness.js';
 import { report, type BenchRow } from '../support/report.js';
-import { collidingMacs } from '../../test/unit/net/mac-collisions.js';
+import { collidingMacs } from '../../test/helpers/mac-collisions.js';
 
 const SIZES = [64, 1024, 4096, 16384, 65536];
 /** Operations per sample for learn and lookup (small tables are learned into many fresh tables per sample). */

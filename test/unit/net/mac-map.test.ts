@@ -6,7 +6,7 @@
  */
 import { describe, expect, test, vi } from 'vitest';
 import { MacMap, HALF } from '../../../src/net/mac-map.js';
-import { collidingMacs, v8Buckets, v8IntHash } from './mac-collisions.js';
+import { collidingMacs, v8Buckets, v8IntHash } from '../../helpers/mac-collisions.js';
 
 /** Probe counts of a Map<number, …> under V8's chaining: each key walks its bucket's chain up to itself. */
 function probes(keys: Iterable<number>, n: number): { total: number; max: number } {

@@ -2,7 +2,7 @@
  * MACs that collide in V8's Map buckets when stored as plain small-integer keys (what MacMap did before its keyed
  * placement): for mac-map.test.ts (probe counts) and bench/net/mac-table.bench.ts (lookup time).
  */
-import { HALF } from '../../../src/net/mac-map.js';
+import { HALF } from '../../src/net/mac-map.js';
 
 /** V8's ComputeUnseededHash (src/utils/utils.h), the hash of a small-integer Map key, masked to a Smi. */
 export function v8IntHash(key: number): number {
