@@ -26,7 +26,7 @@ import {
 import { VHOST_F_LOG_ALL, bit } from '../../src/vhost-user/features.js';
 import { FakeFrontend } from '../helpers/fake-frontend.js';
 import { GuestRam } from '../helpers/guest-ram.js';
-import { HOSTILE_FD_KINDS, HostileFds, type HostileFdKind } from '../helpers/hostile-fds.js';
+import { HOSTILE_FD_KINDS, HostileFds } from '../helpers/hostile-fds.js';
 import { waitFor } from '../helpers/backend-fixture.js';
 import { VhostdProcess, type VhostdLogLine } from '../e2e/support/vhostd-process.js';
 
@@ -196,7 +196,7 @@ function txFrame(ram: GuestRam, kickFd: number, opts: { breakRing?: boolean } = 
  * Run `attack` on a fresh connection and wait until the daemon drops it; returns the front-end and the reason the
  * daemon logged for the drop. An attack that fails while the connection is still up is a test failure.
  */
-async function hostile(h: Harness, dev: 'evil.net0' | 'evil.disk0', attack: (fe: FakeFrontend) => Promise<void>): Promise<{ fe: FakeFrontend; reason: string }> {
+async function hostile(h: Harness, dev: 'evil.net0' | 'evil.disk0', what: string, attack: (fe: FakeFrontend) => Promise<void>): Promise<{ fe: FakeFrontend; reason: string }> {
   const fe = await h.connect(dev);
   const from = h.vp.logs.length;
   try {
@@ -205,11 +205,13 @@ async function hostile(h: Harness, dev: 'evil.net0' | 'evil.disk0', attack: (fe:
     // Requests sent after the drop fail (closed connection, EPIPE); anything else is a fault of the test.
     if (!fe.closed && !/EPIPE|ECONNRESET|closed the connection/.test((err as Error).message)) throw err;
   }
-  await fe.waitClosed();
+  await fe.waitClosed().catch((err: Error) => {
+    throw new Error(`${what}: ${err.message}`);
+  });
   let ended: VhostdLogLine | undefined;
   const endOf = (): VhostdLogLine | undefined =>
     h.vp.logs.slice(from).find((l) => l.dev === dev && (l.msg === 'front-end connection dropped' || l.msg === 'front-end disconnected'));
-  await waitFor(() => (ended = endOf()) !== undefined, `the end of the ${dev} connection in the log`);
+  await waitFor(() => (ended = endOf()) !== undefined, `${what}: the end of the ${dev} connection in the log`);
   return { fe, reason: typeof ended!.reason === 'string' ? ended!.reason : `(${ended!.msg}, no reason)` };
 }
 
@@ -237,11 +239,10 @@ describe.skipIf(!native.ok)('hostile front-end against the daemon', () => {
     await h.stop();
   });
 
+  /** Every kind of bad fd. */
+  const eventfdKinds = (): { kind: string; fd: () => number }[] => HOSTILE_FD_KINDS.map((k) => ({ kind: k, fd: () => fds.make(k) }));
   /** Every kind of bad fd, plus a read-only memfd where a memory fd is expected. */
-  const kinds = (): { kind: string; fd: () => number }[] => [
-    ...HOSTILE_FD_KINDS.map((k: HostileFdKind) => ({ kind: k, fd: () => fds.make(k) })),
-    { kind: 'read-only memfd', fd: () => fds.readOnlyMemfd(4 * MiB) },
-  ];
+  const kinds = (): { kind: string; fd: () => number }[] => [...eventfdKinds(), { kind: 'read-only memfd', fd: () => fds.readOnlyMemfd(4 * MiB) }];
 
   /** An fd-carrying request, the attack that sends a bad fd in it and what the daemon logs when it drops us. */
   interface DropCase {
@@ -257,7 +258,6 @@ describe.skipIf(!native.ok)('hostile front-end against the daemon', () => {
   const memRegion: RegionDescriptor = { gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 };
   // The rings sit 64 KiB into the region: past the end of a 4 KiB memfd.
   const ringInRegion = { ...memRegion, gpa: memRegion.gpa + 0x10000, uva: memRegion.uva + 0x10000 };
-  const eventfdKinds = (): { kind: string; fd: () => number }[] => HOSTILE_FD_KINDS.map((k) => ({ kind: k, fd: () => fds.make(k) }));
   const vringFd = (req: 'SET_VRING_KICK' | 'SET_VRING_CALL' | 'SET_VRING_ERR', which: keyof RingFds): DropCase => ({
     req,
     fds: 'a FIFO, pipe, read-only, blocking or socket fd',
@@ -323,7 +323,7 @@ describe.skipIf(!native.ok)('hostile front-end against the daemon', () => {
   test.each(named)('%s', async (_name, { req, kinds: kindsOf, send, reason }) => {
     for (const { kind, fd } of kindsOf()) {
       const ring = good();
-      const { fe, reason: logged } = await hostile(h, 'evil.net0', (fe) => send(fe, fd(), ring));
+      const { fe, reason: logged } = await hostile(h, 'evil.net0', `${req} with a ${kind}`, (fe) => send(fe, fd(), ring));
       await h.expectHealthy(`${req} with a ${kind}`);
       expect(logged, `${req} with a ${kind}: the reason the connection was dropped`).toContain(reason);
       fe.close();
