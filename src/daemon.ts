@@ -25,7 +25,7 @@ import {
 import { changedPortFlags, planReload, type Changed, type Entry, type ReloadPlan } from './config/diff.js';
 import { qemuArgsForDisk, qemuArgsForInterface, qemuMemoryArgs, formatShellArgs } from './config/qemu-args.js';
 import { BlkDevice } from './blk/blk-device.js';
-import type { Disk } from './blk/disk.js';
+import type { Disk, DiskFiles } from './blk/disk.js';
 import { openDisk } from './blk/open-disk.js';
 import { ImageError } from './blk/qcow2/errors.js';
 import { DEFAULT_PVID, parseIpv4, Switch, type FilterRule, type PortOptions } from './net/switch.js';
@@ -136,6 +136,20 @@ export class Daemon {
             if (vm.disks.length === 0) delete vm.disks;
           }
         }
+      }
+      // Once every image is open: a disk whose backing chain holds another disk's image would read what that
+      // disk's guest writes. The chain's reader is refused, whichever of the two came first in the file.
+      const conflicts = chainConflicts(this.blkPorts.map(portImages));
+      const refused = new Set(conflicts.map((c) => c.reader.name));
+      for (const c of conflicts) {
+        this.log.error({ vm: c.reader.vm, dev: c.reader.name, image: c.reader.path, reason: conflictReason(c) }, 'disk not started: image refused by the image policy');
+      }
+      for (const b of this.blkPorts.filter((x) => refused.has(x.device.name))) {
+        this.blkPorts.splice(this.blkPorts.indexOf(b), 1);
+        await this.closeBlkPort(b);
+        const vm = this.current.vms.find((v) => v.name === b.vm)!;
+        vm.disks = vm.disks!.filter((d) => d.index !== b.index);
+        if (vm.disks.length === 0) delete vm.disks;
       }
     } catch (err) {
       await this.closeDisks();
@@ -262,7 +276,7 @@ export class Daemon {
     let disk: Disk;
     try {
       // Image policy: backing files in the image's directory tree or a `backing dir`, never another disk's image.
-      const denyImages = cfg.vms.flatMap((v) => (v.disks ?? []).map((d) => d.path)).filter((p) => p !== dc.path);
+      const denyImages = cfg.vms.flatMap((v) => (v.disks ?? []).map((d) => ({ path: d.path, disk: `${v.name}.disk${d.index}` }))).filter((d) => d.path !== dc.path);
       disk = await openDisk(dc.path, dc.format, dc.readOnly, log, { cacheBytes: dc.cacheBytes, policy: { backingDirs: cfg.backingDirs, denyImages } });
     } catch (err) {
       throw new Error(`${name}: cannot open image ${dc.path}: ${(err as Error).message}`, { cause: err });
@@ -436,7 +450,13 @@ export class Daemon {
     const newDisks: BlkPort[] = [...prep.disks.values()];
     for (const e of prep.deferredDisks) {
       try {
-        newDisks.push(await this.openBlkPort(e.vm, e.config, eff));
+        const b = await this.openBlkPort(e.vm, e.config, eff);
+        const conflict = chainConflicts([...this.blkPorts, ...newDisks, b].map(portImages)).find((c) => c.reader.name === b.device.name || c.owner.name === b.device.name);
+        if (conflict) {
+          await this.closeBlkPort(b);
+          throw new DiskConflictError(conflict, b.device.name);
+        }
+        newDisks.push(b);
       } catch (err) {
         // Not served: drop it from the running configuration, so the next reload sees it as new and tries again.
         const vm = eff.vms.find((v) => v.name === e.vm)!;
@@ -488,6 +508,7 @@ export class Daemon {
           prep.disks.set(e.name, await this.openBlkPort(e.vm, e.config, plan.effective));
         }
       }
+      this.checkChainsAfterReload(plan, prep);
       for (const s of plan.switches.added) prep.switches.set(s.name, newSwitch(s));
       for (const s of [...plan.switches.added, ...plan.switches.changed.filter((c) => c.vport).map((c) => c.next)]) {
         if (s.vport === undefined) continue;
@@ -497,10 +518,28 @@ export class Daemon {
     } catch (err) {
       for (const v of prep.vports) v.close();
       await Promise.all([...prep.disks.values()].map((b) => b.disk.close().catch(() => undefined)));
-      this.log.error({ reason: (err as Error).message }, 'reload refused: nothing was changed');
+      const where = err instanceof DiskConflictError ? err.fields() : {};
+      this.log.error({ ...where, reason: (err as Error).message }, 'reload refused: nothing was changed');
       throw err;
     }
     return prep;
+  }
+
+  /**
+   * The disks that run once `plan` is applied (those kept, those just opened, and the deferred ones, which will
+   * reopen the image a running disk has open now and are judged by its chain) must not read each other's images:
+   * a new disk whose image is a backing file of a kept disk, or the other way round, refuses the reload.
+   */
+  private checkChainsAfterReload(plan: ReloadPlan, prep: Prepared): void {
+    const closing = new Set([...plan.disks.removed.map((e) => e.name), ...plan.disks.reopened.map((c) => c.name)]);
+    const kept = this.blkPorts.filter((b) => !closing.has(b.device.name)).map(portImages);
+    const fresh = [
+      ...[...prep.disks.values()].map(portImages),
+      ...prep.deferredDisks.map((e) => ({ name: e.name, vm: e.vm, path: e.config.path, files: this.blkPorts.find((b) => b.disk.path === e.config.path)?.disk.files })),
+    ];
+    const freshNames = new Set(fresh.map((d) => d.name));
+    const conflict = chainConflicts([...kept, ...fresh]).find((c) => freshNames.has(c.reader.name) || freshNames.has(c.owner.name));
+    if (conflict) throw new DiskConflictError(conflict, freshNames.has(conflict.owner.name) ? conflict.owner.name : conflict.reader.name);
   }
 
   private dropNetPort(name: string): void {
@@ -586,6 +625,56 @@ export class Daemon {
       }
     }
     this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, sockets: paths.length }, 'reload: socket owner applied');
+  }
+}
+
+/** A disk as the chain check sees it: its name, vm, image path and the files it reads. */
+interface DiskImages {
+  name: string;
+  vm: string;
+  path: string;
+  files: DiskFiles | undefined;
+}
+
+/** `reader`'s backing chain holds `owner`'s image: reader's guest would read what owner's guest writes. */
+interface ChainConflict {
+  reader: DiskImages;
+  owner: DiskImages;
+}
+
+function portImages(b: BlkPort): DiskImages {
+  return { name: b.device.name, vm: b.vm, path: b.disk.path, files: b.disk.files };
+}
+
+/** Every pair of disks where one's backing chain holds the other's image (compared by device and inode). */
+function chainConflicts(disks: readonly DiskImages[]): ChainConflict[] {
+  const out: ChainConflict[] = [];
+  for (const reader of disks) {
+    for (const owner of disks) {
+      if (owner !== reader && owner.files && reader.files?.chain.has(owner.files.image)) out.push({ reader, owner });
+    }
+  }
+  return out;
+}
+
+function conflictReason(c: ChainConflict): string {
+  return `the image ${c.owner.path} of ${c.owner.name} (vm ${c.owner.vm}) is a backing file of ${c.reader.name} (vm ${c.reader.vm}, image ${c.reader.path}); ${c.reader.name} would read what ${c.owner.vm}'s guest writes`;
+}
+
+/** A reload refused because one disk would read another's image; `dev` is the disk the reload adds or re-opens. */
+class DiskConflictError extends Error {
+  constructor(
+    readonly conflict: ChainConflict,
+    readonly dev: string,
+  ) {
+    super(`${dev}: ${conflictReason(conflict)}`);
+    this.name = 'DiskConflictError';
+  }
+
+  /** Log fields naming the disk the reload brings in and the disk it conflicts with. */
+  fields(): Record<string, string> {
+    const [mine, other] = this.conflict.reader.name === this.dev ? [this.conflict.reader, this.conflict.owner] : [this.conflict.owner, this.conflict.reader];
+    return { vm: mine.vm, dev: mine.name, image: mine.path, conflictsWith: other.name };
   }
 }
 
