@@ -5,7 +5,8 @@
  * shutdown (sockets removed, in-flight disk requests drained, images flushed and closed) and reload():
  * the plan comes from planReload (config/diff.ts); what the outside world can refuse (images, taps) is
  * opened first, so a failing reload changes nothing; devices that did not change are never touched, so their
- * guests keep their connection, rings and counters. Every socket gets mode 0660 and the `socket owner`.
+ * guests keep their connection, rings and counters. Every socket gets mode 0660 and the `socket owner`, a vm's
+ * device sockets its own `owner` where it has one.
  * No parsing or policy lives in the binary.
  */
 import fs from 'node:fs';
@@ -21,6 +22,7 @@ import {
   type SocketOwner,
   type SwitchConfig,
   DEFAULT_MAX_GUEST_MEMORY,
+  vmSocketOwner,
 } from './config/model.js';
 import { changedPortFlags, planReload, type Changed, type Entry, type ReloadPlan } from './config/diff.js';
 import { qemuArgsForDisk, qemuArgsForInterface, qemuMemoryArgs, formatShellArgs } from './config/qemu-args.js';
@@ -170,8 +172,7 @@ export class Daemon {
       for (const vm of cfg.vms) for (const iface of vm.interfaces) this.netPorts.push(this.createNetPort(vm.name, iface));
       for (const s of cfg.switches) applySwitchConfig(this.switches.get(s.name)!, s);
       for (const p of this.netPorts) this.bindStatics(p, cfg);
-      for (const p of this.netPorts) this.serve(p.server, cfg.socketOwner);
-      for (const b of this.blkPorts) this.serve(b.server, cfg.socketOwner);
+      for (const p of [...this.netPorts, ...this.blkPorts]) this.serve(p.server, vmSocketOwner(cfg, p.vm));
     } catch (err) {
       void this.stop();
       throw err;
@@ -469,14 +470,15 @@ export class Daemon {
     for (const e of plan.disks.added) if (newDisks.some((b) => b.device.name === e.name)) note('added', e.name, `added (${e.config.path})`);
     for (const c of plan.disks.reopened) if (newDisks.some((b) => b.device.name === c.name)) note('changed', c.name, `${c.reasons.join('; ')}; re-opened, the guest reconnects`);
 
-    for (const srv of [...fresh.map((p) => p.server), ...newDisks.map((b) => b.server)]) {
+    for (const p of [...fresh, ...newDisks]) {
       try {
-        this.serve(srv, eff.socketOwner);
+        this.serve(p.server, vmSocketOwner(eff, p.vm));
       } catch (err) {
-        problem(`${srv.socketPath}: cannot listen (${(err as Error).message}); restart vhostd`, err);
+        problem(`${p.server.socketPath}: cannot listen (${(err as Error).message}); restart vhostd`, err);
       }
     }
-    if (plan.ownerChanged) this.applyOwnerEverywhere(eff, (s, err) => problem(s, err));
+    if (plan.ownerChanged || plan.vmOwners.length > 0) this.applyOwnerEverywhere(eff, (s, err) => problem(s, err));
+    for (const o of plan.vmOwners) note('changed', `vm ${o.vm}`, `owner of its sockets ${o.from} → ${o.to}; applied live, connected guests stay connected`);
     if (plan.logLevel) {
       setLogLevel(this.log, plan.logLevel.to);
       note('changed', 'log level', `${plan.logLevel.from} → ${plan.logLevel.to}; applied live`);
@@ -612,19 +614,23 @@ export class Daemon {
     return out;
   }
 
-  /** `socket owner` changed: chmod/chown every socket in place (connected guests are not affected). */
+  /**
+   * `socket owner` or a vm's `owner` changed: chmod/chown every socket in place (connected guests are not
+   * affected). Device sockets get their vm's owner, the control socket `socket owner`.
+   */
   private applyOwnerEverywhere(eff: Config, problem: (sentence: string, err: unknown) => void): void {
-    const paths = [...this.netPorts.map((p) => p.server.socketPath), ...this.blkPorts.map((b) => b.server.socketPath)];
+    const sockets: { path: string; owner: SocketOwner | undefined }[] = [...this.netPorts, ...this.blkPorts].map((p) => ({ path: p.server.socketPath, owner: vmSocketOwner(eff, p.vm) }));
     const control = controlSocketPath(eff);
-    if (isSocket(control)) paths.push(control);
-    for (const path of paths) {
+    if (isSocket(control)) sockets.push({ path: control, owner: eff.socketOwner });
+    for (const { path, owner } of sockets) {
       try {
-        applySocketOwner(path, eff.socketOwner);
+        applySocketOwner(path, owner);
       } catch (err) {
         problem(`${path}: cannot apply the socket owner (${(err as Error).message})`, err);
       }
     }
-    this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, sockets: paths.length }, 'reload: socket owner applied');
+    const vmOwners = eff.vms.filter((v) => v.owner).map((v) => v.name);
+    this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, vmsWithOwner: vmOwners, sockets: sockets.length }, 'reload: socket owner applied');
   }
 }
 
