@@ -455,7 +455,7 @@ export class Daemon {
         const conflict = chainConflicts([...this.blkPorts, ...newDisks, b].map(portImages)).find((c) => c.reader.name === b.device.name || c.owner.name === b.device.name);
         if (conflict) {
           await this.closeBlkPort(b);
-          throw new DiskConflictError(conflict, b.device.name);
+          throw new Error(conflictReason(conflict));
         }
         newDisks.push(b);
       } catch (err) {
