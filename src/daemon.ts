@@ -5,7 +5,8 @@
  * shutdown (sockets removed, in-flight disk requests drained, images flushed and closed) and reload():
  * the plan comes from planReload (config/diff.ts); what the outside world can refuse (images, taps) is
  * opened first, so a failing reload changes nothing; devices that did not change are never touched, so their
- * guests keep their connection, rings and counters. Every socket gets mode 0660 and the `socket owner`.
+ * guests keep their connection, rings and counters. Every socket gets mode 0660 and the `socket owner`, a vm's
+ * device sockets its own `owner` where it has one.
  * No parsing or policy lives in the binary.
  */
 import fs from 'node:fs';
@@ -21,11 +22,12 @@ import {
   type SocketOwner,
   type SwitchConfig,
   DEFAULT_MAX_GUEST_MEMORY,
+  vmSocketOwner,
 } from './config/model.js';
 import { changedPortFlags, planReload, type Changed, type Entry, type ReloadPlan } from './config/diff.js';
 import { qemuArgsForDisk, qemuArgsForInterface, qemuMemoryArgs, formatShellArgs } from './config/qemu-args.js';
 import { BlkDevice } from './blk/blk-device.js';
-import type { Disk } from './blk/disk.js';
+import type { Disk, DiskFiles } from './blk/disk.js';
 import { openDisk } from './blk/open-disk.js';
 import { ImageError } from './blk/qcow2/errors.js';
 import { DEFAULT_PVID, parseIpv4, Switch, type FilterRule, type PortOptions } from './net/switch.js';
@@ -137,6 +139,20 @@ export class Daemon {
           }
         }
       }
+      // Once every image is open: a disk whose backing chain holds another disk's image would read what that
+      // disk's guest writes. The chain's reader is refused, whichever of the two came first in the file.
+      const conflicts = chainConflicts(this.blkPorts.map(portImages));
+      const refused = new Set(conflicts.map((c) => c.reader.name));
+      for (const c of conflicts) {
+        this.log.error({ vm: c.reader.vm, dev: c.reader.name, image: c.reader.path, reason: conflictReason(c) }, 'disk not started: image refused by the image policy');
+      }
+      for (const b of this.blkPorts.filter((x) => refused.has(x.device.name))) {
+        this.blkPorts.splice(this.blkPorts.indexOf(b), 1);
+        await this.closeBlkPort(b);
+        const vm = this.current.vms.find((v) => v.name === b.vm)!;
+        vm.disks = vm.disks!.filter((d) => d.index !== b.index);
+        if (vm.disks.length === 0) delete vm.disks;
+      }
     } catch (err) {
       await this.closeDisks();
       throw err;
@@ -156,8 +172,7 @@ export class Daemon {
       for (const vm of cfg.vms) for (const iface of vm.interfaces) this.netPorts.push(this.createNetPort(vm.name, iface));
       for (const s of cfg.switches) applySwitchConfig(this.switches.get(s.name)!, s);
       for (const p of this.netPorts) this.bindStatics(p, cfg);
-      for (const p of this.netPorts) this.serve(p.server, cfg.socketOwner);
-      for (const b of this.blkPorts) this.serve(b.server, cfg.socketOwner);
+      for (const p of [...this.netPorts, ...this.blkPorts]) this.serve(p.server, vmSocketOwner(cfg, p.vm));
     } catch (err) {
       void this.stop();
       throw err;
@@ -262,7 +277,7 @@ export class Daemon {
     let disk: Disk;
     try {
       // Image policy: backing files in the image's directory tree or a `backing dir`, never another disk's image.
-      const denyImages = cfg.vms.flatMap((v) => (v.disks ?? []).map((d) => d.path)).filter((p) => p !== dc.path);
+      const denyImages = cfg.vms.flatMap((v) => (v.disks ?? []).map((d) => ({ path: d.path, disk: `${v.name}.disk${d.index}` }))).filter((d) => d.path !== dc.path);
       disk = await openDisk(dc.path, dc.format, dc.readOnly, log, { cacheBytes: dc.cacheBytes, policy: { backingDirs: cfg.backingDirs, denyImages } });
     } catch (err) {
       throw new Error(`${name}: cannot open image ${dc.path}: ${(err as Error).message}`, { cause: err });
@@ -436,7 +451,13 @@ export class Daemon {
     const newDisks: BlkPort[] = [...prep.disks.values()];
     for (const e of prep.deferredDisks) {
       try {
-        newDisks.push(await this.openBlkPort(e.vm, e.config, eff));
+        const b = await this.openBlkPort(e.vm, e.config, eff);
+        const conflict = chainConflicts([...this.blkPorts, ...newDisks, b].map(portImages)).find((c) => c.reader.name === b.device.name || c.owner.name === b.device.name);
+        if (conflict) {
+          await this.closeBlkPort(b);
+          throw new Error(conflictReason(conflict));
+        }
+        newDisks.push(b);
       } catch (err) {
         // Not served: drop it from the running configuration, so the next reload sees it as new and tries again.
         const vm = eff.vms.find((v) => v.name === e.vm)!;
@@ -449,14 +470,15 @@ export class Daemon {
     for (const e of plan.disks.added) if (newDisks.some((b) => b.device.name === e.name)) note('added', e.name, `added (${e.config.path})`);
     for (const c of plan.disks.reopened) if (newDisks.some((b) => b.device.name === c.name)) note('changed', c.name, `${c.reasons.join('; ')}; re-opened, the guest reconnects`);
 
-    for (const srv of [...fresh.map((p) => p.server), ...newDisks.map((b) => b.server)]) {
+    for (const p of [...fresh, ...newDisks]) {
       try {
-        this.serve(srv, eff.socketOwner);
+        this.serve(p.server, vmSocketOwner(eff, p.vm));
       } catch (err) {
-        problem(`${srv.socketPath}: cannot listen (${(err as Error).message}); restart vhostd`, err);
+        problem(`${p.server.socketPath}: cannot listen (${(err as Error).message}); restart vhostd`, err);
       }
     }
-    if (plan.ownerChanged) this.applyOwnerEverywhere(eff, (s, err) => problem(s, err));
+    if (plan.ownerChanged || plan.vmOwners.length > 0) this.applyOwnerEverywhere(eff, (s, err) => problem(s, err));
+    for (const o of plan.vmOwners) note('changed', `vm ${o.vm}`, `owner of its sockets ${o.from} → ${o.to}; applied live, connected guests stay connected`);
     if (plan.logLevel) {
       setLogLevel(this.log, plan.logLevel.to);
       note('changed', 'log level', `${plan.logLevel.from} → ${plan.logLevel.to}; applied live`);
@@ -488,6 +510,7 @@ export class Daemon {
           prep.disks.set(e.name, await this.openBlkPort(e.vm, e.config, plan.effective));
         }
       }
+      this.checkChainsAfterReload(plan, prep);
       for (const s of plan.switches.added) prep.switches.set(s.name, newSwitch(s));
       for (const s of [...plan.switches.added, ...plan.switches.changed.filter((c) => c.vport).map((c) => c.next)]) {
         if (s.vport === undefined) continue;
@@ -497,10 +520,28 @@ export class Daemon {
     } catch (err) {
       for (const v of prep.vports) v.close();
       await Promise.all([...prep.disks.values()].map((b) => b.disk.close().catch(() => undefined)));
-      this.log.error({ reason: (err as Error).message }, 'reload refused: nothing was changed');
+      const where = err instanceof DiskConflictError ? err.fields() : {};
+      this.log.error({ ...where, reason: (err as Error).message }, 'reload refused: nothing was changed');
       throw err;
     }
     return prep;
+  }
+
+  /**
+   * The disks that run once `plan` is applied (those kept, those just opened, and the deferred ones, which will
+   * reopen the image a running disk has open now and are judged by its chain) must not read each other's images:
+   * a new disk whose image is a backing file of a kept disk, or the other way round, refuses the reload.
+   */
+  private checkChainsAfterReload(plan: ReloadPlan, prep: Prepared): void {
+    const closing = new Set([...plan.disks.removed.map((e) => e.name), ...plan.disks.reopened.map((c) => c.name)]);
+    const kept = this.blkPorts.filter((b) => !closing.has(b.device.name)).map(portImages);
+    const fresh = [
+      ...[...prep.disks.values()].map(portImages),
+      ...prep.deferredDisks.map((e) => ({ name: e.name, vm: e.vm, path: e.config.path, files: this.blkPorts.find((b) => b.disk.path === e.config.path)?.disk.files })),
+    ];
+    const freshNames = new Set(fresh.map((d) => d.name));
+    const conflict = chainConflicts([...kept, ...fresh]).find((c) => freshNames.has(c.reader.name) || freshNames.has(c.owner.name));
+    if (conflict) throw new DiskConflictError(conflict, freshNames.has(conflict.owner.name) ? conflict.owner.name : conflict.reader.name);
   }
 
   private dropNetPort(name: string): void {
@@ -573,19 +614,73 @@ export class Daemon {
     return out;
   }
 
-  /** `socket owner` changed: chmod/chown every socket in place (connected guests are not affected). */
+  /**
+   * `socket owner` or a vm's `owner` changed: chmod/chown every socket in place (connected guests are not
+   * affected). Device sockets get their vm's owner, the control socket `socket owner`.
+   */
   private applyOwnerEverywhere(eff: Config, problem: (sentence: string, err: unknown) => void): void {
-    const paths = [...this.netPorts.map((p) => p.server.socketPath), ...this.blkPorts.map((b) => b.server.socketPath)];
+    const sockets: { path: string; owner: SocketOwner | undefined }[] = [...this.netPorts, ...this.blkPorts].map((p) => ({ path: p.server.socketPath, owner: vmSocketOwner(eff, p.vm) }));
     const control = controlSocketPath(eff);
-    if (isSocket(control)) paths.push(control);
-    for (const path of paths) {
+    if (isSocket(control)) sockets.push({ path: control, owner: eff.socketOwner });
+    for (const { path, owner } of sockets) {
       try {
-        applySocketOwner(path, eff.socketOwner);
+        applySocketOwner(path, owner);
       } catch (err) {
         problem(`${path}: cannot apply the socket owner (${(err as Error).message})`, err);
       }
     }
-    this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, sockets: paths.length }, 'reload: socket owner applied');
+    const vmOwners = eff.vms.filter((v) => v.owner).map((v) => v.name);
+    this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, vmsWithOwner: vmOwners, sockets: sockets.length }, 'reload: socket owner applied');
+  }
+}
+
+/** A disk as the chain check sees it: its name, vm, image path and the files it reads. */
+interface DiskImages {
+  name: string;
+  vm: string;
+  path: string;
+  files: DiskFiles | undefined;
+}
+
+/** `reader`'s backing chain holds `owner`'s image: reader's guest would read what owner's guest writes. */
+interface ChainConflict {
+  reader: DiskImages;
+  owner: DiskImages;
+}
+
+function portImages(b: BlkPort): DiskImages {
+  return { name: b.device.name, vm: b.vm, path: b.disk.path, files: b.disk.files };
+}
+
+/** Every pair of disks where one's backing chain holds the other's image (compared by device and inode). */
+function chainConflicts(disks: readonly DiskImages[]): ChainConflict[] {
+  const out: ChainConflict[] = [];
+  for (const reader of disks) {
+    for (const owner of disks) {
+      if (owner !== reader && owner.files && reader.files?.chain.has(owner.files.image)) out.push({ reader, owner });
+    }
+  }
+  return out;
+}
+
+function conflictReason(c: ChainConflict): string {
+  return `the image ${c.owner.path} of ${c.owner.name} (vm ${c.owner.vm}) is a backing file of ${c.reader.name} (vm ${c.reader.vm}, image ${c.reader.path}); ${c.reader.name} would read what ${c.owner.vm}'s guest writes`;
+}
+
+/** A reload refused because one disk would read another's image; `dev` is the disk the reload adds or re-opens. */
+class DiskConflictError extends Error {
+  constructor(
+    readonly conflict: ChainConflict,
+    readonly dev: string,
+  ) {
+    super(`${dev}: ${conflictReason(conflict)}`);
+    this.name = 'DiskConflictError';
+  }
+
+  /** Log fields naming the disk the reload brings in and the disk it conflicts with. */
+  fields(): Record<string, string> {
+    const [mine, other] = this.conflict.reader.name === this.dev ? [this.conflict.reader, this.conflict.owner] : [this.conflict.owner, this.conflict.reader];
+    return { vm: mine.vm, dev: mine.name, image: mine.path, conflictsWith: other.name };
   }
 }
 

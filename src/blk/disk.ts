@@ -13,6 +13,11 @@ export interface Disk {
   readonly path: string;
   /** Image format name for logs and status ("raw", "qcow2"). */
   readonly format: string;
+  /**
+   * The files this disk reads, by identity: set by the disks openDisk returns, absent on test doubles. The daemon
+   * uses it to refuse a configuration in which one disk's image is a backing file of another disk.
+   */
+  readonly files?: DiskFiles;
   /** Read bytes [offset, offset + total length of bufs) into bufs, in order. Reads past the end are an error. */
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void>;
   /** Write bufs, in order, at offset. */
@@ -25,4 +30,17 @@ export interface Disk {
   writeZeroes(offset: number, len: number, unmap: boolean): Promise<void>;
   /** Flush and close. */
   close(): Promise<void>;
+}
+
+/** Files by identity ("dev:ino", see fileId), whatever path they were opened by. */
+export interface DiskFiles {
+  /** The disk's own image. */
+  readonly image: string;
+  /** The image and every backing file below it. */
+  readonly chain: ReadonlySet<string>;
+}
+
+/** "dev:ino" of a stat result: the identity of a file across paths, symlinks and hard links. */
+export function fileId(st: { dev: number; ino: number }): string {
+  return `${st.dev}:${st.ino}`;
 }

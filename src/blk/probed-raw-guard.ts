@@ -9,7 +9,7 @@
  * caller's buffers (guest memory) first, checked, and that very copy is what is written, so a second vCPU that
  * rewrites the buffer after the check cannot slip the magic through.
  */
-import type { Disk } from './disk.js';
+import type { Disk, DiskFiles } from './disk.js';
 import { QCOW2_MAGIC } from './qcow2/header.js';
 import { IovCursor, totalLength } from './qcow2/io.js';
 import { ImageError } from './qcow2/errors.js';
@@ -43,6 +43,9 @@ export class ProbedRawGuard implements Disk {
   }
   get format(): string {
     return this.inner.format;
+  }
+  get files(): DiskFiles | undefined {
+    return this.inner.files;
   }
 
   read(offset: number, bufs: readonly Uint8Array[]): Promise<void> {

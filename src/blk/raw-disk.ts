@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import type { Disk } from './disk.js';
+import { fileId, type Disk, type DiskFiles } from './disk.js';
 import { openImageFile } from './image-file.js';
 
 /** Zero buffer for write-zeroes, written repeatedly (never modified). */
@@ -23,6 +23,7 @@ export class RawDisk implements Disk {
     readonly path: string,
     readonly size: number,
     readonly readOnly: boolean,
+    readonly files: DiskFiles,
   ) {}
 
   /**
@@ -36,7 +37,8 @@ export class RawDisk implements Disk {
       if (st.isFile()) bytes = st.size;
       else if (st.isBlockDevice()) bytes = blockDeviceSize(st);
       else throw new Error(`${path} is neither a regular file nor a block device`);
-      return new RawDisk(fh, path, bytes - (bytes % 512), opts.readOnly);
+      const id = fileId(st);
+      return new RawDisk(fh, path, bytes - (bytes % 512), opts.readOnly, { image: id, chain: new Set([id]) });
     } catch (err) {
       await fh.close();
       throw err;

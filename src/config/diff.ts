@@ -5,7 +5,7 @@
  * device (the guest reconnects); port flags (docs/configuration.md) are applied live. Per disk: a changed image,
  * format, readonly or cache re-opens it, and so does a changed `backing dir` list (disks not configured raw).
  * Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
- * and so are the socket owner and the log level. Settings read once at start-up (socket dir, control socket,
+ * and so are the socket owner, a vm's `owner` and the log level. Settings read once at start-up (socket dir, control socket,
  * metrics listener) keep their running value in `effective` and are listed
  * in `restartRequired`, so `daemon.config` always says what is actually served.
  */
@@ -17,7 +17,9 @@ import {
   type Config,
   type DiskConfig,
   type InterfaceConfig,
+  type SocketOwner,
   type SwitchConfig,
+  vmSocketOwner,
 } from './model.js';
 
 /** One device of a configuration: its name and its vm. */
@@ -77,6 +79,11 @@ export interface ReloadPlan {
   };
   /** `socket owner` changed: every socket gets the new owner (chmod/chown only). */
   ownerChanged: boolean;
+  /**
+   * Vms in both configurations, with an `owner` in either, whose device sockets get another owner (their `owner`
+   * merged with `socket owner`): chown in place, connected guests stay connected. `from`/`to` as `user:group`.
+   */
+  vmOwners: { vm: string; from: string; to: string }[];
   /** `log level` changed: applied live (every device logger follows the root's level). */
   logLevel: { from: string; to: string } | null;
   /** Human sentences: what this reload did not apply and needs a vhostd restart. */
@@ -114,10 +121,19 @@ export function planReload(prev: Config, nextIn: Config): ReloadPlan {
     net: { added: [], removed: [], recreated: [], live: [], unchanged: [] },
     disks: { added: [], removed: [], reopened: [], unchanged: [] },
     switches: { added: [], removed: [], changed: [], unchanged: [] },
-    ownerChanged: !same(ownerIds(prev), ownerIds(effective)),
+    ownerChanged: !same(ownerIds(prev.socketOwner), ownerIds(effective.socketOwner)),
+    vmOwners: [],
     logLevel: (prev.logLevel ?? 'info') === (effective.logLevel ?? 'info') ? null : { from: prev.logLevel ?? 'info', to: effective.logLevel ?? 'info' },
     restartRequired,
   };
+
+  for (const vm of effective.vms) {
+    const before = prev.vms.find((v) => v.name === vm.name);
+    // A vm without an owner of its own in either file follows `socket owner`: ownerChanged covers it.
+    if (!before || (!before.owner && !vm.owner)) continue;
+    const [from, to] = [vmSocketOwner(prev, vm.name), vmSocketOwner(effective, vm.name)];
+    if (!same(ownerIds(from), ownerIds(to))) plan.vmOwners.push({ vm: vm.name, from: ownerText(from), to: ownerText(to) });
+  }
 
   const oldIfaces = interfaces(prev);
   const newIfaces = interfaces(effective);
@@ -252,8 +268,15 @@ function disks(cfg: Config): Map<string, Entry<DiskConfig>> {
   return m;
 }
 
-function ownerIds(cfg: Config): [number, number] {
-  return [cfg.socketOwner?.uid ?? -1, cfg.socketOwner?.gid ?? -1];
+function ownerIds(o: SocketOwner | undefined): [number, number] {
+  return [o?.uid ?? -1, o?.gid ?? -1];
+}
+
+/** "user:group", "user", ":group" as configured, or "none" (the daemon's own user and group). */
+function ownerText(o: SocketOwner | undefined): string {
+  const user = o && o.uid !== -1 ? (o.user ?? String(o.uid)) : '';
+  const group = o && o.gid !== -1 ? `:${o.group ?? o.gid}` : '';
+  return user + group || 'none';
 }
 
 function listen(l: Config['metricsListen']): string {

@@ -103,6 +103,11 @@ export interface VmConfig {
   interfaces: InterfaceConfig[];
   /** Disks in file order (absent in configurations built by hand before disks existed = none). */
   disks?: DiskConfig[];
+  /**
+   * `owner [user][:group]` inside the vm block: owner of this vm's device sockets, in place of `socket owner` for
+   * each part it names (see vmSocketOwner). Absent = the sockets get `socket owner`.
+   */
+  owner?: SocketOwner;
   /** Position of the `vm` keyword. */
   pos: SourcePos;
 }
@@ -172,4 +177,26 @@ export function findSwitch(cfg: Config, name: string): SwitchConfig | undefined 
 
 export function findVm(cfg: Config, name: string): VmConfig | undefined {
   return cfg.vms.find((v) => v.name === name);
+}
+
+/**
+ * The owner of vm `vm`'s device sockets: the vm's `owner`, where it names a user or a group, else the part of
+ * `socket owner` (a vm `owner ":tenant1"` keeps the user of `socket owner` and replaces its group).
+ */
+export function vmSocketOwner(cfg: Config, vm: string): SocketOwner | undefined {
+  const global = cfg.socketOwner;
+  const own = cfg.vms.find((v) => v.name === vm)?.owner;
+  if (!own) return global;
+  const out: SocketOwner = { uid: -1, gid: -1 };
+  const user = own.uid !== -1 ? own : global;
+  const group = own.gid !== -1 ? own : global;
+  if (user && user.uid !== -1) {
+    out.uid = user.uid;
+    if (user.user !== undefined) out.user = user.user;
+  }
+  if (group && group.gid !== -1) {
+    out.gid = group.gid;
+    if (group.group !== undefined) out.group = group.group;
+  }
+  return out;
 }

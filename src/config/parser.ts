@@ -83,6 +83,7 @@ interface RawVm {
   name: Located<string>;
   interfaces: RawInterface[];
   disks: RawDisk[];
+  owner?: Located<string>;
 }
 
 interface RawDisk {
@@ -272,6 +273,8 @@ const VM: KeywordTable<RawVm> = {
     }
     vm.disks.push(d);
   },
+  /** `owner [user][:group]`: owner of this vm's device sockets instead of `socket owner` (quotes optional). */
+  owner: (p, vm, kw) => p.setOnce(vm, 'owner', p.stringOrWord('an owner', '"user:group" or ":group"'), kw, 'owner'),
 };
 
 /** `cache SIZE` of a disk: K/M/G suffixes (binary), 1 MiB..1 GiB; null when malformed or out of range. */
@@ -616,6 +619,10 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string, dbs:
     const disks = vm.disks.map((rd, index) => validateDisk(p, rd, vmName, index, baseDir, socketDir, servedImages));
     const vc: VmConfig = { name: vmName, interfaces, pos: vm.pos };
     if (disks.length) vc.disks = disks;
+    if (vm.owner) {
+      const owner = validateOwner(p, vm.owner, 'an owner', dbs);
+      if (owner) vc.owner = owner;
+    }
     vms.push(vc);
   }
 
@@ -661,6 +668,26 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string, dbs:
   return { file, socketDir, ...daemon, switches, vms };
 }
 
+/** `socket owner` or a vm's `owner`: "user", "user:group" or ":group", names resolved now (a typo is reported here). */
+function validateOwner(p: Parser, o: Located<string>, what: string, dbs: IdDatabases): SocketOwner | undefined {
+  const parts = splitOwner(o.value);
+  if (parts === null) {
+    p.report(o.pos, `expected ${what} like "user", "user:group" or ":group" (names or decimal ids), got ${JSON.stringify(o.value)}`);
+    return undefined;
+  }
+  const owner: SocketOwner = { uid: -1, gid: -1 };
+  for (const kind of ['user', 'group'] as const) {
+    const name = parts[kind];
+    if (name === undefined) continue;
+    owner[kind] = name;
+    const id = resolveId(kind, name, dbs);
+    if (typeof id === 'string') p.report(o.pos, id);
+    else if (kind === 'user') owner.uid = id;
+    else owner.gid = id;
+  }
+  return owner;
+}
+
 /**
  * The daemon-wide settings: control socket (same sun_path limit as the vhost-user sockets; the default
  * `<socket dir>/vhostd.sock` is checked too, at `socket dir`), socket owner (names resolved now, so a typo is a
@@ -683,23 +710,8 @@ function validateDaemonSettings(p: Parser, raw: RawConfig, baseDir: string, sock
     p.report(controlAt, `expected a control socket path of at most ${MAX_SOCKET_PATH_BYTES} bytes, got ${Buffer.byteLength(control)} bytes (${control}); use a shorter path`);
   }
   if (raw.owner) {
-    const o = raw.owner;
-    const parts = splitOwner(o.value);
-    if (parts === null) {
-      p.report(o.pos, `expected a socket owner like "user", "user:group" or ":group" (names or decimal ids), got ${JSON.stringify(o.value)}`);
-    } else {
-      const owner: SocketOwner = { uid: -1, gid: -1 };
-      for (const kind of ['user', 'group'] as const) {
-        const name = parts[kind];
-        if (name === undefined) continue;
-        owner[kind] = name;
-        const id = resolveId(kind, name, dbs);
-        if (typeof id === 'string') p.report(o.pos, id);
-        else if (kind === 'user') owner.uid = id;
-        else owner.gid = id;
-      }
-      out.socketOwner = owner;
-    }
+    const owner = validateOwner(p, raw.owner, 'a socket owner', dbs);
+    if (owner) out.socketOwner = owner;
   }
   if (raw.metricsListen) {
     const l = parseListenAddress(raw.metricsListen.value);

@@ -284,6 +284,62 @@ describe.skipIf(!hasQemuImg || !native.ok)('the daemon under the image policy', 
     );
     expect(daemon.blkPorts.map((b) => b.device.name)).toEqual(['vm2.disk0']);
   });
+
+  /** A flat directory: vmA's overlay names vmB.img (raw, format stated) as its backing file. */
+  function sharedBacking(): { img: string; a: string; b: string } {
+    const { img } = layout();
+    const b = path.join(img, 'vmB.img');
+    fs.writeFileSync(b, Buffer.alloc(MiB, 0x42));
+    const a = overlay(path.join(img, 'vmA.qcow2'), 'vmB.img');
+    return { img, a, b };
+  }
+
+  test("a reload that adds a disk whose image is a backing file of a running disk is refused (naming both) and changes nothing", async () => {
+    const { img, a, b } = sharedBacking();
+    const vmA = 'vm "vmA" { disk "vmA.qcow2" format qcow2 }\n';
+    const vmB = 'vm "vmB" { disk "vmB.img" format raw }\n';
+    const conf = path.join(img, 'vhostd.conf');
+    const c = capture();
+    // vmB is not configured: vmB.img is a plain file in vmA's directory, so vmA opens.
+    daemon = new Daemon(parseConfig(`socket dir "${img}"\n${vmA}`, conf), loadNative(), c.log);
+    await daemon.openDisks();
+    daemon.start();
+    expect(daemon.blkPorts.map((p) => p.device.name)).toEqual(['vmA.disk0']);
+    const before = structuredClone(daemon.config);
+    for (const text of [vmA + vmB, vmB + vmA]) {
+      await expect(daemon.reload(parseConfig(`socket dir "${img}"\n${text}`, conf))).rejects.toThrow(
+        `vmB.disk0: the image ${b} of vmB.disk0 (vm vmB) is a backing file of vmA.disk0 (vm vmA, image ${a})`,
+      );
+      expect(daemon.blkPorts.map((p) => p.device.name)).toEqual(['vmA.disk0']);
+      expect(daemon.config).toEqual(before);
+      expect(fs.existsSync(path.join(img, 'vmB.disk0.sock'))).toBe(false);
+    }
+    const line = c.lines.find((l) => l.msg === 'reload refused: nothing was changed');
+    expect(line).toMatchObject({ vm: 'vmB', dev: 'vmB.disk0', image: b, conflictsWith: 'vmA.disk0' });
+    // vmA still reads its backing file, which nobody else serves.
+    const sector = Buffer.alloc(512);
+    await daemon.blkPorts[0]!.disk.read(0, [sector]);
+    expect(sector.every((x) => x === 0x42)).toBe(true);
+  });
+
+  test('a start with both disks refuses the one whose chain holds the other\'s image, in either order', async () => {
+    const { img, a } = sharedBacking();
+    const vmA = 'vm "vmA" { disk "vmA.qcow2" format qcow2 }\n';
+    const vmB = 'vm "vmB" { disk "vmB.img" format raw }\n';
+    for (const text of [vmA + vmB, vmB + vmA]) {
+      const c = capture();
+      daemon = new Daemon(parseConfig(`socket dir "${img}"\n${text}`, path.join(img, 'vhostd.conf')), loadNative(), c.log);
+      await daemon.openDisks();
+      daemon.start();
+      expect(daemon.blkPorts.map((p) => p.device.name)).toEqual(['vmB.disk0']);
+      expect(daemon.config.vms.find((v) => v.name === 'vmA')?.disks).toBeUndefined();
+      const line = c.lines.find((l) => l.msg === 'disk not started: image refused by the image policy');
+      expect(line).toMatchObject({ vm: 'vmA', dev: 'vmA.disk0', image: a });
+      expect(String(line?.reason)).toContain(`${path.join(img, 'vmB.img')} is the image of another configured disk (vmB.disk0)`);
+      await daemon.stop();
+      daemon = null;
+    }
+  });
 });
 
 describe.skipIf(!hasQemuImg || !native.ok)('a probed raw disk cannot turn itself into qcow2', () => {

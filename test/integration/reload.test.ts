@@ -4,6 +4,7 @@
  * a connected guest, a re-created device, live switch settings, what needs a restart, a refused reload that
  * changes nothing, and the socket owner (mode 0660, configured uid/gid) on start and on reload.
  */
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -323,5 +324,51 @@ describe.skipIf(!native.ok)('Daemon.reload over vhost-user', () => {
       const s = fs.statSync(sock(name));
       expect([name, s.mode & 0o777, s.gid]).toEqual([name, 0o660, other]);
     }
+  });
+
+  /** Connect to a Unix socket as another user: "ok" or the error code. */
+  function connectAs(sockPath: string, uid: number, gid: number): Promise<string> {
+    const script = "const c=require('net').createConnection(process.argv[1]);c.on('connect',()=>{console.log('ok');c.destroy()});c.on('error',(e)=>console.log(e.code))";
+    return new Promise((resolve, reject) => {
+      const p = spawn(process.execPath, ['-e', script, sockPath], { uid, gid, cwd: '/', stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      p.on('error', reject);
+      p.on('close', () => resolve(out.trim()));
+    });
+  }
+
+  test.skipIf(process.getuid?.() !== 0)("a vm's owner: a user outside its group gets EACCES on its sockets, another vm's owner lets them in; a reload applies a change", async () => {
+    const [NOBODY, TENANT1, TENANT2] = [65534, 60001, 60002];
+    const vm1 = (owner: string) => `vm "vm1" { ${owner}\n interface { switch "s0"; lladdr ${M1} }\n disk "vm1.img" format raw }\n`;
+    const vm2 = (owner: string) => `vm "vm2" { ${owner}\n interface { switch "s0"; lladdr ${M2} } }\n`;
+    const global = `socket owner ":${TENANT2}"\n`;
+    await start(global + SW + vm1(`owner ":${TENANT1}"`) + vm2(''), undefined, { 'vm1.img': 1 << 20 });
+    fs.chmodSync(dir, 0o755); // others may reach the sockets; the sockets' own mode decides
+    const vm1Sockets = [sock('vm1.net0'), sock('vm1.disk0')];
+    const modeGid = (s: string): number[] => [fs.statSync(s).mode & 0o777, fs.statSync(s).gid];
+    for (const s of vm1Sockets) {
+      expect(modeGid(s), s).toEqual([0o660, TENANT1]);
+      expect(await connectAs(s, NOBODY, TENANT2), s).toBe('EACCES');
+      expect(await connectAs(s, NOBODY, TENANT1), s).toBe('ok');
+    }
+    expect(modeGid(sock('vm2.net0'))).toEqual([0o660, TENANT2]); // no owner of its own: socket owner
+    expect(await connectAs(sock('vm2.net0'), NOBODY, TENANT2)).toBe('ok');
+    expect(await connectAs(sock('vm2.net0'), NOBODY, TENANT1)).toBe('EACCES');
+
+    // vm1 loses its owner, vm2 gets tenant1's: chown in place, no device re-created.
+    const r = await daemon!.reload(conf(global + SW + vm1('') + vm2(`owner ":${TENANT1}"`)));
+    expect(r.changed).toEqual(['vm vm1', 'vm vm2']);
+    expect(r.details).toEqual([
+      { name: 'vm vm1', change: `owner of its sockets :${TENANT1} → :${TENANT2}; applied live, connected guests stay connected` },
+      { name: 'vm vm2', change: `owner of its sockets :${TENANT2} → :${TENANT1}; applied live, connected guests stay connected` },
+    ]);
+    expect(r.unchanged).toEqual(['vm1.net0', 'vm2.net0', 'vm1.disk0', 'switch s0']);
+    for (const s of vm1Sockets) {
+      expect(modeGid(s), s).toEqual([0o660, TENANT2]);
+      expect(await connectAs(s, NOBODY, TENANT2), s).toBe('ok');
+    }
+    expect(modeGid(sock('vm2.net0'))).toEqual([0o660, TENANT1]);
+    expect(await connectAs(sock('vm2.net0'), NOBODY, TENANT2)).toBe('EACCES');
   });
 });

@@ -26,7 +26,14 @@ export interface ImagePolicy {
   /** Directories a backing file may lie in, besides the top image's own directory tree (`backing dir`). */
   backingDirs?: readonly string[];
   /** Images served to other disks: never acceptable as a backing file (another guest's data). */
-  denyImages?: readonly string[];
+  denyImages?: readonly (string | DeniedImage)[];
+}
+
+/** An image served to another disk, with that disk's name for the refusal message. */
+export interface DeniedImage {
+  path: string;
+  /** e.g. "vm2.disk0" */
+  disk: string;
 }
 
 /** State carried down one backing chain. */
@@ -36,16 +43,16 @@ export interface ChainState {
   seen: Set<string>;
   /** Resolved allowed directories; null until the top image is open. */
   within: string[] | null;
-  /** dev:ino of the images in ImagePolicy.denyImages. */
-  deny: Set<string>;
+  /** dev:ino of the images in ImagePolicy.denyImages → the disk serving it ('' when not named). */
+  deny: Map<string, string>;
   policy: ImagePolicy;
 }
 
 export async function newChain(policy: ImagePolicy = {}): Promise<ChainState> {
-  const deny = new Set<string>();
-  for (const p of policy.denyImages ?? []) {
-    const st = await stat(p).catch(() => null);
-    if (st) deny.add(`${st.dev}:${st.ino}`);
+  const deny = new Map<string, string>();
+  for (const d of policy.denyImages ?? []) {
+    const st = await stat(typeof d === 'string' ? d : d.path).catch(() => null);
+    if (st) deny.set(`${st.dev}:${st.ino}`, typeof d === 'string' ? '' : d.disk);
   }
   return { depth: 0, seen: new Set(), within: null, deny, policy };
 }
@@ -91,7 +98,8 @@ export async function openBacking(path: string, resolved: string, h: Qcow2Header
   let keep = false;
   try {
     const id = `${st.dev}:${st.ino}`;
-    if (chain.deny.has(id)) refuse(`${real} is the image of another configured disk`);
+    const denied = chain.deny.get(id);
+    if (denied !== undefined) refuse(`${real} is the image of another configured disk${denied ? ` (${denied})` : ''}`);
     if (chain.seen.has(id)) throw new ImageError('InvalidFormat', `backing chain loops back to an image in the chain (${real})`, ctx);
     const magic = Buffer.alloc(4);
     await preadvFull(fh, [magic], 0, real);

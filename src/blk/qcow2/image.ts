@@ -18,7 +18,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { inflateRaw, constants as zc } from 'node:zlib';
 import { promisify } from 'node:util';
-import type { Disk } from '../disk.js';
+import { fileId, type Disk, type DiskFiles } from '../disk.js';
 import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
@@ -86,6 +86,8 @@ export class Qcow2Image implements Disk, BackingImage {
   /** The parsed header (for status and tests). */
   readonly header: Qcow2Header;
   readonly backing: BackingImage | null;
+  /** Set on the top image of a chain once the whole chain is open (a backing image has none). */
+  files?: DiskFiles;
 
   private readonly fh: FileHandle;
   private readonly log: Qcow2OpenOptions['log'];
@@ -159,7 +161,10 @@ export class Qcow2Image implements Disk, BackingImage {
     }
     const chain = await newChain(opts.policy);
     await setAllowedDirs(chain, file.resolved);
-    return Qcow2Image.openChain(path, file, opts, chain);
+    const img = await Qcow2Image.openChain(path, file, opts, chain);
+    // Every level adds itself to chain.seen as it opens: the set now holds the image and all its backing files.
+    img.files = { image: fileId(file.stat), chain: new Set(chain.seen) };
+    return img;
   }
 
   /** Open the qcow2 image in `file` (the handle is owned from here on); its backing chain under `chain`'s rules. */

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../../src/config/lexer.js';
-import { controlSocketPath } from '../../../src/config/model.js';
+import { controlSocketPath, vmSocketOwner } from '../../../src/config/model.js';
 import { lookupId, splitOwner } from '../../../src/config/owner.js';
 import { parseConfig, parseListenAddress, type ParseOptions } from '../../../src/config/parser.js';
 
@@ -100,6 +100,31 @@ describe('socket owner [user][:group]', () => {
   });
 });
 
+
+describe('owner [user][:group] inside a vm block', () => {
+  const vm = (body: string) => `switch "s" {}\nvm "v1" { interface { switch "s" }\n${body} }\nvm "v2" { interface { switch "s" } }\n`;
+
+  it('resolves like socket owner, quoted or not, for that vm only', () => {
+    expect(parse(vm('owner ":vhost-ops"')).vms.map((v) => v.owner)).toEqual([{ group: 'vhost-ops', uid: -1, gid: 2001 }, undefined]);
+    expect(parse(vm('owner _vmd:wheel')).vms[0]!.owner).toEqual({ user: '_vmd', group: 'wheel', uid: 812, gid: 10 });
+    expect(parse(vm('owner "1234"')).vms[0]!.owner).toEqual({ user: '1234', uid: 1234, gid: -1 });
+    expect(parse(vm('')).vms[0]!).not.toHaveProperty('owner');
+  });
+
+  it('replaces, part by part, what socket owner gives the vm\'s sockets', () => {
+    const cfg = parse(`socket owner "_vmd:wheel"\n${vm('owner ":vhost-ops"')}`);
+    expect(vmSocketOwner(cfg, 'v1')).toEqual({ user: '_vmd', group: 'vhost-ops', uid: 812, gid: 2001 });
+    expect(vmSocketOwner(cfg, 'v2')).toEqual(cfg.socketOwner);
+    expect(vmSocketOwner(parse(vm('owner "root"')), 'v1')).toEqual({ user: 'root', uid: 0, gid: -1 });
+    expect(vmSocketOwner(parse(vm('')), 'v1')).toBeUndefined();
+  });
+
+  it('an unknown name, a malformed owner or a second owner is an error at the statement', () => {
+    expect(errorOf(vm('owner ":staff"'))).toBe(`vhostd.conf:3:7: unknown group "staff" (not in ${group})`);
+    expect(errorOf(vm('owner "a:b:c"'))).toBe('vhostd.conf:3:7: expected an owner like "user", "user:group" or ":group" (names or decimal ids), got "a:b:c"');
+    expect(errorOf(vm('owner root; owner _vmd'))).toBe('vhostd.conf:3:13: duplicate owner, already set at 3:7');
+  });
+});
 describe('metrics listen "ADDRESS:PORT"', () => {
   it('IPv4, bracketed IPv6 and host names', () => {
     expect(parse('metrics listen "127.0.0.1:9100"').metricsListen).toEqual({ host: '127.0.0.1', port: 9100 });

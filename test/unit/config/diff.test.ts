@@ -154,6 +154,27 @@ describe('planReload', () => {
     expect(planReload(prev, parse(BASE)).ownerChanged).toBe(true);
   });
 
+  test("a vm's owner: a change of its sockets' ids is listed per vm, with the owner merged with socket owner", () => {
+    const own = (text: string, owner?: Config['socketOwner'], vmOwner?: Config['socketOwner']): Config => {
+      const cfg: Config = { ...parse(text), ...(owner ? { socketOwner: owner } : {}) };
+      if (vmOwner) cfg.vms.find((v) => v.name === 'vm2')!.owner = vmOwner;
+      return cfg;
+    };
+    const kvm = { group: 'kvm', uid: -1, gid: 105 };
+    const t1 = { group: 'tenant1', uid: -1, gid: 2001 };
+    expect(planReload(own(BASE, kvm), own(BASE, kvm, t1)).vmOwners).toEqual([{ vm: 'vm2', from: ':kvm', to: ':tenant1' }]);
+    expect(planReload(own(BASE, kvm, t1), own(BASE, kvm)).vmOwners).toEqual([{ vm: 'vm2', from: ':tenant1', to: ':kvm' }]);
+    expect(planReload(own(BASE, undefined, t1), own(BASE)).vmOwners).toEqual([{ vm: 'vm2', from: ':tenant1', to: 'none' }]);
+    expect(planReload(own(BASE, kvm, t1), own(BASE, kvm, { ...t1 })).vmOwners).toEqual([]);
+    // The same ids through the global owner are no change for the vm; vms without an owner follow ownerChanged.
+    expect(planReload(own(BASE, t1), own(BASE, kvm, t1)).vmOwners).toEqual([]);
+    const global = planReload(own(BASE, kvm), own(BASE, t1));
+    expect([global.ownerChanged, global.vmOwners]).toEqual([true, []]);
+    expect(planReload(own(BASE, kvm, { user: 'qemu', uid: 107, gid: -1 }), own(BASE, t1, { user: 'qemu', uid: 107, gid: -1 })).vmOwners).toEqual([
+      { vm: 'vm2', from: 'qemu:kvm', to: 'qemu:tenant1' },
+    ]);
+  });
+
   test('the next configuration is not modified', () => {
     const next = parse(`${BASE}vm "vm3" { interface { switch "s0" } }\n`, '/run/b');
     const copy = structuredClone(next);

@@ -184,7 +184,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
   it('unknown keywords list the expected ones', () => {
     expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log, backing, max');
     expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
-    expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk');
+    expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk, owner');
     expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
       'vhostd.conf:1:22: unknown keyword "group" in the interface block, expected one of: switch, lladdr, locked, learn, -learn, discover, -discover, blocknonip, -blocknonip, span, protected, untagged, tagged, maxaddr',
     );
