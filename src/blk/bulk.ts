@@ -2,14 +2,12 @@
  * DISCARD / WRITE_ZEROES in bounded pieces: up to max_discard_seg segments of max_discard_sectors each (16 x 2 GiB)
  * is a lot of metadata work (qcow2 walks every cluster, mostly without real I/O, so nothing would yield).
  */
+import { setImmediate } from 'node:timers/promises';
 import type { Disk } from './disk.js';
 import type { BlkSegment } from './request.js';
 
 /** Discard / write-zeroes work per event-loop turn (bytes; a multiple of the largest qcow2 cluster, 2 MiB). */
 export const BLK_BULK_CHUNK = 8 * 1024 * 1024;
-
-/** Let the event loop run (timers, sockets, other devices) before the next chunk of bulk work. */
-const yieldTurn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
  * One device's discard and write-zeroes requests. The segments are cut at BLK_BULK_CHUNK-aligned offsets
@@ -35,7 +33,7 @@ export class BulkQueue {
       const end = s.offset + s.len;
       let o = s.offset;
       do {
-        await yieldTurn();
+        await setImmediate(); // let timers, sockets and other devices run before the next chunk
         const next = Math.min(end, (Math.floor(o / BLK_BULK_CHUNK) + 1) * BLK_BULK_CHUNK);
         if (kind === 'discard') await disk.discard(o, next - o);
         else await disk.writeZeroes(o, next - o, s.unmap);

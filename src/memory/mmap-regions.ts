@@ -6,6 +6,7 @@
  * cross a 1 GiB-aligned GPA. Each window is its own MemoryRegion with consecutive gpa/uva and origin = desc.
  * Spec: vhost-user SET_MEM_TABLE / ADD_MEM_REG (fd bytes [mmap_offset, mmap_offset+size) back the region).
  */
+import { setImmediate } from 'node:timers/promises';
 import type { NativeBinding } from '../native/types.js';
 import { VhostError } from '../util/errors.js';
 import { MemoryRegion, MAX_ADDR, type RegionDesc } from './region.js';
@@ -117,7 +118,7 @@ async function mapInTurns(
       out.push(wins);
       for (const w of regionWindows(it.desc)) {
         if (n > 0 && n % perTurn === 0) {
-          await new Promise<void>((resolve) => setImmediate(resolve));
+          await setImmediate();
           if (cancelled()) throw new VhostError('ERR_MEM_MAP', 'the connection closed while its memory was being mapped');
         }
         wins.push(mapWindow(native, it.desc, it.fd, w, origin));
