@@ -41,6 +41,16 @@ function checkDesc(desc: RegionDesc): void {
   }
 }
 
+/** What each window's `origin` names: a copy of the region's own four fields, whatever else `desc` carries. */
+function originOf(desc: RegionDesc): RegionDesc {
+  return { gpa: desc.gpa, size: desc.size, uva: desc.uva, mmapOffset: desc.mmapOffset };
+}
+
+/** A table mapped in part when mapping failed: munmap every window mapped so far. */
+function unmapTable(native: NativeBinding, table: readonly MemoryRegion[][]): void {
+  for (const w of table) unmapRegions(native, w);
+}
+
 function mapWindow(native: NativeBinding, desc: RegionDesc, fd: number, w: { gpa: number; size: number }, origin: RegionDesc): MemoryRegion {
   const delta = w.gpa - desc.gpa;
   let ab: ArrayBuffer;
@@ -64,7 +74,7 @@ function mapWindow(native: NativeBinding, desc: RegionDesc, fd: number, w: { gpa
  */
 export function mapRegion(native: NativeBinding, desc: RegionDesc, fd: number): MemoryRegion[] {
   checkDesc(desc);
-  const origin: RegionDesc = { gpa: desc.gpa, size: desc.size, uva: desc.uva, mmapOffset: desc.mmapOffset };
+  const origin = originOf(desc);
   const out: MemoryRegion[] = [];
   try {
     for (const w of regionWindows(desc)) out.push(mapWindow(native, desc, fd, w, origin));
@@ -95,7 +105,7 @@ export function mapRegions(
     try {
       for (const it of items) out.push(mapRegion(native, it.desc, it.fd));
     } catch (err) {
-      for (const w of out) unmapRegions(native, w);
+      unmapTable(native, out);
       throw err;
     }
     return out;
@@ -113,7 +123,7 @@ async function mapInTurns(
   let n = 0;
   try {
     for (const it of items) {
-      const origin: RegionDesc = { gpa: it.desc.gpa, size: it.desc.size, uva: it.desc.uva, mmapOffset: it.desc.mmapOffset };
+      const origin = originOf(it.desc);
       const wins: MemoryRegion[] = [];
       out.push(wins);
       for (const w of regionWindows(it.desc)) {
@@ -126,7 +136,7 @@ async function mapInTurns(
       }
     }
   } catch (err) {
-    for (const w of out) unmapRegions(native, w);
+    unmapTable(native, out);
     throw err;
   }
   return out;
