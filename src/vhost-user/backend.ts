@@ -80,7 +80,7 @@ export class BackendSession {
     readonly device: VirtioDevice,
     private readonly out: ReplySink,
     private readonly log: Logger,
-    private readonly limits: FrontendLimits = DEFAULT_LIMITS,
+    limits: FrontendLimits = DEFAULT_LIMITS,
   ) {
     this.limited = new RateLimitedLog(log);
     this.inflight = new InflightArea(native, log);
