@@ -14,7 +14,7 @@
  * a new front-end may own. pause() (a memory change is coming) stops every queue taking chains and settles once
  * nothing is in flight; resume() processes what was kicked meanwhile.
  *
- * DISCARD / WRITE_ZEROES are cut into BLK_BULK_CHUNK pieces with an event-loop turn before each (see bulk()).
+ * DISCARD / WRITE_ZEROES are cut into BLK_BULK_CHUNK pieces with an event-loop turn before each (bulk.ts).
  *
  * Durability (VIRTIO 1.2 §5.2.6.2): writeback is reported (wce=1) so guests send FLUSH; FLUSH completes after
  * disk.flush(). In write-through mode (the driver wrote wce=0, or negotiated neither FLUSH nor CONFIG_WCE) every
@@ -35,7 +35,8 @@ import { RateLimitedLog } from '../util/log.js';
 import type { Disk } from './disk.js';
 import { ImageError } from './qcow2/errors.js';
 import { newBlkLatency, type BlkLatency } from './latency.js';
-import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest, type BlkSegment } from './request.js';
+import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest } from './request.js';
+import { BulkQueue } from './bulk.js';
 import {
   BLK_REQ_HDR_SIZE,
   BlkConfig,
@@ -67,11 +68,7 @@ export const BLK_MAX_DISCARD_SECTORS = 1 << 22; // 2 GiB
 export const BLK_MAX_DISCARD_SEG = 16;
 export const BLK_MAX_WRITE_ZEROES_SECTORS = 1 << 16; // 32 MiB
 export const BLK_MAX_WRITE_ZEROES_SEG = 16;
-/** Discard / write-zeroes work per event-loop turn (bytes; a multiple of the largest qcow2 cluster, 2 MiB). */
-export const BLK_BULK_CHUNK = 8 * 1024 * 1024;
-
-/** Let the event loop run (timers, sockets, other devices) before the next chunk of bulk work. */
-const yieldTurn = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
+export { BLK_BULK_CHUNK } from './bulk.js';
 
 export interface BlkCounters {
   reads: number;
@@ -149,13 +146,14 @@ export class BlkDevice implements VirtioDevice {
   private paused = false;
   /** Waiting for counters.inflight to reach 0 (pause, whenIdle). */
   private idleWaiters: (() => void)[] = [];
-  /** Discard and write-zeroes run one at a time per device, one chunk per event-loop turn (see bulk()). */
-  private bulkTail: Promise<unknown> = Promise.resolve();
+  /** Discard and write-zeroes run one at a time per device, one chunk per event-loop turn. */
+  private readonly bulk: BulkQueue;
 
   constructor(opts: BlkDeviceOptions) {
     this.name = opts.name;
     this.disk = opts.disk;
     this.log = opts.log;
+    this.bulk = new BulkQueue(opts.disk);
     this.guestErrors = new RateLimitedLog(opts.log);
     const id = Buffer.from(opts.serial ?? opts.name, 'latin1').subarray(0, VIRTIO_BLK_ID_BYTES);
     this.serial = new Uint8Array(VIRTIO_BLK_ID_BYTES);
@@ -306,7 +304,7 @@ export class BlkDevice implements VirtioDevice {
 
   /** Settles when counters.inflight is 0, with every completion published first. */
   whenIdle(): Promise<void> | null {
-    for (const st of this.queues.values()) if (st.publishScheduled && st.attached) this.publishNow(st);
+    this.publishPending();
     if (this.counters.inflight === 0) return null;
     return new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
@@ -417,36 +415,12 @@ export class BlkDevice implements VirtioDevice {
       case 'write-zeroes': {
         if (req.kind === 'discard') this.counters.discards++;
         else this.counters.writeZeroes++;
-        const run = this.bulkTail.then(() => this.bulk(req.kind, req.segments));
-        this.bulkTail = run.catch(() => undefined);
-        await run;
+        await this.bulk.run(req.kind, req.segments);
         if (this.writeThrough) await disk.flush();
         return 0;
       }
       default:
         throw new Error(`unexpected request ${req.kind}`);
-    }
-  }
-
-  /**
-   * DISCARD / WRITE_ZEROES: up to max_discard_seg segments of max_discard_sectors each (16 x 2 GiB) is a lot of
-   * metadata work (qcow2 walks every cluster, mostly without real I/O, so nothing would yield). The segments are cut
-   * at BLK_BULK_CHUNK-aligned offsets (cluster-aligned for every qcow2 cluster size, so the result is the same as one
-   * call) and the device yields to the event loop before every chunk; requests run one after another (bulkTail), so
-   * one turn does at most one chunk per device however many such requests are queued.
-   */
-  private async bulk(kind: 'discard' | 'write-zeroes', segments: readonly BlkSegment[]): Promise<void> {
-    const disk = this.disk;
-    for (const s of segments) {
-      const end = s.offset + s.len;
-      let o = s.offset;
-      do {
-        await yieldTurn();
-        const next = Math.min(end, (Math.floor(o / BLK_BULK_CHUNK) + 1) * BLK_BULK_CHUNK);
-        if (kind === 'discard') await disk.discard(o, next - o);
-        else await disk.writeZeroes(o, next - o, s.unmap);
-        o = next;
-      } while (o < end);
     }
   }
 
@@ -463,7 +437,7 @@ export class BlkDevice implements VirtioDevice {
     }
     if (this.counters.inflight === 0 && this.idleWaiters.length > 0) {
       // Used entries must reach used.idx before the rings are rebuilt over the new memory, or they are lost.
-      for (const q of this.queues.values()) if (q.publishScheduled && q.attached) this.publishNow(q);
+      this.publishPending();
       const w = this.idleWaiters;
       this.idleWaiters = [];
       for (const f of w) f();
@@ -496,6 +470,11 @@ export class BlkDevice implements VirtioDevice {
   private publishNow(st: QueueState): void {
     st.publishScheduled = false;
     st.dq.publish();
+  }
+
+  /** Publish every attached queue's scheduled completions now. */
+  private publishPending(): void {
+    for (const st of this.queues.values()) if (st.publishScheduled && st.attached) this.publishNow(st);
   }
 
   private wakeDrain(st: QueueState): void {

@@ -150,12 +150,20 @@ const BACKING: KeywordTable<RawConfig> = {
   dir: (p, cfg) => (cfg.backingDirs ??= []).push(p.string('a backing file directory', '"/var/lib/vhostd/base"')),
 };
 
-/** `max guest memory SIZE`: K/M/G/T suffixes (binary), 1 GiB..64 TiB; null when malformed or out of range. */
-function parseMemorySize(text: string): number | null {
+/**
+ * A size with an optional binary suffix (K/M/G/T, any case); null when malformed or outside min..max. A suffix too
+ * large for the range needs no separate rejection: every such size but 0 is above max.
+ */
+function parseBinarySize(text: string, min: number, max: number): number | null {
   const m = /^(\d+)([KMGT])?$/i.exec(text);
   if (!m) return null;
   const bytes = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] ?? ' ').toUpperCase());
-  return bytes >= MIN_MAX_GUEST_MEMORY && bytes <= MAX_MAX_GUEST_MEMORY ? bytes : null;
+  return bytes >= min && bytes <= max ? bytes : null;
+}
+
+/** `max guest memory SIZE`: 1 GiB..64 TiB. */
+function parseMemorySize(text: string): number | null {
+  return parseBinarySize(text, MIN_MAX_GUEST_MEMORY, MAX_MAX_GUEST_MEMORY);
 }
 
 /** `socket dir "PATH"`, `socket owner [user][:group]`. */
@@ -277,12 +285,9 @@ const VM: KeywordTable<RawVm> = {
   owner: (p, vm, kw) => p.setOnce(vm, 'owner', p.stringOrWord('an owner', '"user:group" or ":group"'), kw, 'owner'),
 };
 
-/** `cache SIZE` of a disk: K/M/G suffixes (binary), 1 MiB..1 GiB; null when malformed or out of range. */
+/** `cache SIZE` of a disk: 1 MiB..1 GiB (parseBinarySize). */
 function parseCacheSize(text: string): number | null {
-  const m = /^(\d+)([KMG])?$/i.exec(text);
-  if (!m) return null;
-  const bytes = Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] ?? ' ').toUpperCase());
-  return bytes >= 2 ** 20 && bytes <= 2 ** 30 ? bytes : null;
+  return parseBinarySize(text, 2 ** 20, 2 ** 30);
 }
 
 /** A boolean flag keyword and its `-` form, e.g. `learn` / `-learn`. */

@@ -6,6 +6,7 @@
  * cross a 1 GiB-aligned GPA. Each window is its own MemoryRegion with consecutive gpa/uva and origin = desc.
  * Spec: vhost-user SET_MEM_TABLE / ADD_MEM_REG (fd bytes [mmap_offset, mmap_offset+size) back the region).
  */
+import { setImmediate } from 'node:timers/promises';
 import type { NativeBinding } from '../native/types.js';
 import { VhostError } from '../util/errors.js';
 import { MemoryRegion, MAX_ADDR, type RegionDesc } from './region.js';
@@ -40,6 +41,16 @@ function checkDesc(desc: RegionDesc): void {
   }
 }
 
+/** What each window's `origin` names: a copy of the region's own four fields, whatever else `desc` carries. */
+function originOf(desc: RegionDesc): RegionDesc {
+  return { gpa: desc.gpa, size: desc.size, uva: desc.uva, mmapOffset: desc.mmapOffset };
+}
+
+/** A table mapped in part when mapping failed: munmap every window mapped so far. */
+function unmapTable(native: NativeBinding, table: readonly MemoryRegion[][]): void {
+  for (const w of table) unmapRegions(native, w);
+}
+
 function mapWindow(native: NativeBinding, desc: RegionDesc, fd: number, w: { gpa: number; size: number }, origin: RegionDesc): MemoryRegion {
   const delta = w.gpa - desc.gpa;
   let ab: ArrayBuffer;
@@ -63,7 +74,7 @@ function mapWindow(native: NativeBinding, desc: RegionDesc, fd: number, w: { gpa
  */
 export function mapRegion(native: NativeBinding, desc: RegionDesc, fd: number): MemoryRegion[] {
   checkDesc(desc);
-  const origin: RegionDesc = { gpa: desc.gpa, size: desc.size, uva: desc.uva, mmapOffset: desc.mmapOffset };
+  const origin = originOf(desc);
   const out: MemoryRegion[] = [];
   try {
     for (const w of regionWindows(desc)) out.push(mapWindow(native, desc, fd, w, origin));
@@ -94,7 +105,7 @@ export function mapRegions(
     try {
       for (const it of items) out.push(mapRegion(native, it.desc, it.fd));
     } catch (err) {
-      for (const w of out) unmapRegions(native, w);
+      unmapTable(native, out);
       throw err;
     }
     return out;
@@ -112,12 +123,12 @@ async function mapInTurns(
   let n = 0;
   try {
     for (const it of items) {
-      const origin: RegionDesc = { gpa: it.desc.gpa, size: it.desc.size, uva: it.desc.uva, mmapOffset: it.desc.mmapOffset };
+      const origin = originOf(it.desc);
       const wins: MemoryRegion[] = [];
       out.push(wins);
       for (const w of regionWindows(it.desc)) {
         if (n > 0 && n % perTurn === 0) {
-          await new Promise<void>((resolve) => setImmediate(resolve));
+          await setImmediate();
           if (cancelled()) throw new VhostError('ERR_MEM_MAP', 'the connection closed while its memory was being mapped');
         }
         wins.push(mapWindow(native, it.desc, it.fd, w, origin));
@@ -125,7 +136,7 @@ async function mapInTurns(
       }
     }
   } catch (err) {
-    for (const w of out) unmapRegions(native, w);
+    unmapTable(native, out);
     throw err;
   }
   return out;

@@ -12,7 +12,7 @@
  */
 import type { FdStat, NativeBinding } from '../native/types.js';
 import { VhostError } from '../util/errors.js';
-import { requestName, type RegionDescriptor } from './message.js';
+import { requestName, type Message, type RegionDescriptor } from './message.js';
 
 
 /** Limits a session applies to what its front-end asks for; read at each request, so a reload takes effect. */
@@ -78,6 +78,13 @@ export function vringFdProblem(native: NativeBinding, fd: number, which: 'kick' 
   if (which === 'kick' ? acc === O_WRONLY : acc === O_RDONLY) return `the ${which} fd is not open for ${which === 'kick' ? 'reading' : 'writing'}`;
   if ((st.flags & O_NONBLOCK) === 0) return `the ${which} fd is blocking (no O_NONBLOCK)`;
   return null;
+}
+
+/** The request carries exactly `n` fds; checked before any state changes (DPDK validate_msg_fds). */
+export function expectFds(msg: Message, n: number): void {
+  if (msg.fds.length !== n) {
+    throw new VhostError('ERR_VU_BAD_FDS', `${requestName(msg.request)}: ${msg.fds.length} fds attached, expected ${n}`);
+  }
 }
 
 /**

@@ -21,7 +21,7 @@ import {
   HEADER_SIZE,
   readU64Big,
 } from '../../src/vhost-user/message.js';
-import { decodeInflight } from '../../src/vhost-user/backend.js';
+import { decodeInflight } from '../../src/vhost-user/inflight-fd.js';
 import { VhostError } from '../../src/util/errors.js';
 import type { FuzzTarget } from './engine.js';
 

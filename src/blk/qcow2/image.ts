@@ -16,6 +16,7 @@
  * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { setImmediate } from 'node:timers/promises';
 import { inflateRaw, constants as zc } from 'node:zlib';
 import { promisify } from 'node:util';
 import { fileId, type Disk, type DiskFiles } from '../disk.js';
@@ -48,7 +49,6 @@ import {
   readBacking,
   RwLock,
   totalLength,
-  yieldToLoop,
   type BackingImage,
 } from './io.js';
 
@@ -243,7 +243,7 @@ export class Qcow2Image implements Disk, BackingImage {
       this.fixedMeta.add(off / cs);
     }
     for (let i = 0; i < h.l1Size; i++) {
-      if ((i & 0xffff) === 0xffff) await yieldToLoop(); // an L1 has up to 4M entries: no long stall at open
+      if ((i & 0xffff) === 0xffff) await setImmediate(); // an L1 has up to 4M entries: no long stall at open
       const hi = readHi(this.l1, i);
       const lo = readLo(this.l1, i);
       const off = entryOffset(hi, lo);

@@ -140,11 +140,6 @@ export class RawBacking implements BackingImage {
   }
 }
 
-/** Let other work run during a long walk at open (setImmediate: after pending I/O callbacks). */
-export function yieldToLoop(): Promise<void> {
-  return new Promise((r) => setImmediate(r));
-}
-
 /** A small readers–writer lock: shared holders run together, an exclusive holder runs alone (FIFO fairness). */
 export class RwLock {
   private readers = 0;

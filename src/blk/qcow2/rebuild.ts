@@ -9,10 +9,11 @@
  * yield to the event loop.
  */
 import type { FileHandle } from 'node:fs/promises';
+import { setImmediate } from 'node:timers/promises';
 import { ImageError } from './errors.js';
 import { INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import { classify, compressedLocation, entryOffset, makeEntry, maxRefcount, readHi, readLo, reftableOffset, setRefcount, writeEntry } from './entries.js';
-import { preadvFull, pwritevFull, yieldToLoop } from './io.js';
+import { preadvFull, pwritevFull } from './io.js';
 import { readSnapshotL1s } from './snapshots.js';
 
 /** Distinct L2 tables counted at open (each costs a map entry and one read): 512 TiB of mappings at 64 KiB clusters. */
@@ -89,7 +90,7 @@ export async function rebuildRefcounts(img: RebuildInput): Promise<RebuildResult
   const l2Refs = new Map<number, number>();
   const collectL1 = async (l1: Buffer, entries: number, name: string): Promise<void> => {
     for (let i = 0; i < entries; i++) {
-      if ((i & 0xffff) === 0xffff) await yieldToLoop();
+      if ((i & 0xffff) === 0xffff) await setImmediate();
       const off = entryOffset(readHi(l1, i), readLo(l1, i));
       if (off === 0) continue;
       if (off % cs !== 0 || off + cs > img.fileEnd) fail(`${name} entry ${i} points to an invalid L2 table 0x${off.toString(16)}`);
