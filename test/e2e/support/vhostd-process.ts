@@ -25,19 +25,16 @@ export class VhostdProcess {
   readonly confPath: string;
 
   /**
-   * `conf` is the configuration text; `socket dir` defaults to the tmp dir. `nofile` runs the daemon under
-   * `prlimit --nofile=N:N` (a small fd table, for EMFILE tests).
+   * `conf` is the configuration text; `socket dir` defaults to the tmp dir.
    */
-  constructor(conf: string, opts: { dir?: string; env?: Record<string, string>; nofile?: number } = {}) {
+  constructor(conf: string, opts: { dir?: string; env?: Record<string, string> } = {}) {
     this.dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-e2e-'));
     this.confPath = path.join(this.dir, 'vhostd.conf');
     this.writeConfig(conf);
     this.env = opts.env ?? {};
-    this.nofile = opts.nofile;
   }
 
   private readonly env: Record<string, string>;
-  private readonly nofile: number | undefined;
 
   /** (Re)write the configuration file (`socket dir` defaults to the tmp dir), e.g. before `vhostctl reload`. */
   writeConfig(conf: string): void {
@@ -60,7 +57,6 @@ export class VhostdProcess {
   async start(timeoutMs = 20_000): Promise<void> {
     if (!fs.existsSync(VHOSTD_BIN)) throw new Error(`${VHOSTD_BIN} missing: run npm run build`);
     const argv = [process.execPath, VHOSTD_BIN, '-f', this.confPath];
-    if (this.nofile !== undefined) argv.unshift('prlimit', `--nofile=${this.nofile}:${this.nofile}`);
     const proc = spawn(argv[0], argv.slice(1), {
       env: { ...process.env, ...this.env },
       stdio: ['ignore', 'pipe', 'pipe'],
