@@ -4,6 +4,7 @@
  * a private zero page over the faulting page (native/sigbus.c), counts the fault on the mapping, and the server
  * drops the connection that owns it (src/vhost-user/fault-watch.ts).
  */
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,6 +18,10 @@ import { VhostdProcess } from '../e2e/support/vhostd-process.js';
 
 const native = nativeAvailable();
 if (!native.ok && process.env.CI === 'true') throw new Error(`the native addon is required in CI: ${native.reason}`);
+/** Mounting the small full tmpfs needs root (CI runs as root). */
+const root = process.getuid?.() === 0;
+if (!root && process.env.CI === 'true') throw new Error('test/integration/memory-faults.test.ts mounts a tmpfs: run it as root in CI');
+if (!root) console.warn('skipping the full-tmpfs SIGBUS test: not root');
 
 describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
   const cleanups: (() => Promise<void> | void)[] = [];
@@ -88,6 +93,60 @@ describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
     await fe.waitClosed();
     expect(vp.proc!.signalCode).toBe(null);
     expect(vp.proc!.exitCode).toBe(null);
+    const victim = FakeFrontend.connect(vp.socket('victim'));
+    cleanups.push(() => victim.close());
+    expect(await victim.getFeatures()).toBe(offered);
+  });
+
+  test.skipIf(!root)('a sparse region on a full tmpfs (a hole that cannot be filled) drops that front-end, not the daemon', async () => {
+    const mnt = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-full-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', mnt]);
+    cleanups.push(() => {
+      execFileSync('umount', ['-l', mnt]);
+      fs.rmSync(mnt, { recursive: true, force: true });
+    });
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-sigbus-'));
+    const vp = new VhostdProcess('switch "s" { }\nvm "victim" { interface { switch "s" } }\nvm "evil" { interface { switch "s" } }\n', { dir });
+    cleanups.push(async () => {
+      await vp.kill();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    await vp.start();
+    const n = loadNative();
+    const MiB = 1 << 20;
+    const fd = fs.openSync(path.join(mnt, 'ram'), 'w+');
+    cleanups.push(() => fs.closeSync(fd));
+    fs.ftruncateSync(fd, MiB); // sparse: it passes the size check, but its pages are not allocated
+    fs.writeFileSync(path.join(mnt, 'fill'), Buffer.alloc(0)); // then the file system is filled
+    try {
+      fs.appendFileSync(path.join(mnt, 'fill'), Buffer.alloc(MiB));
+    } catch {
+      /* ENOSPC: full, as intended */
+    }
+    const region = { gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 };
+    const fe = FakeFrontend.connect(vp.socket('evil'));
+    cleanups.push(() => fe.close());
+    const offered = await fe.getFeatures();
+    await fe.setProtocolFeatures(await fe.getProtocolFeatures());
+    fe.setOwner();
+    await fe.ack(R.SET_FEATURES, u64Payload(offered & ~bit(VHOST_F_LOG_ALL)));
+    await fe.setMemTable([region], [fd]);
+    const kick = n.eventfd(0);
+    const call = n.eventfd(0);
+    cleanups.push(() => {
+      n.close(kick);
+      n.close(call);
+    });
+    const r = region;
+    await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: 1, num: 256 }));
+    await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: 0 }));
+    await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
+    await fe.ack(R.SET_VRING_CALL, encodeVringFile(1, false), [call]);
+    await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 }));
+    fe.send(R.SET_VRING_KICK, encodeVringFile(1, false), { fds: [kick] }); // starting the ring touches the holes
+    n.eventfdWrite(kick, 1);
+    await vp.waitLog((l) => l.msg === 'front-end connection dropped' && /SIGBUS on the memory region/.test(String(l.reason)), 10_000, 'the evil connection dropped');
+    expect(vp.proc!.signalCode).toBe(null);
     const victim = FakeFrontend.connect(vp.socket('victim'));
     cleanups.push(() => victim.close());
     expect(await victim.getFeatures()).toBe(offered);
