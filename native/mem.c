@@ -97,15 +97,23 @@ napi_value mem_mmap_shared(napi_env env, napi_callback_info info) {
   return ab;
 }
 
+/* The mapping behind an ArrayBuffer from mmapShared(), or NULL with a TypeError pending. */
+static mapping_t *mapping_of(napi_env env, napi_value ab) {
+  bool ours = false;
+  void *data = NULL;
+  if (napi_check_object_type_tag(env, ab, &mapping_tag, &ours) != napi_ok || !ours || napi_unwrap(env, ab, &data) != napi_ok) {
+    throw_type(env, "The \"ab\" argument must be an ArrayBuffer returned by mmapShared()");
+    return NULL;
+  }
+  return data;
+}
+
 napi_value mem_munmap(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  bool ours = false, detached = false;
-  void *data = NULL;
+  bool detached = false;
   if (get_args(env, info, 1, argv, NULL)) return NULL;
-  if (napi_check_object_type_tag(env, argv[0], &mapping_tag, &ours) != napi_ok || !ours ||
-      napi_unwrap(env, argv[0], &data) != napi_ok)
-    return throw_type(env, "The \"ab\" argument must be an ArrayBuffer returned by mmapShared()");
-  mapping_t *m = data;
+  mapping_t *m = mapping_of(env, argv[0]);
+  if (!m) return NULL;
   NAPI_CALL(env, napi_is_detached_arraybuffer(env, argv[0], &detached));
   /* Detached elsewhere (e.g. transferred): the memory may live on in another ArrayBuffer; its finalizer unmaps. */
   if (detached) return make_undefined(env);
@@ -116,13 +124,9 @@ napi_value mem_munmap(napi_env env, napi_callback_info info) {
 
 napi_value mem_mapping_faults(napi_env env, napi_callback_info info) {
   napi_value argv[1];
-  bool ours = false;
-  void *data = NULL;
   if (get_args(env, info, 1, argv, NULL)) return NULL;
-  if (napi_check_object_type_tag(env, argv[0], &mapping_tag, &ours) != napi_ok || !ours ||
-      napi_unwrap(env, argv[0], &data) != napi_ok)
-    return throw_type(env, "The \"ab\" argument must be an ArrayBuffer returned by mmapShared()");
-  mapping_t *m = data;
+  mapping_t *m = mapping_of(env, argv[0]);
+  if (!m) return NULL;
   return make_number(env, m->mapped ? (double)sigbus_slot_faults(m->slot) : 0);
 }
 
