@@ -18,17 +18,14 @@ import {
   encodeMemTable,
   encodeRequest,
   encodeSingleRegion,
-  encodeVringAddr,
   encodeVringFile,
-  encodeVringState,
-  u64Payload,
   type RegionDescriptor,
 } from '../../src/vhost-user/message.js';
-import { VHOST_F_LOG_ALL, bit } from '../../src/vhost-user/features.js';
 import { FakeFrontend } from '../helpers/fake-frontend.js';
 import { GuestRam } from '../helpers/guest-ram.js';
 import { HOSTILE_FD_KINDS, HostileFds } from '../helpers/hostile-fds.js';
 import { waitFor } from '../helpers/backend-fixture.js';
+import { TX_QUEUE as QUEUE, negotiate, startRing, type RingFds } from '../helpers/frontend-rings.js';
 import { VhostdProcess, type VhostdLogLine } from '../e2e/support/vhostd-process.js';
 
 const native = nativeAvailable();
@@ -39,8 +36,6 @@ const MiB = 2 ** 20;
 const TiB = 2 ** 40;
 const ANSWER_MS = 100;
 const RSS_SLACK_KIB = 48 * 1024;
-const QUEUE = 1; // net TX
-const NUM = 256;
 
 const CONF = `
 switch "s" { }
@@ -148,32 +143,6 @@ class Harness {
     await this.vp?.stop();
     this.vp?.cleanup();
   }
-}
-
-/** Features and protocol features (REPLY_ACK included, so every request below is acked). */
-async function negotiate(fe: FakeFrontend, logAll = false): Promise<void> {
-  const offered = await fe.getFeatures();
-  const pf = await fe.getProtocolFeatures();
-  await fe.setProtocolFeatures(pf);
-  fe.setOwner();
-  await fe.ack(R.SET_FEATURES, u64Payload(logAll ? offered : offered & ~bit(VHOST_F_LOG_ALL)));
-}
-
-interface RingFds {
-  kick: number;
-  call: number;
-  err: number;
-}
-
-/** Rings of queue QUEUE at the start of region `r` (desc, avail +4 KiB, used +8 KiB), started and enabled. */
-async function startRing(fe: FakeFrontend, r: RegionDescriptor, fds: RingFds, logUsed = false): Promise<void> {
-  await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: QUEUE, num: NUM }));
-  await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: QUEUE, flags: logUsed ? 1 : 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: r.gpa + 0x2000 }));
-  await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: QUEUE, num: 0 }));
-  await fe.ack(R.SET_VRING_CALL, encodeVringFile(QUEUE, false), [fds.call]);
-  await fe.ack(R.SET_VRING_ERR, encodeVringFile(QUEUE, false), [fds.err]);
-  await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: QUEUE, num: 1 }));
-  await fe.ack(R.SET_VRING_KICK, encodeVringFile(QUEUE, false), [fds.kick]);
 }
 
 /** Put one 76-byte TX frame (virtio-net header + broadcast Ethernet frame) on the ring and kick; or break the ring. */

@@ -10,10 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { loadNative, nativeAvailable } from '../../src/native/binding.js';
-import { FrontendRequest as R, encodeVringAddr, encodeVringFile, encodeVringState, u64Payload } from '../../src/vhost-user/message.js';
-import { VHOST_F_LOG_ALL, bit } from '../../src/vhost-user/features.js';
+import type { RegionDescriptor } from '../../src/vhost-user/message.js';
+import { closeAll } from '../../src/native/fd.js';
 import { FakeFrontend } from '../helpers/fake-frontend.js';
 import { GuestRam } from '../helpers/guest-ram.js';
+import { negotiate, startRing } from '../helpers/frontend-rings.js';
 import { VhostdProcess } from '../e2e/support/vhostd-process.js';
 
 const native = nativeAvailable();
@@ -54,7 +55,8 @@ describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
     expect(u8[0]).toBe(9);
   });
 
-  test('a front-end that truncates its memory after SET_MEM_TABLE is dropped; the daemon and the other vm live', async () => {
+  /** vhostd with a victim and an evil vm; the evil front-end maps `regions` and starts its TX ring in them. */
+  async function evilWithRing(regions: RegionDescriptor[], fds: number[]): Promise<{ vp: VhostdProcess; fe: FakeFrontend; kick: number; offered: bigint }> {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-sigbus-'));
     const vp = new VhostdProcess('switch "s" { }\nvm "victim" { interface { switch "s" } }\nvm "evil" { interface { switch "s" } }\n', { dir });
     cleanups.push(async () => {
@@ -63,31 +65,18 @@ describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
     });
     await vp.start();
     const n = loadNative();
-    const ram = new GuestRam({ regions: 1 });
-    cleanups.push(() => ram.close());
+    const ring = { kick: n.eventfd(0), call: n.eventfd(0), err: n.eventfd(0) };
+    cleanups.push(() => closeAll(n, Object.values(ring)));
     const fe = FakeFrontend.connect(vp.socket('evil'));
     cleanups.push(() => fe.close());
-    const offered = await fe.getFeatures();
-    await fe.setProtocolFeatures(await fe.getProtocolFeatures());
-    fe.setOwner();
-    await fe.ack(R.SET_FEATURES, u64Payload(offered & ~bit(VHOST_F_LOG_ALL)));
-    await fe.setMemTable(ram.regions, ram.fds());
-    const r = ram.regions[0];
-    const kick = n.eventfd(0);
-    const call = n.eventfd(0);
-    cleanups.push(() => {
-      n.close(kick);
-      n.close(call);
-    });
-    await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: 1, num: 256 }));
-    await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: 0 }));
-    await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
-    await fe.ack(R.SET_VRING_CALL, encodeVringFile(1, false), [call]);
-    await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 }));
-    await fe.ack(R.SET_VRING_KICK, encodeVringFile(1, false), [kick]);
-    // Every check passed; now the front-end shrinks the memfd it still holds, and kicks.
-    fs.ftruncateSync(ram.fd, 0);
-    n.eventfdWrite(kick, 1);
+    const offered = await negotiate(fe);
+    await fe.setMemTable(regions, fds);
+    await startRing(fe, regions[0], ring);
+    return { vp, fe, kick: ring.kick, offered };
+  }
+
+  /** The evil connection was dropped for the SIGBUS on its region; the daemon lives and the victim's device answers. */
+  async function expectDroppedAlone(vp: VhostdProcess, fe: FakeFrontend, offered: bigint): Promise<void> {
     const line = await vp.waitLog((l) => l.msg === 'front-end connection dropped' && /SIGBUS on the memory region/.test(String(l.reason)), 10_000, 'the evil connection dropped');
     expect(line.vm ?? line.dev).toBeTruthy();
     await fe.waitClosed();
@@ -96,6 +85,16 @@ describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
     const victim = FakeFrontend.connect(vp.socket('victim'));
     cleanups.push(() => victim.close());
     expect(await victim.getFeatures()).toBe(offered);
+  }
+
+  test('a front-end that truncates its memory after SET_MEM_TABLE is dropped; the daemon and the other vm live', async () => {
+    const ram = new GuestRam({ regions: 1 });
+    cleanups.push(() => ram.close());
+    const { vp, fe, kick, offered } = await evilWithRing(ram.regions, ram.fds());
+    // Every check passed; now the front-end shrinks the memfd it still holds, and kicks.
+    fs.ftruncateSync(ram.fd, 0);
+    loadNative().eventfdWrite(kick, 1);
+    await expectDroppedAlone(vp, fe, offered);
   });
 
   test.skipIf(!root)('a sparse region on a full tmpfs (a hole that cannot be filled) drops that front-end, not the daemon', async () => {
@@ -105,50 +104,18 @@ describe.skipIf(!native.ok)('SIGBUS on shared guest memory', () => {
       execFileSync('umount', ['-l', mnt]);
       fs.rmSync(mnt, { recursive: true, force: true });
     });
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-sigbus-'));
-    const vp = new VhostdProcess('switch "s" { }\nvm "victim" { interface { switch "s" } }\nvm "evil" { interface { switch "s" } }\n', { dir });
-    cleanups.push(async () => {
-      await vp.kill();
-      fs.rmSync(dir, { recursive: true, force: true });
-    });
-    await vp.start();
-    const n = loadNative();
     const MiB = 1 << 20;
     const fd = fs.openSync(path.join(mnt, 'ram'), 'w+');
     cleanups.push(() => fs.closeSync(fd));
     fs.ftruncateSync(fd, MiB); // sparse: it passes the size check, but its pages are not allocated
-    fs.writeFileSync(path.join(mnt, 'fill'), Buffer.alloc(0)); // then the file system is filled
     try {
-      fs.appendFileSync(path.join(mnt, 'fill'), Buffer.alloc(MiB));
+      fs.writeFileSync(path.join(mnt, 'fill'), Buffer.alloc(MiB)); // then the file system is filled
     } catch {
       /* ENOSPC: full, as intended */
     }
-    const region = { gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 };
-    const fe = FakeFrontend.connect(vp.socket('evil'));
-    cleanups.push(() => fe.close());
-    const offered = await fe.getFeatures();
-    await fe.setProtocolFeatures(await fe.getProtocolFeatures());
-    fe.setOwner();
-    await fe.ack(R.SET_FEATURES, u64Payload(offered & ~bit(VHOST_F_LOG_ALL)));
-    await fe.setMemTable([region], [fd]);
-    const kick = n.eventfd(0);
-    const call = n.eventfd(0);
-    cleanups.push(() => {
-      n.close(kick);
-      n.close(call);
-    });
-    const r = region;
-    await fe.ack(R.SET_VRING_NUM, encodeVringState({ index: 1, num: 256 }));
-    await fe.ack(R.SET_VRING_ADDR, encodeVringAddr({ index: 1, flags: 0, descUva: r.uva, availUva: r.uva + 0x1000, usedUva: r.uva + 0x2000, logGuestAddr: 0 }));
-    await fe.ack(R.SET_VRING_BASE, encodeVringState({ index: 1, num: 0 }));
-    await fe.ack(R.SET_VRING_CALL, encodeVringFile(1, false), [call]);
-    await fe.ack(R.SET_VRING_ENABLE, encodeVringState({ index: 1, num: 1 }));
-    fe.send(R.SET_VRING_KICK, encodeVringFile(1, false), { fds: [kick] }); // starting the ring touches the holes
-    n.eventfdWrite(kick, 1);
-    await vp.waitLog((l) => l.msg === 'front-end connection dropped' && /SIGBUS on the memory region/.test(String(l.reason)), 10_000, 'the evil connection dropped');
-    expect(vp.proc!.signalCode).toBe(null);
-    const victim = FakeFrontend.connect(vp.socket('victim'));
-    cleanups.push(() => victim.close());
-    expect(await victim.getFeatures()).toBe(offered);
+    // Starting the ring already writes the used ring into a hole.
+    const { vp, fe, kick, offered } = await evilWithRing([{ gpa: 0x100000, size: MiB, uva: 0x7f00_0000_0000, mmapOffset: 0 }], [fd]);
+    loadNative().eventfdWrite(kick, 1);
+    await expectDroppedAlone(vp, fe, offered);
   });
 });
