@@ -21,6 +21,7 @@ import {
   type RuleConfig,
   type SocketOwner,
   type SwitchConfig,
+  type VmConfig,
   DEFAULT_MAX_GUEST_MEMORY,
   vmSocketOwner,
 } from './config/model.js';
@@ -134,8 +135,7 @@ export class Daemon {
             // Refused by the image policy: that disk does not start, every other device does.
             if (!(err instanceof Error && err.cause instanceof ImageError && err.cause.kind === 'Refused')) throw err;
             this.log.error({ vm: vm.name, dev: `${vm.name}.disk${dc.index}`, image: dc.path, reason: err.cause.message }, 'disk not started: image refused by the image policy');
-            vm.disks = vm.disks!.filter((d) => d !== dc);
-            if (vm.disks.length === 0) delete vm.disks;
+            dropDiskConfig(vm, dc.index);
           }
         }
       }
@@ -149,9 +149,7 @@ export class Daemon {
       for (const b of this.blkPorts.filter((x) => refused.has(x.device.name))) {
         this.blkPorts.splice(this.blkPorts.indexOf(b), 1);
         await this.closeBlkPort(b);
-        const vm = this.current.vms.find((v) => v.name === b.vm)!;
-        vm.disks = vm.disks!.filter((d) => d.index !== b.index);
-        if (vm.disks.length === 0) delete vm.disks;
+        dropDiskConfig(this.current.vms.find((v) => v.name === b.vm)!, b.index);
       }
     } catch (err) {
       await this.closeDisks();
@@ -460,9 +458,7 @@ export class Daemon {
         newDisks.push(b);
       } catch (err) {
         // Not served: drop it from the running configuration, so the next reload sees it as new and tries again.
-        const vm = eff.vms.find((v) => v.name === e.vm)!;
-        vm.disks = vm.disks!.filter((d) => d.index !== e.config.index);
-        if (vm.disks.length === 0) delete vm.disks;
+        dropDiskConfig(eff.vms.find((v) => v.name === e.vm)!, e.config.index);
         problem(`${e.name}: ${(err as Error).message}; the disk is not served (fix it and reload)`, err);
       }
     }
@@ -632,6 +628,12 @@ export class Daemon {
     const vmOwners = eff.vms.filter((v) => v.owner).map((v) => v.name);
     this.log.info({ user: eff.socketOwner?.user, group: eff.socketOwner?.group, vmsWithOwner: vmOwners, sockets: sockets.length }, 'reload: socket owner applied');
   }
+}
+
+/** A disk that is not served leaves the running configuration (a later reload sees it as new and tries again). */
+function dropDiskConfig(vm: VmConfig, index: number): void {
+  vm.disks = vm.disks!.filter((d) => d.index !== index);
+  if (vm.disks.length === 0) delete vm.disks;
 }
 
 /** A disk as the chain check sees it: its name, vm, image path and the files it reads. */
