@@ -35,14 +35,16 @@ static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t install_once = PTHREAD_ONCE_INIT;
 static struct sigaction previous;
 static int installed;
+/* Read once at install: sysconf is not async-signal-safe. */
+static uintptr_t page_size;
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc) {
   uintptr_t a = (uintptr_t)si->si_addr;
   for (int i = 0; i < SLOTS; i++) {
     uintptr_t s = atomic_load_explicit(&slots[i].start, memory_order_acquire);
     if (s == 0 || a < s || a >= atomic_load_explicit(&slots[i].end, memory_order_relaxed)) continue;
-    uintptr_t page = a & ~((uintptr_t)sysconf(_SC_PAGESIZE) - 1);
-    if (mmap((void *)page, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE,
+    uintptr_t page = a & ~(page_size - 1);
+    if (mmap((void *)page, page_size, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
       break;
     atomic_fetch_add_explicit(&slots[i].faults, 1, memory_order_relaxed);
@@ -63,6 +65,7 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc) {
 }
 
 static void install(void) {
+  page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
   struct sigaction sa;
   memset(&sa, 0, sizeof(sa));
   sa.sa_sigaction = on_sigbus;
