@@ -168,12 +168,19 @@ export class SplitQueue {
    */
   pop(chain: DescriptorChain): boolean {
     if (this.broken) return false;
-    if (this.resubmitPos < this.resubmit.length) {
-      const h = this.resubmit[this.resubmitPos++];
-      this.resubmitAvail = this.nextAvail;
-      chain.walk(this.mem, this.desc32, this.size, h, this.indirect);
-      this.inflight?.take(h);
-      return true;
+    if (this.resubmit.length !== 0) {
+      if (this.resubmitPos < this.resubmit.length) {
+        const h = this.resubmit[this.resubmitPos++];
+        this.resubmitAvail = this.nextAvail;
+        chain.walk(this.mem, this.desc32, this.size, h, this.indirect);
+        this.inflight?.take(h);
+        return true;
+      }
+      // All handed out: kept for unpop() until `size` avail pops put them out of its reach (before the u16 wraps).
+      if (((this.nextAvail - this.resubmitAvail) & 0xffff) >= this.size) {
+        this.resubmit = [];
+        this.resubmitPos = 0;
+      }
     }
     const cur = this.nextAvail;
     if (cur === this.shadowAvail && this.refreshAvail() === 0) return false;
@@ -197,14 +204,15 @@ export class SplitQueue {
    */
   unpop(chains: readonly DescriptorChain[], n: number): void {
     if (n <= 0) return;
-    if (n > chains.length) throw new RangeError(`unpop(${n}) with ${chains.length} chains`);
-    const inflight = this.inflight;
-    if (inflight !== null) for (let i = n - 1; i >= 0; i--) inflight.untake(chains[i].head);
     // Resubmitted heads are popped before avail entries, so the last n pops are resubmits then avail pops.
     const fromAvail = this.resubmitPos > 0 ? Math.min(n, (this.nextAvail - this.resubmitAvail) & 0xffff) : n;
+    if (n > chains.length || n - fromAvail > this.resubmitPos || n > this.size) {
+      throw new RangeError(`unpop(${n}) gives back more chains than were popped`);
+    }
+    const inflight = this.inflight;
+    if (inflight !== null) for (let i = n - 1; i >= 0; i--) inflight.untake(chains[i].head);
     this.nextAvail = (this.nextAvail - fromAvail) & 0xffff;
     this.resubmitPos -= n - fromAvail;
-    if (this.resubmitPos < 0) throw new RangeError(`unpop(${n}) gives back more chains than were popped`);
     if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
   }
 

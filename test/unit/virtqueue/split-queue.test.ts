@@ -396,6 +396,33 @@ describe('EVENT_IDX specifics', () => {
     expect(inflight.counterOf(b)).toBeGreaterThan(inflight.counterOf(6));
   });
 
+  test('resubmitted heads stay out of unpop once `size` avail pops followed them (no re-hand-out after a wrap)', () => {
+    const { drv, q } = setup(4, false);
+    q.setResubmit([3]);
+    const c = new DescriptorChain(4);
+    const two = [new DescriptorChain(4), new DescriptorChain(4)];
+    expect(q.pop(c)).toBe(true);
+    expect(c.head).toBe(3);
+    q.addUsed(3, 0);
+    const buf = drv.alloc.alloc(64, 8);
+    for (let d = 0; d < 4; d++) drv.writeDesc(d, buf, 64, VIRTQ_DESC_F_WRITE, 0);
+    // 65536 + 1 avail pops: the u16 distance to where the resubmitted head was popped is 1 again.
+    for (let i = 0; i < 65536; i++) {
+      drv.publish([i % 3]);
+      expect(q.pop(c)).toBe(true);
+      q.addUsed(c.head, 0);
+      q.publishUsed();
+      drv.collectUsed();
+    }
+    drv.publish([0]);
+    expect(q.pop(two[1])).toBe(true);
+    two[0].head = 1;
+    q.unpop(two, 2); // the last two pops were both avail entries
+    expect(q.pendingResubmit()).toEqual([]);
+    expect(q.pop(c)).toBe(true);
+    expect(c.head).not.toBe(3);
+  });
+
   test('publishUsed notifies exactly when used.idx crosses used_event', () => {
     const { drv, q, chain } = setup(16, true);
     driverInterrupts(drv, true);
