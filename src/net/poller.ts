@@ -25,13 +25,6 @@ export class Poller {
   private scheduled = false;
   private readonly runBound = (): void => this.run();
 
-  /** Ports currently in the list. */
-  get size(): number {
-    let n = 0;
-    for (let i = 0; i < this.count; i++) if (this.items[i] !== null) n++;
-    return n;
-  }
-
   /** Run `p` on the next turn (and on every turn after, while its poll() returns true). */
   wake(p: Pollable): void {
     if (!p.pollActive) {
