@@ -408,6 +408,7 @@ export class Daemon {
     for (const c of plan.switches.changed) {
       const sw = this.switches.get(c.name)!;
       if (c.mtu || c.table) sw.reconfigure({ mtu: c.next.mtu, maxAddr: c.next.maxAddr ?? DEFAULT_MAX_ADDR, timeoutSec: c.next.timeout ?? DEFAULT_TIMEOUT });
+      if (c.poll) sw.reconfigure({ poll: c.next.poll ?? false });
     }
     for (const s of prep.deferredVports) {
       try {
@@ -688,7 +689,7 @@ class DiskConflictError extends Error {
 
 function newSwitch(s: SwitchConfig): Switch {
   // Fair eviction when the table is full (docs/configuration.md `maxaddr`), instead of veb's "learn nothing more".
-  return new Switch(s.name, { mtu: s.mtu, maxAddr: s.maxAddr, timeoutSec: s.timeout, evict: true });
+  return new Switch(s.name, { mtu: s.mtu, maxAddr: s.maxAddr, timeoutSec: s.timeout, evict: true, poll: s.poll ?? false });
 }
 
 /** Port flags of an interface; with `defaults`, absent flags are spelled out (a reload that removes one). */

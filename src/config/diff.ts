@@ -4,7 +4,7 @@
  * `<vm>.disk<N>`, the socket name), switches by name. Per interface: a changed lladdr or switch re-creates the
  * device (the guest reconnects); port flags (docs/configuration.md) are applied live. Per disk: a changed image,
  * format, readonly or cache re-opens it, and so does a changed `backing dir` list (disks not configured raw).
- * Per switch: maxaddr, timeout, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
+ * Per switch: maxaddr, timeout, poll, statics, rules, vport and mtu are applied live (mtu only for new negotiations),
  * and so are the socket owner, a vm's `owner` and the log level. Settings read once at start-up (socket dir, control socket,
  * metrics listener) keep their running value in `effective` and are listed
  * in `restartRequired`, so `daemon.config` always says what is actually served.
@@ -46,6 +46,8 @@ export interface SwitchChange {
   mtu: boolean;
   /** maxaddr or timeout (the MAC table's limits). */
   table: boolean;
+  /** `poll` turned on or off. */
+  poll: boolean;
   statics: boolean;
   rules: boolean;
   vport: boolean;
@@ -196,7 +198,7 @@ export function planReload(prev: Config, nextIn: Config): ReloadPlan {
       plan.switches.added.push(c);
       continue;
     }
-    const ch: SwitchChange = { name: c.name, prev: p, next: c, mtu: false, table: false, statics: false, rules: false, vport: false, reasons: [] };
+    const ch: SwitchChange = { name: c.name, prev: p, next: c, mtu: false, table: false, poll: false, statics: false, rules: false, vport: false, reasons: [] };
     if (p.mtu !== c.mtu) {
       ch.mtu = true;
       ch.reasons.push(`mtu ${p.mtu} → ${c.mtu}`);
@@ -207,6 +209,10 @@ export function planReload(prev: Config, nextIn: Config): ReloadPlan {
       ch.table = true;
       if (pm !== cm) ch.reasons.push(`maxaddr ${pm} → ${cm}`);
       if (pt !== ct) ch.reasons.push(`timeout ${pt} → ${ct}`);
+    }
+    if ((p.poll ?? false) !== (c.poll ?? false)) {
+      ch.poll = true;
+      ch.reasons.push(c.poll ? 'poll mode on' : 'poll mode off');
     }
     if (!same(p.statics ?? [], c.statics ?? [])) {
       ch.statics = true;

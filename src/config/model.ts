@@ -18,6 +18,8 @@ export interface SwitchConfig {
   maxAddr?: number;
   /** `timeout N`: dynamic MAC lifetime in seconds (8..3600); absent = DEFAULT_TIMEOUT. */
   timeout?: number;
+  /** `poll`: poll mode, the switch's poller spins with kicks off (docs/configuration.md); absent = event-driven. */
+  poll?: boolean;
   /** `vport "NAME"`: host TAP port (stored only; implemented by the host-port work). */
   vport?: string;
   /** `static MAC on "PORT"` entries, in file order; absent when none. */

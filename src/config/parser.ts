@@ -73,6 +73,7 @@ interface RawSwitch {
   mtu?: Located<number>;
   maxAddr?: Located<number>;
   timeout?: Located<number>;
+  poll?: Located<boolean>;
   vport?: Located<string>;
   statics: { mac: Located<string>; port: Located<string>; pos: SourcePos }[];
   rules: { rule: Omit<RuleConfig, 'pos' | 'port'>; port: Located<string>; pos: SourcePos }[];
@@ -193,6 +194,7 @@ const SWITCH: KeywordTable<RawSwitch> = {
   mtu: (p, sw, kw) => p.setOnce(sw, 'mtu', p.number('an mtu', MIN_MTU, MAX_MTU), kw, 'mtu'),
   maxaddr: (p, sw, kw) => p.setOnce(sw, 'maxAddr', p.number('an address count', 1, MAX_MAX_ADDR), kw, 'maxaddr'),
   timeout: (p, sw, kw) => p.setOnce(sw, 'timeout', p.number('a timeout in seconds', MIN_TIMEOUT, MAX_TIMEOUT), kw, 'timeout'),
+  poll: (p, sw, kw) => p.setOnce(sw, 'poll', { value: true, pos: pos(kw) }, kw, 'poll'),
   vport: (p, sw, kw) => p.setOnce(sw, 'vport', p.string('a vport interface name', '"vport0"'), kw, 'vport'),
   static: (p, sw, kw) => {
     const mac = p.mac();
@@ -560,6 +562,7 @@ function validate(p: Parser, raw: RawConfig, file: string, baseDir: string, dbs:
     const sc: SwitchConfig = { name: sw.name.value, mtu: sw.mtu?.value ?? DEFAULT_MTU, pos: sw.pos };
     if (sw.maxAddr) sc.maxAddr = sw.maxAddr.value;
     if (sw.timeout) sc.timeout = sw.timeout.value;
+    if (sw.poll) sc.poll = true;
     if (sw.vport) {
       if (!/^[A-Za-z][A-Za-z0-9_.-]{0,14}$/.test(sw.vport.value)) {
         p.report(sw.vport.pos, `expected an interface name of at most 15 characters (letters, digits, ".", "-", "_"), got ${JSON.stringify(sw.vport.value)}`);

@@ -52,7 +52,7 @@ function device(d: DeviceStatus): string[] {
 /** `vhostctl status`: the switches, then per vm its devices with detail lines. */
 export function formatStatus(s: StatusResult): string {
   const out = [`vhostd pid ${s.pid}, configuration ${s.config}`];
-  for (const sw of s.switches) out.push(`switch ${sw.name}: mtu ${sw.mtu}, ${sw.ports} ports, ${sw.macEntries} addresses`);
+  for (const sw of s.switches) out.push(`switch ${sw.name}: mtu ${sw.mtu}${sw.poll ? ', poll mode' : ''}, ${sw.ports} ports, ${sw.macEntries} addresses`);
   let vm = '';
   for (const d of s.devices) {
     if (d.vm !== vm) {
@@ -67,7 +67,7 @@ export function formatStatus(s: StatusResult): string {
 
 /** `show switch NAME`: the switch, its ports (ifconfig veb0) and its MAC table (ifconfig veb0 addr). */
 export function formatSwitch(v: SwitchView): string {
-  const out = [`switch ${v.name}: mtu ${v.mtu} maxaddr ${v.maxAddr} timeout ${v.timeoutSec}`];
+  const out = [`switch ${v.name}: mtu ${v.mtu} maxaddr ${v.maxAddr} timeout ${v.timeoutSec}${v.poll ? ' poll' : ''}`];
   for (const p of v.ports) {
     const extra = [
       `port ${p.id}`,

@@ -135,7 +135,8 @@ export interface StatusResult {
   config: string;
   pid: number;
   devices: DeviceStatus[];
-  switches: { name: string; mtu: number; ports: number; macEntries: number }[];
+  /** `poll`: the switch runs in poll mode (docs/configuration.md). */
+  switches: { name: string; mtu: number; poll: boolean; ports: number; macEntries: number }[];
 }
 
 /** One switch port (`show-switch`), with veb-like flags. */
@@ -171,6 +172,8 @@ export interface SwitchView {
   mtu: number;
   maxAddr: number;
   timeoutSec: number;
+  /** Poll mode (docs/configuration.md `poll`). */
+  poll: boolean;
   ports: PortView[];
   addresses: AddressView[];
   totals: Record<string, number>;

@@ -75,7 +75,7 @@ export function statusView(daemon: Daemon): StatusResult {
   );
   const switches = [...daemon.switches.values()].map((sw) => {
     const t = sw.totals();
-    return { name: sw.name, mtu: sw.mtu, ports: t.ports, macEntries: t.macEntries };
+    return { name: sw.name, mtu: sw.mtu, poll: sw.poller.spin, ports: t.ports, macEntries: t.macEntries };
   });
   return { config: daemon.config.file, pid: process.pid, devices, switches };
 }
@@ -125,6 +125,7 @@ export function switchView(daemon: Daemon, name: string): SwitchView {
     mtu: sw.mtu,
     maxAddr: sw.macTable.maxAddr,
     timeoutSec: sw.macTable.timeoutSec,
+    poll: sw.poller.spin,
     ports,
     addresses: sw.entries().map((e) => ({ mac: e.mac, port: e.port, ageSec: Math.max(0, Math.round(e.ageSec)), static: e.static })),
     totals: { ...sw.totals() },

@@ -40,6 +40,7 @@ import { RateLimitedLog } from '../util/log.js';
 import { Frame, frameCopyTo } from './frame.js';
 import { formatMac, parseMac } from './mac.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
+import type { Pollable } from './poller.js';
 import type { Switch } from './switch.js';
 import { OFFLOAD_DROP, SoftOffload, gsoHeaderEnd } from './offload.js';
 import {
@@ -55,13 +56,18 @@ import {
   netHdrLen,
 } from './virtio-net-hdr.js';
 
-/** Chains processed per TX run before yielding to the event loop (fairness between ports). */
+/** Chains processed per TX run before the next port's turn (fairness between ports on one switch poller). */
 const TX_BUDGET = 256;
 /**
- * Empty polls (one per event-loop turn, via setImmediate) before kicks are re-armed. While a guest is sending,
- * polling with kicks off saves an eventfd wakeup per burst here and an eventfd write per burst in the guest
- * (vhost-net's busyloop idea). It costs a few microseconds of polling after the last frame of a burst, never a
- * clock read. Measured with testpmd io (docs/benchmarks): see the issue note.
+ * RX is published (switch endBatch: one used.idx store per touched port) at least every this many TX frames of a
+ * run, so the receiver sees the first frames of a 256-frame run, and its echo overlaps the rest of the run.
+ */
+const TX_PUBLISH_EVERY = 32;
+/**
+ * Empty polls (one per switch poller turn) before kicks are re-armed. While a guest is sending, polling with kicks
+ * off saves an eventfd wakeup per burst here and an eventfd write per burst in the guest (vhost-net's busyloop
+ * idea). It costs a few microseconds of polling after the last frame of a burst, never a clock read. In poll mode
+ * (switch `poll`) kicks are never re-armed.
  */
 const TX_IDLE_POLLS = 16;
 /** Most RX chains one frame may span with MRG_RXBUF (a 64 KiB frame in 1.5 KiB buffers needs 44). */
@@ -97,7 +103,7 @@ export interface NetDeviceOptions {
   mac: string;
 }
 
-export class NetDevice implements VirtioDevice, Port {
+export class NetDevice implements VirtioDevice, Port, Pollable {
   readonly kind = 'net' as const;
   readonly maxQueues = 2;
   id: PortId = NO_PORT;
@@ -124,7 +130,8 @@ export class NetDevice implements VirtioDevice, Port {
   private rxQ: DeviceQueue | null = null;
   private txQ: DeviceQueue | null = null;
   private rxPending = false;
-  private txScheduled = false;
+  /** In the switch poller's list (written by the poller only). */
+  pollActive = false;
   private txIdlePolls = 0;
   /** Reusable chains, sized for the queue when it starts (control path), so nothing is allocated per frame. */
   private txChain = new DescriptorChain(256);
@@ -214,6 +221,7 @@ export class NetDevice implements VirtioDevice, Port {
         this.txChainSize = q.queue.size;
       }
       this.txQ = q;
+      this.txIdlePolls = 0;
       this.onLinkChange?.(true);
       this.processTx();
     }
@@ -230,7 +238,8 @@ export class NetDevice implements VirtioDevice, Port {
   }
 
   queueKick(index: number): void {
-    if (index % 2 === 1) this.processTx();
+    // Already on the poller: it runs the queue on its next turn (a kick that raced with disabling is spurious).
+    if (index % 2 === 1 && !this.pollActive) this.processTx();
   }
 
   getConfig(offset: number, size: number): Uint8Array {
@@ -269,6 +278,7 @@ export class NetDevice implements VirtioDevice, Port {
 
   /** Stop being a switch port (device removed from the configuration or daemon shutdown). */
   detach(): void {
+    this.sw.poller.remove(this);
     this.sw.removePort(this);
   }
 
@@ -287,17 +297,34 @@ export class NetDevice implements VirtioDevice, Port {
 
   // ---------------------------------------------------------------- TX: guest → switch
 
+  /** A kick or a queue start: run the TX queue now, and hand it to the switch poller if it has more to do. */
   private processTx(): void {
+    if (this.txRun()) this.sw.poller.wake(this);
+  }
+
+  /** Switch poller turn (Pollable). */
+  poll(): boolean {
+    return this.txRun();
+  }
+
+  /**
+   * One TX turn: up to TX_BUDGET chains with kicks off, RX published every TX_PUBLISH_EVERY frames. True: poll again
+   * next turn (budget spent, kicks still off while the guest may be busy, or poll mode). False: kicks were re-armed
+   * with nothing pending (enable, fence, re-check: VIRTIO 1.2 §2.7.10), or the queue is gone or broken.
+   */
+  private txRun(): boolean {
     const q = this.txQ;
-    if (!q) return;
+    if (!q) return false;
     const vq = q.queue;
     const chain = this.txChain;
     const frame = this.txFrame;
     const hdrLen = this.hdrLen;
+    const sw = this.sw;
     let budget = TX_BUDGET;
     for (;;) {
       vq.disableNotification();
       const start = budget;
+      let sincePublish = 0;
       while (budget > 0 && vq.pop(chain)) {
         budget--;
         const len = chain.readableBytes - hdrLen;
@@ -310,28 +337,28 @@ export class NetDevice implements VirtioDevice, Port {
           frame.length = len;
           this.counters.txFrames++;
           this.counters.txBytes += len;
-          if (this.txCsum ? this.parseTxHdr(frame) : true) this.sw.forward(this, frame);
+          if (this.txCsum ? this.parseTxHdr(frame) : true) sw.forward(this, frame);
         }
         vq.addUsed(chain.head, 0);
+        if (++sincePublish === TX_PUBLISH_EVERY) {
+          sincePublish = 0;
+          sw.endBatch();
+        }
       }
-      this.sw.endBatch();
+      sw.endBatch();
       q.publish();
-      if (this.txQ !== q || vq.broken) return;
+      if (this.txQ !== q || vq.broken) return false;
       if (budget === 0) {
-        // Notifications stay off: we come back on our own after other ports had their turn.
+        // Kicks stay off: the poller comes back after the other ports had their turn.
         this.txIdlePolls = 0;
-        this.scheduleTx();
-        return;
+        return true;
       }
       this.txIdlePolls = budget < start ? 0 : this.txIdlePolls + 1;
-      if (this.txIdlePolls < TX_IDLE_POLLS) {
-        // Kicks stay off while the guest is busy: look again on the next event-loop turn.
-        this.scheduleTx();
-        return;
-      }
+      // Kicks stay off while the guest is busy (or for good in poll mode): look again on the next turn.
+      if (this.txIdlePolls < TX_IDLE_POLLS || sw.poller.spin) return true;
       this.txIdlePolls = 0;
       // Re-enable kicks, then re-check: a buffer published in between is processed now, not lost (VIRTIO 1.2 §2.7.10).
-      if (!vq.enableNotification()) return;
+      if (!vq.enableNotification()) return false;
     }
   }
 
@@ -366,15 +393,6 @@ export class NetDevice implements VirtioDevice, Port {
     }
     frame.gsoHdrEnd = gsoHeaderEnd(frame.sg, frame.offset, frame.csumStart);
     return true;
-  }
-
-  private scheduleTx(): void {
-    if (this.txScheduled) return;
-    this.txScheduled = true;
-    setImmediate(() => {
-      this.txScheduled = false;
-      this.processTx();
-    });
   }
 
   // ---------------------------------------------------------------- RX: switch → guest
@@ -476,7 +494,7 @@ export class NetDevice implements VirtioDevice, Port {
       else this.counters.rxNoBuffer++;
       if (n > 0 && skipped === 0 && this.mrg) {
         // Give the chains back untouched (libvhost-user vu_queue_rewind): they serve the next frames.
-        vq.lastAvailIdx = (vq.lastAvailIdx - n) & 0xffff;
+        vq.unpop(chains, n);
       } else {
         // A buffer the frame cannot fit (no MRG_RXBUF), or chains around a bad one: return them unused.
         for (let i = 0; i < n; i++) vq.addUsed(chains[i].head, 0);

@@ -24,6 +24,7 @@ import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from 
 import { HALF as MAC_HALF } from './mac-map.js';
 import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
+import { Poller } from './poller.js';
 
 /** Ethernet header length (re-exported: callers and tests import it from the switch). */
 export { ETHER_HDR_LEN };
@@ -120,6 +121,8 @@ export function newPortCounters(): PortCounters {
 export interface SwitchOptions extends MacTableOptions {
   /** Switch MTU, 68..65535 (VIRTIO 1.2 §5.1.4.1 lower bound): ports start with it; egress frames are checked. */
   mtu?: number;
+  /** Poll mode (config `poll`): the poller spins with kicks off instead of re-arming them (default false). */
+  poll?: boolean;
 }
 
 /** Per-port options (veb knobs, ifconfig(8)). Omitted fields keep their current value. */
@@ -246,6 +249,8 @@ export class Switch {
   private mtuValue: number;
   /** Forwarding database; exposed for display (`entries()`), `flush()` and static entries. */
   readonly macTable: MacTable;
+  /** The one poller that runs this switch's ports' TX work each event-loop turn (poller.ts). */
+  readonly poller = new Poller();
 
   /** Port records indexed by PortId; holes where ports were removed. */
   private recs: (PortRecord | undefined)[] = [];
@@ -283,6 +288,7 @@ export class Switch {
     }
     this.name = name;
     this.mtuValue = mtu;
+    this.poller.spin = opts.poll ?? false;
     try {
       this.macTable = new MacTable({
         maxAddr: opts.maxAddr,
@@ -303,7 +309,7 @@ export class Switch {
    * Configuration reload: a new MTU (ports keep theirs until the guest renegotiates: NetDevice.reset/setFeatures
    * read it), MAC table size and timeout. Throws VhostError ERR_CONFIG on bad values, before changing anything.
    */
-  reconfigure(opts: { mtu?: number; maxAddr?: number; timeoutSec?: number }): void {
+  reconfigure(opts: { mtu?: number; maxAddr?: number; timeoutSec?: number; poll?: boolean }): void {
     const mtu = opts.mtu ?? this.mtuValue;
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
       throw new VhostError('ERR_CONFIG', `switch ${this.name}: mtu must be an integer in 68..65535, got ${mtu}`);
@@ -314,6 +320,8 @@ export class Switch {
       throw new VhostError('ERR_CONFIG', `switch ${this.name}: ${(err as Error).message}`, { cause: err });
     }
     this.mtuValue = mtu;
+    // Poll mode on: ports now asleep join at their next kick. Off: polling ports re-arm after their idle polls.
+    if (opts.poll !== undefined) this.poller.spin = opts.poll;
   }
 
   /** Attach `port`; assigns and returns the smallest free PortId. Throws if the port is attached anywhere. */

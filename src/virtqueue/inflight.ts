@@ -100,6 +100,15 @@ export class InflightQueue {
     Atomics.store(this.u8, 16 + 16 * head, 1);
   }
 
+  /**
+   * Undo the latest take(head) (SplitQueue.unpop, most recent first): the head is no longer in flight and the
+   * counter goes back. A driver that put a head in flight twice loses the older record: its own bug.
+   */
+  untake(head: number): void {
+    Atomics.store(this.u8, 16 + 16 * head, 0);
+    if (this.counter > 1) this.counter--;
+  }
+
   /** A used entry for `head` was written (not yet published). */
   addUsed(head: number): void {
     if (this.batchLen < this.batch.length) this.batch[this.batchLen++] = head;

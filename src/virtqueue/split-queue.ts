@@ -2,8 +2,10 @@
  * SplitQueue: the device side of a split virtqueue on typed-array views cached once at construction (no address
  * translation on the hot path, docs/architecture.md §10). Used entries are batched: addUsed() many times, then one
  * publishUsed() = one used.idx store + one notification decision. All memory ordering goes through barrier.ts.
- * Decision: with EVENT_IDX, avail_event = lastAvailIdx is written on every pop (as libvhost-user vu_queue_pop), so
- * a device that forgets enableNotification still gets kicks once it has caught up (docs/protocol.md §3).
+ * Kicks (VIRTIO 1.2 §2.7.10, docs/protocol.md §3): pop() never writes avail_event. enableNotification() writes it
+ * (avail_event = lastAvailIdx, or NO_NOTIFY cleared), fences and re-checks; disableNotification() parks it one
+ * behind lastAvailIdx, where the driver's avail.idx never crosses it, so a queue with kicks off (net RX, a busy
+ * TX, poll mode) gets none. A device must therefore call enableNotification() before it sleeps on a kick.
  * Guest errors: a bad chain is a request error (chain.error); a bad avail idx or head index breaks the queue.
  * Spec: VIRTIO 1.2 §2.7 (split virtqueues), §2.7.7 / §2.7.10 (notification suppression).
  */
@@ -86,8 +88,13 @@ export class SplitQueue {
   private signalledUsedValid = false;
   /** Inflight tracking (vhost-user INFLIGHT_SHMFD, blk): null when the front-end gave no region. */
   private inflight: InflightQueue | null = null;
-  /** Heads to hand out again before new avail entries (inflight recovery), in order. */
+  /** Heads to hand out again before new avail entries (inflight recovery), in order; resubmit[0..resubmitPos) are out. */
   private resubmit: number[] = [];
+  private resubmitPos = 0;
+  /** nextAvail when the last resubmitted head was popped (avail pops start there): unpop() splits on it. */
+  private resubmitAvail = 0;
+  /** EVENT_IDX with kicks off: avail_event is parked one behind nextAvail (re-parked when avail.idx is reloaded). */
+  private parked = false;
 
   /** @throws VhostError ERR_VQ_SIZE, ERR_VQ_RING_ADDR. */
   constructor(mem: GuestMemory, opts: SplitQueueOptions) {
@@ -124,6 +131,7 @@ export class SplitQueue {
   set lastAvailIdx(v: number) {
     this.nextAvail = v & 0xffff;
     this.shadowAvail = this.nextAvail;
+    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
   }
 
   private markBroken(reason: string): void {
@@ -143,6 +151,8 @@ export class SplitQueue {
       return 0;
     }
     this.shadowAvail = idx;
+    // Once per reload, not per pop: keeps the parked avail_event behind the driver however far the ring runs.
+    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
     return n;
   }
 
@@ -158,11 +168,19 @@ export class SplitQueue {
    */
   pop(chain: DescriptorChain): boolean {
     if (this.broken) return false;
-    if (this.resubmit.length > 0) {
-      const h = this.resubmit.shift()!;
-      chain.walk(this.mem, this.desc32, this.size, h, this.indirect);
-      this.inflight?.take(h);
-      return true;
+    if (this.resubmit.length !== 0) {
+      if (this.resubmitPos < this.resubmit.length) {
+        const h = this.resubmit[this.resubmitPos++];
+        this.resubmitAvail = this.nextAvail;
+        chain.walk(this.mem, this.desc32, this.size, h, this.indirect);
+        this.inflight?.take(h);
+        return true;
+      }
+      // All handed out: kept for unpop() until `size` avail pops put them out of its reach (before the u16 wraps).
+      if (((this.nextAvail - this.resubmitAvail) & 0xffff) >= this.size) {
+        this.resubmit = [];
+        this.resubmitPos = 0;
+      }
     }
     const cur = this.nextAvail;
     if (cur === this.shadowAvail && this.refreshAvail() === 0) return false;
@@ -175,9 +193,27 @@ export class SplitQueue {
     this.nextAvail = (cur + 1) & 0xffff;
     chain.walk(this.mem, this.desc32, this.size, head, this.indirect);
     if (this.inflight !== null) this.inflight.take(head);
-    // VIRTIO 1.2 §2.7.10: keep avail_event at our position so the driver kicks once we have caught up.
-    if (this.eventIdx) this.used16[this.availEventIndex] = this.nextAvail;
     return true;
+  }
+
+  /**
+   * Give back the last `n` chains pop() returned, `chains[0..n)` in pop order, with nothing added to the used ring
+   * for them (net MRG_RXBUF: a frame that does not fit leaves its buffers for the next frame; libvhost-user
+   * vu_queue_rewind). Undoes all that pop() advanced: lastAvailIdx, the inflight takes, the resubmit cursor, and
+   * the parked avail_event. Re-popping reads the avail ring again: nothing decided on these heads is kept.
+   */
+  unpop(chains: readonly DescriptorChain[], n: number): void {
+    if (n <= 0) return;
+    // Resubmitted heads are popped before avail entries, so the last n pops are resubmits then avail pops.
+    const fromAvail = this.resubmitPos > 0 ? Math.min(n, (this.nextAvail - this.resubmitAvail) & 0xffff) : n;
+    if (n > chains.length || n - fromAvail > this.resubmitPos || n > this.size) {
+      throw new RangeError(`unpop(${n}) gives back more chains than were popped`);
+    }
+    const inflight = this.inflight;
+    if (inflight !== null) for (let i = n - 1; i >= 0; i--) inflight.untake(chains[i].head);
+    this.nextAvail = (this.nextAvail - fromAvail) & 0xffff;
+    this.resubmitPos -= n - fromAvail;
+    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
   }
 
   /** Write used element {head, len} at usedIdx % size and advance the shadow (not visible until publishUsed). */
@@ -202,11 +238,12 @@ export class SplitQueue {
   /** Heads to pop before new avail entries (inflight recovery at ring start). */
   setResubmit(heads: readonly number[]): void {
     this.resubmit = [...heads];
+    this.resubmitPos = 0;
   }
 
   /** Heads still waiting to be resubmitted (carried over when the queue is rebuilt). */
   pendingResubmit(): number[] {
-    return [...this.resubmit];
+    return this.resubmit.slice(this.resubmitPos);
   }
 
   /**
@@ -251,14 +288,21 @@ export class SplitQueue {
   }
 
   /**
-   * Ask the driver not to kick while we are processing. Without EVENT_IDX: set used.flags NO_NOTIFY (§2.7.8).
-   * With EVENT_IDX nothing to do: avail_event stays at the last popped index, behind the driver (§2.7.10).
+   * Ask the driver not to kick while we are processing (or ever: net RX, poll mode). Without EVENT_IDX: set
+   * used.flags NO_NOTIFY (§2.7.8). With EVENT_IDX (§2.7.10): park avail_event at lastAvailIdx - 1. The driver kicks
+   * when avail.idx moves past avail_event, and its avail.idx is never behind lastAvailIdx, so it crosses the parked
+   * value only after 2^16 more entries; refreshAvail() re-parks long before that. No fence: a kick that races with
+   * parking is merely spurious.
    */
   disableNotification(): void {
-    if (!this.eventIdx) {
+    if (this.eventIdx) {
+      if (this.parked) return;
+      this.parked = true;
+      this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
+    } else {
       this.used16[0] = VIRTQ_USED_F_NO_NOTIFY;
-      if (this.mem.dirtyLog !== null) this.logUsedRing();
     }
+    if (this.mem.dirtyLog !== null) this.logUsedRing();
   }
 
   /**
@@ -268,6 +312,7 @@ export class SplitQueue {
    */
   enableNotification(): boolean {
     if (this.broken) return false;
+    this.parked = false;
     const idx = this.eventIdx
       ? enableAndRecheck(this.used16, this.availEventIndex, this.nextAvail, this.avail)
       : enableAndRecheck(this.used16, 0, 0, this.avail);

@@ -48,7 +48,8 @@ export interface CellResult {
   maxRecoveryMs: number;
   lostAcrossLifecycle: number;
   duplicatesAcrossLifecycle: number;
-  kicks: { sent: number; skipped: number };
+  /** A's TX kicks, and B's RX kicks: B refills RX and kicks when the device asks (it never should). */
+  kicks: { sent: number; skipped: number; rxSent: number; rxSkipped: number };
   calls: { rx: number; tx: number; spurious: number };
   /** Ring dumps taken at each detection. */
   dumps: string[];
@@ -110,5 +111,5 @@ export function mutantFailures(r: CellResult, spec: CellSpec): string[] {
 
 /** One line per cell for logs and failure messages: the numbers plus what replays it. */
 export function cellSummary(r: CellResult): string {
-  return `${r.cell}: ${r.buffers} frames in ${r.elapsedMs} ms, max stall ${r.maxStallMs} ms, lost kicks ${r.lostKicks}, lost calls ${r.lostCalls}, stalls ${r.stalls}, violations ${r.invariantViolations.length}, lifecycle ${r.lifecycleEvents} (recovery ${r.maxRecoveryMs} ms, lost ${r.lostAcrossLifecycle}, dup ${r.duplicatesAcrossLifecycle}), kicks ${r.kicks.sent} sent/${r.kicks.skipped} skipped, calls rx ${r.calls.rx} tx ${r.calls.tx} spurious ${r.calls.spurious}${r.caughtAfter !== null ? `, first lost notification after ${r.caughtAfter} frames` : ''} [seed ${r.seed}, VHOSTD_TEST_HOOKS=${r.hooks}]`;
+  return `${r.cell}: ${r.buffers} frames in ${r.elapsedMs} ms, max stall ${r.maxStallMs} ms, lost kicks ${r.lostKicks}, lost calls ${r.lostCalls}, stalls ${r.stalls}, violations ${r.invariantViolations.length}, lifecycle ${r.lifecycleEvents} (recovery ${r.maxRecoveryMs} ms, lost ${r.lostAcrossLifecycle}, dup ${r.duplicatesAcrossLifecycle}), kicks ${r.kicks.sent} sent/${r.kicks.skipped} skipped, rx kicks ${r.kicks.rxSent} sent/${r.kicks.rxSkipped} skipped, calls rx ${r.calls.rx} tx ${r.calls.tx} spurious ${r.calls.spurious}${r.caughtAfter !== null ? `, first lost notification after ${r.caughtAfter} frames` : ''} [seed ${r.seed}, VHOSTD_TEST_HOOKS=${r.hooks}]`;
 }

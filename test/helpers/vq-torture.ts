@@ -100,7 +100,7 @@ class Cell {
     this.res = {
       cell: cellName(spec), seed: spec.seed, hooks: this.hooks, buffers: 0, sent: 0, elapsedMs: 0, maxStallMs: 0, lostKicks: 0,
       lostCalls: 0, stalls: 0, invariantViolations: [], caughtAfter: null, lifecycleEvents: 0, maxRecoveryMs: 0, lostAcrossLifecycle: 0,
-      duplicatesAcrossLifecycle: 0, kicks: { sent: 0, skipped: 0 }, calls: { rx: 0, tx: 0, spurious: 0 }, dumps: [],
+      duplicatesAcrossLifecycle: 0, kicks: { sent: 0, skipped: 0, rxSent: 0, rxSkipped: 0 }, calls: { rx: 0, tx: 0, spurious: 0 }, dumps: [],
     };
     this.nextEvent = spec.lifecycle === 'steady' ? Infinity : this.eventAt(1);
   }
@@ -147,7 +147,8 @@ class Cell {
     this.res.buffers = this.ledger.received;
     this.res.lostAcrossLifecycle = this.ledger.lostAcrossLifecycle;
     this.res.duplicatesAcrossLifecycle = this.ledger.duplicatesAcrossLifecycle;
-    if (this.a) this.res.kicks = { sent: this.a.tx.kicksSent, skipped: this.a.tx.kicksSkipped };
+    if (this.a) this.res.kicks = { ...this.res.kicks, sent: this.a.tx.kicksSent, skipped: this.a.tx.kicksSkipped };
+    if (this.b) this.res.kicks = { ...this.res.kicks, rxSent: this.b.rx.kicksSent, rxSkipped: this.b.rx.kicksSkipped };
     this.res.calls.rx = this.b?.calls[0] ?? 0;
     this.res.calls.tx = this.a?.calls[1] ?? 0;
     this.res.maxStallMs = Math.round(this.res.maxStallMs * 10) / 10;

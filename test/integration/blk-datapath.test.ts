@@ -223,6 +223,27 @@ describe('virtio-blk requests on a raw image', () => {
     expect(calls).toBeLessThan(240);
   });
 
+  test('EVENT_IDX: the device sleeps with kicks armed (avail_event = avail.idx), so each new burst kicks and completes', async () => {
+    // pop() never moves avail_event: only the re-arm at the end of BlkDevice.process does. Without it the driver,
+    // which kicks only when avail_event says so, would stop kicking and these requests would never complete.
+    const f = await setup();
+    const d = await f.driver({ eventIdx: true });
+    const dq = d.queues[0];
+    let kicks = 0;
+    for (let round = 0; round < 40; round++) {
+      const n = 1 + (round % 7);
+      const reqs = Array.from({ length: n }, (_, i) => d.read(8 * ((round * 7 + i) % 1000), 512, 0, { kick: false }));
+      if (dq.needsKick()) {
+        kicks++;
+        d.native.eventfdWrite(d.kickFds[0], 1);
+      }
+      const done = await Promise.all(reqs);
+      expect(done.every((c) => c.status === VIRTIO_BLK_S_OK)).toBe(true);
+      await waitFor(() => dq.availEvent() === dq.availIdx, 'the device re-armed at avail.idx');
+    }
+    expect(kicks).toBe(40);
+  });
+
   test('write-through mode flushes every write before completing it', async () => {
     let flushes = 0;
     const f = await setup({

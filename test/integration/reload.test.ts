@@ -214,6 +214,24 @@ describe.skipIf(!native.ok)('Daemon.reload over vhost-user', () => {
     expect(sw.macTable.timeoutSec).toBe(60);
   });
 
+  test('switch poll mode changes live: the poller spins and traffic flows, and back to event-driven', async () => {
+    await start(SW + VM1 + VM2);
+    const [g1, g2] = [await guest('vm1.net0', 1), await guest('vm2.net0', 2)];
+    const sw = daemon!.switches.get('s0')!;
+    expect(sw.poller.spin).toBe(false);
+    const r = await daemon!.reload(conf(`switch "s0" { poll }\n` + VM1 + VM2));
+    expect(r.details).toEqual([{ name: 'switch s0', change: 'poll mode on; applied live' }]);
+    expect(sw.poller.spin).toBe(true);
+    const f = ethFrame(BCAST, M1, 60, 4);
+    g1.send(f);
+    expect(await g2.waitRx(1)).toEqual([f]);
+    await daemon!.reload(conf(SW + VM1 + VM2));
+    expect(sw.poller.spin).toBe(false);
+    const again = ethFrame(BCAST, M1, 60, 5);
+    g1.send(again);
+    expect(await g2.waitRx(1)).toEqual([again]);
+  });
+
   test('switch rules change live: a new block rule drops and counts, removing it lets frames pass again', async () => {
     await start(SW + VM1 + VM2);
     const [g1, g2] = [await guest('vm1.net0', 1), await guest('vm2.net0', 2)];

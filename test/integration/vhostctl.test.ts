@@ -167,7 +167,7 @@ describe.skipIf(!native.ok)('vhostctl against a live vhostd', () => {
     a.send(ethFrame('ff:ff:ff:ff:ff:ff', MAC1, 60));
     await until<SwitchView>(sock, { cmd: 'show-switch', switch: 's0' }, (v) => v.addresses.some((e) => e.mac === MAC1), 'the MAC to be learned');
     const v = await ctlJson<SwitchView>(sock, 'show', 'switch', 's0');
-    expect(v).toMatchObject({ name: 's0', mtu: 1500, maxAddr: 4096, timeoutSec: 240 });
+    expect(v).toMatchObject({ name: 's0', mtu: 1500, maxAddr: 4096, timeoutSec: 240, poll: false });
     expect(v.addresses).toEqual([{ mac: MAC1, port: 'vm1.net0', ageSec: expect.any(Number), static: false }]);
     expect(v.ports.map((p) => [p.name, p.flags])).toEqual([
       ['vm1.net0', ['LEARNING', 'DISCOVER']],

@@ -102,6 +102,10 @@ describe('planReload', () => {
     const [c] = planReload(parse(BASE), parse(next)).switches.changed;
     expect(c).toMatchObject({ name: 's0', mtu: true, table: true, statics: true, rules: true, vport: true });
     expect(c!.reasons).toEqual(['mtu 1500 → 9000', 'maxaddr 4096 → 100', 'timeout 240 → 60', 'statics 0 → 1', 'rules 0 → 1', 'vport none → tap9']);
+    const poll = planReload(parse(BASE), parse(BASE.replace('switch "s0" {}', 'switch "s0" { poll }'))).switches.changed;
+    expect(poll.map((s) => [s.name, s.poll, s.table, s.reasons])).toEqual([['s0', true, false, ['poll mode on']]]);
+    const unpoll = planReload(parse(BASE.replace('switch "s0" {}', 'switch "s0" { poll }')), parse(BASE)).switches.changed;
+    expect(unpoll.map((s) => s.reasons)).toEqual([['poll mode off']]);
     const onlyTimeout = planReload(parse(BASE), parse(BASE.replace('switch "s0" {}', 'switch "s0" { timeout 240 }')));
     expect(onlyTimeout.switches.unchanged).toEqual(['s0']); // the default spelled out
   });

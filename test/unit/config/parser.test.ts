@@ -102,6 +102,12 @@ describe('parseConfig: syntax', () => {
     expect(cfg.switches).toEqual([{ name: 'uplink', mtu: 1400, pos: { line: 4, col: 1 } }]);
   });
 
+  it('poll: a switch in poll mode; absent means event-driven; given twice is an error', () => {
+    const cfg = parseConfig('switch "p" { poll }\nswitch "e" { mtu 1500 }', 'f');
+    expect(cfg.switches.map((s) => [s.name, s.poll])).toEqual([['p', true], ['e', undefined]]);
+    expect(errorOf('switch "p" {\n  poll\n  poll\n}')).toMatch(/^vhostd\.conf:3:3: .*poll/);
+  });
+
   it('defaults mtu to 1500 and allows empty blocks and vms without interfaces', () => {
     const cfg = parseConfig('switch "s" {}\nvm "v" {\n}', 'f');
     expect(cfg.switches[0]!.mtu).toBe(1500);
@@ -183,7 +189,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
 
   it('unknown keywords list the expected ones', () => {
     expect(errorOf('swtich "s" {}')).toBe('vhostd.conf:1:1: unknown keyword "swtich" at top level, expected one of: socket, switch, vm, control, metrics, log, backing, max');
-    expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, vport, static, rule');
+    expect(errorOf('switch "s" {\n  pvlan 100\n}')).toBe('vhostd.conf:2:3: unknown keyword "pvlan" in the switch block, expected one of: mtu, maxaddr, timeout, poll, vport, static, rule');
     expect(errorOf('vm "v" { cdrom "/x.iso" }')).toBe('vhostd.conf:1:10: unknown keyword "cdrom" in the vm block, expected one of: interface, disk, owner');
     expect(errorOf('vm "v" { interface { group "x" } }')).toBe(
       'vhostd.conf:1:22: unknown keyword "group" in the interface block, expected one of: switch, lladdr, locked, learn, -learn, discover, -discover, blocknonip, -blocknonip, span, protected, untagged, tagged, maxaddr',
@@ -194,7 +200,7 @@ describe('parseConfig: errors name file:line:col and what was expected', () => {
 
   it('a non-keyword where a statement starts', () => {
     expect(errorOf('}')).toBe('vhostd.conf:1:1: expected a keyword (socket, switch, vm, control, metrics, log, backing, max) at top level, got "}"');
-    expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, vport, static, rule) in the switch block, got string "mtu"');
+    expect(errorOf('switch "s" { "mtu" 1 }')).toBe('vhostd.conf:1:14: expected a keyword (mtu, maxaddr, timeout, poll, vport, static, rule) in the switch block, got string "mtu"');
   });
 
   it('names must be quoted strings', () => {

@@ -9,6 +9,7 @@ import { setTestHooks } from '../../../src/virtqueue/barrier.js';
 import { DescriptorChain } from '../../../src/virtqueue/descriptor-chain.js';
 import { VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY } from '../../../src/virtqueue/defs.js';
 import { SplitQueue } from '../../../src/virtqueue/split-queue.js';
+import { InflightQueue, inflightQueueBytes } from '../../../src/virtqueue/inflight.js';
 import { makeMemory, standardMemory } from '../../helpers/driver-memory.js';
 import { DriverSplitQueue } from '../../helpers/driver-queue.js';
 
@@ -266,6 +267,7 @@ for (const eventIdx of [false, true]) {
         expect(drv.usedIdx()).toBe(total & 0xffff);
         expect(q.usedIdx).toBe(total & 0xffff);
         expect(calls).toBeGreaterThan(0);
+        expect(q.enableNotification()).toBe(false);
         if (eventIdx) expect(drv.availEvent()).toBe(total & 0xffff);
       }
     });
@@ -273,14 +275,152 @@ for (const eventIdx of [false, true]) {
 }
 
 describe('EVENT_IDX specifics', () => {
-  test('pop writes avail_event = lastAvailIdx', () => {
+  test('pop leaves avail_event alone; enableNotification writes avail_event = lastAvailIdx', () => {
     const { drv, q, chain } = setup(8, true);
+    drv.setUsedEvent(0);
+    drv.dm.setU16(drv.usedGpa + 4 + 8 * 8, 0x1234); // whatever the device last wrote
     drv.addChain([{ len: 8, write: true }]);
     drv.addChain([{ len: 8, write: true }]);
     expect(q.pop(chain)).toBe(true);
-    expect(drv.availEvent()).toBe(1);
     expect(q.pop(chain)).toBe(true);
+    expect(drv.availEvent()).toBe(0x1234);
+    expect(q.enableNotification()).toBe(false);
     expect(drv.availEvent()).toBe(2);
+    expect(q.pop(chain)).toBe(false);
+    expect(drv.availEvent()).toBe(2);
+  });
+
+  test('kicks off: a driver refilling what the device used (net RX) gets no kick over 3 x 65536 refills', () => {
+    // Each round the device uses 1..all of the posted buffers, and the driver reposts them in one publish and kicks
+    // only when avail_event says so. Rounds where the device had caught up are the ones a moving avail_event kicks.
+    for (const size of [2, 256]) {
+      const { drv, q, chain } = setup(size, true, size);
+      const buf = drv.alloc.alloc(64 * size, 8);
+      for (let d = 0; d < size; d++) drv.writeDesc(d, buf + 64 * d, 64, VIRTQ_DESC_F_WRITE, 0);
+      drv.publish(Array.from({ length: size }, (_, d) => d));
+      drv.needsKick(); // the initial fill
+      q.disableNotification();
+      let kicks = 0;
+      let refills = 0;
+      let caughtUp = 0;
+      const used: number[] = [];
+      for (let round = 0; refills < 3 * 65536; round++) {
+        const k = round % 3 === 0 ? size : 1 + ((round * 7) % size);
+        used.length = 0;
+        for (let i = 0; i < k && q.pop(chain); i++) {
+          q.addUsed(chain.head, 64);
+          used.push(chain.head);
+        }
+        if (q.availCount() === 0) caughtUp++;
+        q.publishUsed();
+        drv.collectUsed();
+        drv.publish(used);
+        refills += used.length;
+        if (drv.needsKick()) kicks++;
+      }
+      expect(caughtUp).toBeGreaterThan(300);
+      expect(kicks).toBe(0);
+      // Kicks on again: the next post after the device caught up kicks.
+      while (q.pop(chain)) q.addUsed(chain.head, 64);
+      q.publishUsed();
+      expect(q.enableNotification()).toBe(false);
+      drv.collectUsed();
+      drv.publish([0]);
+      expect(drv.needsKick()).toBe(true);
+    }
+  });
+
+  test('disableNotification parks avail_event one behind lastAvailIdx, and re-parks as the ring moves', () => {
+    const { drv, q, chain } = setup(8, true);
+    q.lastAvailIdx = 100;
+    drv.setAvailIdx(100);
+    drv.needsKick(); // the driver's previous kick decision was at 100
+    q.disableNotification();
+    expect(drv.availEvent()).toBe(99);
+    for (let i = 0; i < 3; i++) drv.addChain([{ len: 8, write: true }]);
+    expect(drv.needsKick()).toBe(false);
+    while (q.pop(chain)) q.addUsed(chain.head, 0);
+    q.publishUsed();
+    drv.collectUsed();
+    drv.addChain([{ len: 8, write: true }]);
+    expect(q.pop(chain)).toBe(true); // reloads avail.idx: re-parks at 102
+    expect(drv.availEvent()).toBe(102);
+  });
+
+  test('unpop gives chains back: lastAvailIdx, parked avail_event, and the same heads pop again', () => {
+    const { drv, q } = setup(8, true);
+    const chains = [new DescriptorChain(8), new DescriptorChain(8), new DescriptorChain(8)];
+    const heads = [0, 1, 2, 3].map(() => drv.addChain([{ len: 8, write: true }]));
+    q.disableNotification();
+    expect(q.pop(chains[0])).toBe(true);
+    expect(q.pop(chains[0])).toBe(true);
+    expect(q.pop(chains[1])).toBe(true);
+    expect(q.pop(chains[2])).toBe(true);
+    expect(q.lastAvailIdx).toBe(4);
+    q.unpop([chains[1], chains[2]], 2);
+    expect(q.lastAvailIdx).toBe(2);
+    expect(drv.availEvent()).toBe(1);
+    expect(q.pop(chains[1])).toBe(true);
+    expect(chains[1].head).toBe(heads[2]);
+    expect(q.pop(chains[2])).toBe(true);
+    expect(chains[2].head).toBe(heads[3]);
+    expect(q.pop(chains[2])).toBe(false);
+    expect(() => q.unpop(chains, 4)).toThrow(RangeError);
+  });
+
+  test('unpop undoes inflight takes and hands resubmitted heads out again, in order', () => {
+    const { drv, q } = setup(8, false);
+    const inflight = new InflightQueue(new ArrayBuffer(inflightQueueBytes(8)), 0, 8);
+    inflight.recover(0, () => 0);
+    q.attachInflight(inflight);
+    q.setResubmit([5, 6]);
+    q.lastAvailIdx = 2;
+    drv.setAvailIdx(2);
+    const a = drv.addChain([{ len: 8, write: true }]);
+    const b = drv.addChain([{ len: 8, write: true }]);
+    const chains = [0, 1, 2, 3].map(() => new DescriptorChain(8));
+    expect(q.pop(chains[0])).toBe(true); // resubmit 5
+    q.addUsed(chains[0].head, 0); // completed: stays out of the rewind
+    for (let i = 1; i < 4; i++) expect(q.pop(chains[i])).toBe(true); // resubmit 6, then avail a, b
+    expect(chains.map((c) => c.head)).toEqual([5, 6, a, b]);
+    expect([6, a, b].every((h) => inflight.isInflight(h))).toBe(true);
+    q.unpop(chains.slice(1), 3);
+    expect([6, a, b].some((h) => inflight.isInflight(h))).toBe(false);
+    expect(inflight.isInflight(5)).toBe(true);
+    expect(q.lastAvailIdx).toBe(2);
+    expect(q.pendingResubmit()).toEqual([6]);
+    const again = [0, 1, 2].map(() => new DescriptorChain(8));
+    for (const c of again) expect(q.pop(c)).toBe(true);
+    expect(again.map((c) => c.head)).toEqual([6, a, b]);
+    expect([6, a, b].every((h) => inflight.isInflight(h))).toBe(true);
+    expect(inflight.counterOf(b)).toBeGreaterThan(inflight.counterOf(6));
+  });
+
+  test('resubmitted heads stay out of unpop once `size` avail pops followed them (no re-hand-out after a wrap)', () => {
+    const { drv, q } = setup(4, false);
+    q.setResubmit([3]);
+    const c = new DescriptorChain(4);
+    const two = [new DescriptorChain(4), new DescriptorChain(4)];
+    expect(q.pop(c)).toBe(true);
+    expect(c.head).toBe(3);
+    q.addUsed(3, 0);
+    const buf = drv.alloc.alloc(64, 8);
+    for (let d = 0; d < 4; d++) drv.writeDesc(d, buf, 64, VIRTQ_DESC_F_WRITE, 0);
+    // 65536 + 1 avail pops: the u16 distance to where the resubmitted head was popped is 1 again.
+    for (let i = 0; i < 65536; i++) {
+      drv.publish([i % 3]);
+      expect(q.pop(c)).toBe(true);
+      q.addUsed(c.head, 0);
+      q.publishUsed();
+      drv.collectUsed();
+    }
+    drv.publish([0]);
+    expect(q.pop(two[1])).toBe(true);
+    two[0].head = 1;
+    q.unpop(two, 2); // the last two pops were both avail entries
+    expect(q.pendingResubmit()).toEqual([]);
+    expect(q.pop(c)).toBe(true);
+    expect(c.head).not.toBe(3);
   });
 
   test('publishUsed notifies exactly when used.idx crosses used_event', () => {
