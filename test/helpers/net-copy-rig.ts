@@ -36,12 +36,15 @@ const SLOT = 0x1000;
 class Queue implements DeviceQueue {
   readonly hasQueue = true;
   publishes = 0;
+  /** Called before every publish (tests check what the guest is about to see). */
+  onPublish: ((q: Queue) => void) | null = null;
   constructor(
     readonly index: number,
     readonly queue: SplitQueue,
   ) {}
   publish(): void {
     this.publishes++;
+    if (this.onPublish !== null) this.onPublish(this);
     this.queue.publishUsed();
   }
 }
