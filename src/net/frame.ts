@@ -16,6 +16,7 @@
  */
 import { SgList, sgCopy, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
 import type { CopyBatch } from '../memory/copy-batch.js';
+import { COPY_MAX_LEN } from '../native/types.js';
 import { ETHER_HDR_LEN } from './ethernet.js';
 
 /** "No tag to insert". */
@@ -152,7 +153,15 @@ function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: nu
     b[o + 13] = h[13];
     for (let i = ETHER_HDR_LEN; i < sn; i++) b[o + i] = h[i];
     if (len === sn) return sn;
-    return sn + sgCopy(dst, dstPos + sn, frame.sg, frame.offset + sn, len - sn, batch);
+    const src = frame.sg;
+    const rest = len - sn;
+    const from = frame.offset + sn;
+    if (batch !== null && rest <= COPY_MAX_LEN && dstPos + len <= dst.lens[0] && from + rest <= src.lens[0] && dst.handles[0] >= 0 && src.handles[0] >= 0) {
+      // Usual case of the rest: one piece, guest to guest (sgCopy does the same, with a walk over both lists).
+      batch.add(dst.handles[0], at + sn, src.handles[0], src.offs[0] + from, rest);
+      return len;
+    }
+    return sn + sgCopy(dst, dstPos + sn, src, from, rest, batch);
   }
   const k = sn - pos < len ? sn - pos : len;
   const d = sgCopyIn(dst, dstPos, frame.snap, pos, k);
