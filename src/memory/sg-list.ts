@@ -59,10 +59,10 @@ const SMALL_COPY = 32;
 
 /**
  * Copy n bytes between two views now. Small copies loop; larger ones are one memmove via set(), which allocates a
- * subarray view (~80 B). Guest-to-guest copies avoid it through a CopyBatch (sgCopy); what is left here is a
- * source or destination that is not guest memory (tap buffers, the soft-offload scratch, tests), where a write()
- * syscall or a software checksum per frame costs far more than the view. JavaScript has no copy between two
- * ArrayBuffers without a view, and one N-API call per copy would cost more than the view it saves.
+ * subarray view (~80 B). Copies between addon mappings (guest memory, memory/scratch.ts buffers) avoid it through
+ * a CopyBatch (sgCopy); what is left here is a source or destination that is not one (the soft-offload scratch,
+ * whose software checksum per segment costs far more than the view, and plain buffers in tests). JavaScript has no
+ * copy between two ArrayBuffers without a view.
  */
 function copyBytes(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void {
   if (n <= SMALL_COPY) {
