@@ -4,7 +4,9 @@
  * TX (guest → switch): pop a chain, skip the virtio-net header, hand the Frame (a window on the guest's own TX
  * buffers) to the switch, return the chain with used len 0. RX (switch → guest): deliver() pops RX chains and
  * copies the frame once, straight from the sender's TX buffers into them (MRG_RXBUF: as many chains as needed,
- * num_buffers in the first header); flush() publishes the batch with one used.idx store and at most one interrupt.
+ * num_buffers in the first header); guest-to-guest bytes are queued on the copy batch (memory/copy-batch.ts) and
+ * land in one native call per burst, before any publish. flush() publishes the batch with one used.idx store and
+ * at most one interrupt.
  * A receiver without RX buffers drops the frame and counts it: the sender's queue never waits on a receiver.
  *
  * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
