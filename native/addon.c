@@ -16,6 +16,8 @@ NAPI_MODULE_INIT() {
     FN("fdSize", mem_fd_size),
     FN("fdStat", mem_fd_stat),
     FN("mappingFaults", mem_mapping_faults),
+    FN("mappingHandle", mem_mapping_handle),
+    FN("copyBurst", copy_burst),
     FN("guestFaults", sigbus_guest_faults),
     FN("eventfd", event_eventfd),
     FN("eventfdRead", event_read),

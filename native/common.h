@@ -47,6 +47,8 @@ napi_value mem_memfd_create(napi_env env, napi_callback_info info);
 napi_value mem_fd_size(napi_env env, napi_callback_info info);
 napi_value mem_fd_stat(napi_env env, napi_callback_info info);
 napi_value mem_mapping_faults(napi_env env, napi_callback_info info);
+napi_value mem_mapping_handle(napi_env env, napi_callback_info info);
+napi_value copy_burst(napi_env env, napi_callback_info info);
 napi_value sigbus_guest_faults(napi_env env, napi_callback_info info);
 napi_value event_eventfd(napi_env env, napi_callback_info info);
 napi_value event_read(napi_env env, napi_callback_info info);

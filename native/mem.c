@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "copy.h"
 #include "sigbus.h"
 
 #define MAX_MAP_SIZE 4294967296.0 /* a typed array view is limited to 4 GiB on Node 20 */
@@ -20,7 +21,8 @@ typedef struct {
   size_t len;
   int mapped;
   int owners;
-  int slot; /* in the SIGBUS guard (sigbus.c) while mapped */
+  int slot; /* in the SIGBUS guard (sigbus.c) while mapped, and in the copy table (copy.c) */
+  double handle; /* for copyBurst (copy.c), -1 when the mapping has none */
 } mapping_t;
 
 static const napi_type_tag mapping_tag = {0x76686f7374646d6dULL, 0x6d61707069e67321ULL};
@@ -31,6 +33,8 @@ static void mapping_release(mapping_t *m) {
 
 static void mapping_unmap(mapping_t *m) {
   if (!m->mapped) return;
+  /* Stale the copy handle before the slot can be reused by another mapping. */
+  copy_unmap(&copy_table, m->slot);
   sigbus_unregister(m->slot);
   munmap(m->base, m->len);
   m->mapped = 0;
@@ -80,6 +84,7 @@ napi_value mem_mmap_shared(napi_env env, napi_callback_info info) {
   }
   m->mapped = 1;
   m->owners = 1; /* the backing store */
+  m->handle = copy_map(&copy_table, m->slot, (char *)m->base + delta, (size_t)size, env);
   if (napi_create_external_arraybuffer(env, (char *)m->base + delta, (size_t)size, backing_finalize, m, &ab) !=
       napi_ok) {
     mapping_unmap(m);
@@ -128,6 +133,15 @@ napi_value mem_mapping_faults(napi_env env, napi_callback_info info) {
   mapping_t *m = mapping_of(env, argv[0]);
   if (!m) return NULL;
   return make_number(env, m->mapped ? (double)sigbus_slot_faults(m->slot) : 0);
+}
+
+/* The mapping's copyBurst handle, or -1 once unmapped (or when it has none). */
+napi_value mem_mapping_handle(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (get_args(env, info, 1, argv, NULL)) return NULL;
+  mapping_t *m = mapping_of(env, argv[0]);
+  if (!m) return NULL;
+  return make_number(env, m->mapped ? m->handle : -1);
 }
 
 napi_value mem_memfd_create(napi_env env, napi_callback_info info) {

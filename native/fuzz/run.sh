@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Long run of the libFuzzer target: `npm run fuzz:native -- [libFuzzer flags]`, e.g. -max_total_time=600 or
-# -runs=10000000. Builds into native/fuzz/build, fuzzes a working copy of native/fuzz/corpus (new inputs stay in
-# native/fuzz/build/corpus), writes crashes to fuzz-findings/. Defaults: -seed=1 -max_total_time=60.
+# Long run of the libFuzzer targets: `npm run fuzz:native -- [libFuzzer flags]`, e.g. -max_total_time=600 or
+# -runs=10000000; FUZZ_TARGET=cmsg or FUZZ_TARGET=copy runs one of them (default: both, one after the other).
+# Builds into native/fuzz/build, fuzzes a working copy of the target's corpus (native/fuzz/corpus for cmsg,
+# native/fuzz/corpus-copy for copy; new inputs stay in native/fuzz/build/corpus[-copy]), writes crashes to
+# fuzz-findings/. Defaults: -seed=1 -max_total_time=60.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 "$here/build.sh" "$here/build"
-mkdir -p "$here/build/corpus" "$root/fuzz-findings"
-cp -n "$here"/corpus/* "$here/build/corpus/"
+mkdir -p "$root/fuzz-findings"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(-seed=1 -max_total_time=60)
-exec "$here/build/cmsg_fuzz" -artifact_prefix="$root/fuzz-findings/cmsg-" -print_final_stats=1 "${args[@]}" "$here/build/corpus"
+for t in ${FUZZ_TARGET:-cmsg copy}; do
+  corpus=corpus
+  [ "$t" = copy ] && corpus=corpus-copy
+  mkdir -p "$here/build/$corpus"
+  cp -n "$here/$corpus"/* "$here/build/$corpus/"
+  "$here/build/${t}_fuzz" -artifact_prefix="$root/fuzz-findings/$t-" -print_final_stats=1 "${args[@]}" "$here/build/$corpus"
+done

@@ -38,10 +38,13 @@ export class GuestMemory {
     this.regions = sorted;
   }
 
-  /** Test helper: regions over plain ArrayBuffers (uva defaults to gpa, mmapOffset 0). No addon needed. */
-  static fromArrayBuffers(list: readonly { gpa: number; uva?: number; buffer: ArrayBuffer }[]): GuestMemory {
+  /**
+   * Test helper: regions over plain ArrayBuffers (uva defaults to gpa, mmapOffset 0). No addon needed. `handle`:
+   * the buffer's mappingHandle() when it is an mmapShared() mapping (copies then go through copyBurst).
+   */
+  static fromArrayBuffers(list: readonly { gpa: number; uva?: number; buffer: ArrayBuffer; handle?: number }[]): GuestMemory {
     return new GuestMemory(
-      list.map((e) => new MemoryRegion({ gpa: e.gpa, size: e.buffer.byteLength, uva: e.uva ?? e.gpa, mmapOffset: 0 }, e.buffer)),
+      list.map((e) => new MemoryRegion({ gpa: e.gpa, size: e.buffer.byteLength, uva: e.uva ?? e.gpa, mmapOffset: 0 }, e.buffer, 0, undefined, e.handle)),
     );
   }
 
@@ -78,7 +81,7 @@ export class GuestMemory {
       const off = gpa - r.gpa;
       const avail = r.size - off;
       const n = len < avail ? len : avail;
-      if (!sg.push(r.u8, off, n, gpa)) return false;
+      if (!sg.push(r.u8, off, n, gpa, r.handle)) return false;
       gpa += n;
       len -= n;
     }

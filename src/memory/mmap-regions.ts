@@ -10,6 +10,7 @@ import { setImmediate } from 'node:timers/promises';
 import type { NativeBinding } from '../native/types.js';
 import { VhostError } from '../util/errors.js';
 import { MemoryRegion, MAX_ADDR, type RegionDesc } from './region.js';
+import { copyBatch } from './copy-batch.js';
 
 /** Largest window mapped as one ArrayBuffer. */
 export const MAP_WINDOW = 2 ** 30;
@@ -60,7 +61,8 @@ function mapWindow(native: NativeBinding, desc: RegionDesc, fd: number, w: { gpa
     throw new VhostError('ERR_MEM_MAP', `mmap of memory region GPA 0x${desc.gpa.toString(16)} size 0x${desc.size.toString(16)} (fd ${fd}, offset 0x${desc.mmapOffset.toString(16)}) failed`, { cause: err });
   }
   try {
-    return new MemoryRegion({ gpa: w.gpa, size: w.size, uva: desc.uva + delta, mmapOffset: desc.mmapOffset + delta }, ab, 0, origin);
+    const handle = native.mappingHandle(ab);
+    return new MemoryRegion({ gpa: w.gpa, size: w.size, uva: desc.uva + delta, mmapOffset: desc.mmapOffset + delta }, ab, 0, origin, handle);
   } catch (err) {
     native.munmap(ab);
     throw err;
@@ -144,5 +146,6 @@ async function mapInTurns(
 
 /** munmap every window (detaching its ArrayBuffer, so stale views read as empty). Idempotent. */
 export function unmapRegions(native: NativeBinding, regions: readonly MemoryRegion[]): void {
+  copyBatch.run(); // queued copies land first (the addon would refuse them once their mapping is gone)
   for (const r of regions) native.munmap(r.buffer);
 }

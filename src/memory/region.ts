@@ -36,13 +36,17 @@ export class MemoryRegion {
   readonly u8: Uint8Array;
   /** The region as the frontend described it (several windows may share one origin). */
   readonly origin: RegionDesc;
+  /** copyBurst handle of the mapping (NativeBinding.mappingHandle), -1 when not an addon mapping at offset 0. */
+  readonly handle: number;
   private u32Cache: Uint32Array | null = null;
 
   /**
    * @param byteOffset where guest byte `gpa` sits inside `buffer` (0 for mmap windows).
    * @param origin defaults to this window's own description.
+   * @param handle the mapping's copyBurst handle; kept only when the window starts at the mapping's start, since
+   *   SgList offsets into u8 are then offsets into the mapping.
    */
-  constructor(desc: RegionDesc, buffer: ArrayBuffer, byteOffset = 0, origin?: RegionDesc) {
+  constructor(desc: RegionDesc, buffer: ArrayBuffer, byteOffset = 0, origin?: RegionDesc, handle = -1) {
     const { gpa, size, uva, mmapOffset } = desc;
     checkRange('GPA', gpa, size);
     checkRange('UVA', uva, size);
@@ -58,6 +62,7 @@ export class MemoryRegion {
     this.buffer = buffer;
     this.u8 = new Uint8Array(buffer, byteOffset, size);
     this.origin = origin ?? { gpa, size, uva, mmapOffset };
+    this.handle = byteOffset === 0 && Number.isSafeInteger(handle) && handle >= 0 ? handle : -1;
   }
 
   /**

@@ -3,6 +3,9 @@
  * A descriptor that crosses a memory-region end becomes several entries (libvhost-user virtqueue_map_desc).
  * Hot path: one SgList per queue is reset and refilled for every chain; nothing is allocated per frame.
  */
+import type { CopyBatch } from './copy-batch.js';
+import { COPY_MAX_LEN } from '../native/types.js';
+
 export class SgList {
   /** Backing view of each entry (a memory region's u8 view). */
   readonly bufs: Uint8Array[];
@@ -12,6 +15,11 @@ export class SgList {
   readonly lens: Float64Array;
   /** Guest-physical address of each entry (-1 when not guest memory), for the dirty log. */
   readonly gpas: Float64Array;
+  /**
+   * copyBurst handle of the mapping behind bufs[i] (MemoryRegion.handle; offs[i] is then an offset from the
+   * mapping's start), or -1 when the entry is not guest memory of the addon (scratch, tap buffers, tests).
+   */
+  readonly handles: Float64Array;
   count = 0;
   totalLen = 0;
 
@@ -20,6 +28,7 @@ export class SgList {
     this.offs = new Float64Array(capacity);
     this.lens = new Float64Array(capacity);
     this.gpas = new Float64Array(capacity);
+    this.handles = new Float64Array(capacity);
   }
 
   reset(): void {
@@ -28,13 +37,14 @@ export class SgList {
   }
 
   /** Append one entry; false when the list is full (the caller fails the request). */
-  push(buf: Uint8Array, off: number, len: number, gpa = -1): boolean {
+  push(buf: Uint8Array, off: number, len: number, gpa = -1, handle = -1): boolean {
     const i = this.count;
     if (i >= this.capacity) return false;
     this.bufs[i] = buf;
     this.offs[i] = off;
     this.lens[i] = len;
     this.gpas[i] = gpa;
+    this.handles[i] = handle;
     this.count = i + 1;
     this.totalLen += len;
     return true;
@@ -47,7 +57,13 @@ export class SgList {
  */
 const SMALL_COPY = 32;
 
-/** Copy n bytes between two views without allocating (large copies use one native memmove via set). */
+/**
+ * Copy n bytes between two views now. Small copies loop; larger ones are one memmove via set(), which allocates a
+ * subarray view (~80 B). Copies between addon mappings (guest memory, memory/scratch.ts buffers) avoid it through
+ * a CopyBatch (sgCopy); what is left here is a source or destination that is not one (the soft-offload scratch,
+ * whose software checksum per segment costs far more than the view, and plain buffers in tests). JavaScript has no
+ * copy between two ArrayBuffers without a view.
+ */
 function copyBytes(dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void {
   if (n <= SMALL_COPY) {
     for (let k = 0; k < n; k++) dst[dOff + k] = src[sOff + k];
@@ -102,17 +118,25 @@ export function sgCopyIn(dst: SgList, dstPos: number, src: Uint8Array, srcOff: n
 
 /**
  * Copy `len` bytes from logical offset `srcPos` of `src` to logical offset `dstPos` of `dst`: the one copy of
- * a frame from the sender's TX buffers into the receiver's RX buffers. Returns bytes copied.
+ * a frame from the sender's TX buffers into the receiver's RX buffers. Returns bytes copied. With a `batch`, a
+ * piece between two guest mappings (both handles set) is queued on it, not copied: it lands at batch.run().
  */
-export function sgCopy(dst: SgList, dstPos: number, src: SgList, srcPos: number, len: number): number {
+export function sgCopy(dst: SgList, dstPos: number, src: SgList, srcPos: number, len: number, batch: CopyBatch | null = null): number {
   let si = 0;
   let di = 0;
   while (si < src.count && srcPos >= src.lens[si]) srcPos -= src.lens[si++];
   while (di < dst.count && dstPos >= dst.lens[di]) dstPos -= dst.lens[di++];
   let done = 0;
   while (done < len && si < src.count && di < dst.count) {
-    const n = Math.min(src.lens[si] - srcPos, dst.lens[di] - dstPos, len - done);
-    copyBytes(dst.bufs[di], dst.offs[di] + dstPos, src.bufs[si], src.offs[si] + srcPos, n);
+    let n = Math.min(src.lens[si] - srcPos, dst.lens[di] - dstPos, len - done);
+    const dh = dst.handles[di];
+    const sh = src.handles[si];
+    if (batch !== null && dh >= 0 && sh >= 0) {
+      if (n > COPY_MAX_LEN) n = COPY_MAX_LEN; // the addon's bound per op
+      batch.add(dh, dst.offs[di] + dstPos, sh, src.offs[si] + srcPos, n);
+    } else {
+      copyBytes(dst.bufs[di], dst.offs[di] + dstPos, src.bufs[si], src.offs[si] + srcPos, n);
+    }
     done += n;
     srcPos += n;
     dstPos += n;

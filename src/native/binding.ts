@@ -16,6 +16,7 @@ import type { NativeBinding } from './types.js';
 const EXPORTS: readonly (keyof NativeBinding)[] = [
   'listenUnix', 'acceptUnix', 'connectUnix', 'recvMsg', 'sendMsg', 'mmapShared', 'munmap', 'memfdCreate',
   'eventfd', 'eventfdRead', 'eventfdWrite', 'watch', 'close', 'fdSize', 'fdStat', 'fence', 'tapOpen', 'read', 'write',
+  'mappingFaults', 'mappingHandle', 'copyBurst',
 ];
 
 let cached: NativeBinding | undefined;

@@ -1,7 +1,8 @@
 /**
  * The exact contract between TypeScript and the C addon in native/ (vhost_native.node).
  *
- * The addon only does syscalls: no parsing, no ring logic, no policy. Rules:
+ * The addon does syscalls, plus one data-path primitive: copyBurst, a burst of checked memmoves between guest
+ * mappings (docs/architecture.md, "The frame copy"). No parsing, no ring logic, no policy. Rules:
  * - Every fd it creates is O_NONBLOCK|O_CLOEXEC.
  * - EINTR is retried in C. EAGAIN/EWOULDBLOCK is a return value (-1), never an exception.
  * - Real failures throw an Error shaped like Node's system errors: { code: 'EBADF', errno: 9, syscall: 'recvmsg' }.
@@ -13,6 +14,10 @@
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
 export const POLL_DISCONNECT = 4;
+
+/** copyBurst: doubles per op, and the longest op (native/copy.h). */
+export const COPY_OP_FIELDS = 5;
+export const COPY_MAX_LEN = 256 * 1024;
 
 /** Most fds one vhost-user message may carry (VHOST_MEMORY_BASELINE_NREGIONS). */
 export const MAX_FDS_PER_MSG = 8;
@@ -84,6 +89,20 @@ export interface NativeBinding {
   guestFaults(): number;
   /** SIGBUS faults counted on this mmapShared() ArrayBuffer (0 once unmapped). */
   mappingFaults(ab: ArrayBuffer): number;
+  /**
+   * The copyBurst handle of an mmapShared() ArrayBuffer: an integer >= 0 naming this mapping (slot and generation),
+   * or -1 once it is unmapped. munmap makes every handle of the mapping stale for good; a later mapping never gets
+   * an old handle back. Handles are per thread: copyBurst on another thread refuses them.
+   */
+  mappingHandle(ab: ArrayBuffer): number;
+  /**
+   * Run n copies, COPY_OP_FIELDS doubles each in `ops`: (dst handle, dst offset, src handle, src offset, length),
+   * offsets relative to the start of the mappings' ArrayBuffers. Each op is checked (both handles live, current
+   * and of this thread; offsets and length integers, 1 <= length <= COPY_MAX_LEN, both ranges inside their
+   * mappings) before one memmove; an op that fails is skipped. Returns the number of ops skipped.
+   * Throws only for a bad call (ops not a Float64Array, n * COPY_OP_FIELDS past its end).
+   */
+  copyBurst(ops: Float64Array, n: number): number;
   /** fstat(fd).st_size, for checks on received fds. */
   fdSize(fd: number): number;
   /** What a received fd is, for the checks in src/vhost-user/fd-checks.ts. Throws EBADF on a closed fd. */

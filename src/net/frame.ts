@@ -15,6 +15,8 @@
  * Ports must copy with frameCopyTo(), which honours them; the switch restores the fields after deliver().
  */
 import { SgList, sgCopy, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
+import type { CopyBatch } from '../memory/copy-batch.js';
+import { COPY_MAX_LEN } from '../native/types.js';
 import { ETHER_HDR_LEN } from './ethernet.js';
 
 /** "No tag to insert". */
@@ -125,9 +127,9 @@ export function frameSnapshot(frame: Frame, n: number): number {
  * Copy source bytes [pos, pos+len) of the frame (as received) to `dst` at `dstPos`: the snapshot part from `snap`,
  * the rest from the sender's buffers. Returns bytes copied.
  */
-function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number, batch: CopyBatch | null): number {
   const sn = frame.snapLen;
-  if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len);
+  if (pos >= sn) return sgCopy(dst, dstPos, frame.sg, frame.offset + pos, len, batch);
   const at = dst.count !== 0 ? dst.offs[0] + dstPos : 0;
   if (pos === 0 && sn >= ETHER_HDR_LEN && len >= sn && dst.count !== 0 && dstPos + sn <= dst.lens[0] && at <= 0x7fff_ffff) {
     // Usual case: the whole snapshot into the receiver's first entry. The Ethernet header unrolled (a byte loop
@@ -151,12 +153,20 @@ function srcCopy(frame: Frame, pos: number, dst: SgList, dstPos: number, len: nu
     b[o + 13] = h[13];
     for (let i = ETHER_HDR_LEN; i < sn; i++) b[o + i] = h[i];
     if (len === sn) return sn;
-    return sn + sgCopy(dst, dstPos + sn, frame.sg, frame.offset + sn, len - sn);
+    const src = frame.sg;
+    const rest = len - sn;
+    const from = frame.offset + sn;
+    if (batch !== null && rest <= COPY_MAX_LEN && dstPos + len <= dst.lens[0] && from + rest <= src.lens[0] && dst.handles[0] >= 0 && src.handles[0] >= 0) {
+      // Usual case of the rest: one piece, guest to guest (sgCopy does the same, with a walk over both lists).
+      batch.add(dst.handles[0], at + sn, src.handles[0], src.offs[0] + from, rest);
+      return len;
+    }
+    return sn + sgCopy(dst, dstPos + sn, src, from, rest, batch);
   }
   const k = sn - pos < len ? sn - pos : len;
   const d = sgCopyIn(dst, dstPos, frame.snap, pos, k);
   if (d < k || k === len) return d; // done, or the receiver's list ends inside the head
-  return k + sgCopy(dst, dstPos + k, frame.sg, frame.offset + pos + k, len - k);
+  return k + sgCopy(dst, dstPos + k, frame.sg, frame.offset + pos + k, len - k, batch);
 }
 
 /** Scratch for the inserted tag bytes (module-level: nothing allocated per frame). */
@@ -167,15 +177,17 @@ const TAG_AT = 12;
  * Copy bytes [pos, pos+len) of `frame` as sent (tag inserted/stripped as the frame's fields say) into `dst` at
  * logical offset `dstPos`: the one copy of a frame into a receiver's buffers. Returns bytes copied. The snapshot
  * bytes come from `snap` (what the switch checked), the rest straight from the sender's buffers.
+ * With a `batch`, the rest (guest memory to guest memory) is queued on it and lands at batch.run(), which the
+ * caller runs before the receiver or the sender can see the buffers; the snapshot and tag bytes are written now.
  */
-export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+export function frameCopyTo(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number, batch: CopyBatch | null = null): number {
   // Kept small (the rewrite is out of line) so that V8 inlines the plain copy into the ports' deliver().
-  if (frame.vlanTag < 0 && !frame.stripTag) return srcCopy(frame, pos, dst, dstPos, len);
-  return copyRewritten(frame, pos, dst, dstPos, len);
+  if (frame.vlanTag < 0 && !frame.stripTag) return srcCopy(frame, pos, dst, dstPos, len, batch);
+  return copyRewritten(frame, pos, dst, dstPos, len, batch);
 }
 
 /** frameCopyTo() with an 802.1Q tag inserted and/or stripped. */
-function copyRewritten(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number): number {
+function copyRewritten(frame: Frame, pos: number, dst: SgList, dstPos: number, len: number, batch: CopyBatch | null): number {
   const ins = frame.vlanTag >= 0 ? 4 : 0;
   const skip = frame.stripTag ? 4 : 0;
   let done = 0;
@@ -183,7 +195,7 @@ function copyRewritten(frame: Frame, pos: number, dst: SgList, dstPos: number, l
   // [0, 12): addresses, from the source as is.
   if (pos < TAG_AT) {
     const n = Math.min(end, TAG_AT) - pos;
-    done += srcCopy(frame, pos, dst, dstPos, n);
+    done += srcCopy(frame, pos, dst, dstPos, n, batch);
     pos += n;
   }
   // [12, 12+ins): the inserted tag.
@@ -198,6 +210,6 @@ function copyRewritten(frame: Frame, pos: number, dst: SgList, dstPos: number, l
     pos += n;
   }
   // The rest: source byte (i - ins + skip).
-  if (pos < end) done += srcCopy(frame, pos - ins + skip, dst, dstPos + done, end - pos);
+  if (pos < end) done += srcCopy(frame, pos - ins + skip, dst, dstPos + done, end - pos, batch);
   return done;
 }

@@ -4,7 +4,9 @@
  * TX (guest → switch): pop a chain, skip the virtio-net header, hand the Frame (a window on the guest's own TX
  * buffers) to the switch, return the chain with used len 0. RX (switch → guest): deliver() pops RX chains and
  * copies the frame once, straight from the sender's TX buffers into them (MRG_RXBUF: as many chains as needed,
- * num_buffers in the first header); flush() publishes the batch with one used.idx store and at most one interrupt.
+ * num_buffers in the first header); guest-to-guest bytes are queued on the copy batch (memory/copy-batch.ts) and
+ * land in one native call per burst, before any publish. flush() publishes the batch with one used.idx store and
+ * at most one interrupt.
  * A receiver without RX buffers drops the frame and counts it: the sender's queue never waits on a receiver.
  *
  * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
@@ -18,6 +20,7 @@
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
 import { SgList, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
+import { copyBatch } from '../memory/copy-batch.js';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_CSUM,
@@ -229,6 +232,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
 
   queueStop(index: number): void {
     if (index % 2 === 0) {
+      copyBatch.run(); // queued copies into this ring land before its last publish
       if (this.rxQ && this.rxPending) this.rxQ.publish();
       this.rxPending = false;
       this.rxQ = null;
@@ -485,6 +489,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
       // The guest broke its RX ring (avail idx jump, head out of range): publish reports it (log, err eventfd)
       // and stops the queue; the frame is dropped.
       this.counters.rxNoBuffer++;
+      copyBatch.run(); // earlier frames' copies into this ring land before the publish
       q.publish();
       return false;
     }
@@ -506,18 +511,52 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
     const hdr = this.rxHdr;
     hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
     hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
-    sgCopyIn(chains[0].writable, 0, hdr, 0, hdrLen);
+    const first = chains[0].writable;
+    const at = first.offs[0];
+    if (first.lens[0] >= hdrLen && at <= 0x7fff_0000) {
+      // Usual case, the header inside the first entry: unrolled stores (a byte loop costs a bounds check per byte).
+      const b = first.bufs[0];
+      const o = at | 0;
+      b[o] = hdr[0];
+      b[o + 1] = hdr[1];
+      b[o + 2] = hdr[2];
+      b[o + 3] = hdr[3];
+      b[o + 4] = hdr[4];
+      b[o + 5] = hdr[5];
+      b[o + 6] = hdr[6];
+      b[o + 7] = hdr[7];
+      b[o + 8] = hdr[8];
+      b[o + 9] = hdr[9];
+      if (hdrLen === 12) {
+        b[o + 10] = hdr[10];
+        b[o + 11] = hdr[11];
+      }
+    } else {
+      sgCopyIn(first, 0, hdr, 0, hdrLen);
+    }
+    // Guest-to-guest bytes past the snapshot are queued on copyBatch and land, one native call per burst, before
+    // any publish of these chains or of the sender's (Switch.endBatch, flush, queueStop).
     let done = 0;
     const dirtyLog = vq.mem.dirtyLog;
     for (let i = 0; i < n; i++) {
       const ch = chains[i];
       const start = i === 0 ? hdrLen : 0;
       const take = Math.min(ch.writableBytes - start, frame.length - done);
-      frameCopyTo(frame, done, ch.writable, start, take); // the frame as sent (VLAN tag inserted/stripped)
-      // Live migration: mark what was just written (vhost-user spec, "Migration").
-      if (dirtyLog !== null) dirtyLog.logSg(ch.writable, start + take);
+      frameCopyTo(frame, done, ch.writable, start, take, copyBatch); // the frame as sent (VLAN tag inserted/stripped)
       done += take;
       vq.addUsed(ch.head, start + take);
+    }
+    if (dirtyLog !== null) {
+      // Live migration: mark what was written, after the write (vhost-user spec, "Migration"): copies land now.
+      copyBatch.run();
+      done = 0;
+      for (let i = 0; i < n; i++) {
+        const ch = chains[i];
+        const start = i === 0 ? hdrLen : 0;
+        const take = Math.min(ch.writableBytes - start, frame.length - done);
+        dirtyLog.logSg(ch.writable, start + take);
+        done += take;
+      }
     }
     this.rxPending = true;
     this.counters.rxFrames++;
@@ -528,6 +567,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
   flush(): void {
     if (!this.rxPending) return;
     this.rxPending = false;
+    copyBatch.run(); // a no-op after Switch.endBatch; here for a flush from anywhere else
     this.rxQ?.publish();
   }
 }

@@ -18,6 +18,7 @@
  * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
+import { copyBatch } from '../memory/copy-batch.js';
 import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
 import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
@@ -592,6 +593,7 @@ export class Switch {
 
   /** End of an ingress batch: flush() each port that forward() touched, exactly once. Port.flush must not throw. */
   endBatch(): void {
+    copyBatch.run(); // the burst's queued frame copies land before any port publishes (memory/copy-batch.ts)
     const n = this.touchedCount;
     const ids = this.touchedIds;
     const flags = this.touched;

@@ -9,7 +9,8 @@
  * Switch → host: deliver() copies the frame once (frameCopyTo: the header the switch checked, then the rest out of
  * the sender's buffers) into a preallocated buffer and write()s it to the tap. A full tap queue (EAGAIN) drops and
  * counts: the switch never waits on the host. flush() is a no-op (each write is already a complete delivery).
- * Nothing is allocated per frame.
+ * Nothing is allocated per frame: both buffers are addon mappings (memory/scratch.ts), so the copies between them
+ * and guest memory are memmoves through the copy batch, run before the buffer is reused (read) or written.
  *
  * Checksums: the tap is opened without IFF_VNET_HDR and without offloads, so the kernel expects every frame it gets
  * from the tap to carry complete checksums. A guest frame with offloads (partial checksum, TSO: Frame.vnetFlags /
@@ -20,6 +21,8 @@ import { loadNative } from '../native/binding.js';
 import type { FdWatcher, NativeBinding } from '../native/types.js';
 import { POLL_READABLE } from '../native/types.js';
 import { SgList } from '../memory/sg-list.js';
+import { copyBatch } from '../memory/copy-batch.js';
+import { mapScratch, unmapScratch, type Scratch } from '../memory/scratch.js';
 import { VhostError } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
@@ -88,8 +91,10 @@ export class TapPort implements Port {
   private readonly native: NativeBinding;
   private readonly errors: RateLimitedLog;
   private watcher: FdWatcher | null = null;
-  private readonly rxBuf = new Uint8Array(RX_BUF_SIZE);
+  private readonly rx: Scratch;
+  private readonly rxBuf: Uint8Array;
   private readonly rxFrame = new Frame(new SgList(1));
+  private readonly tx: Scratch;
   private readonly txBuf: Uint8Array;
   /** txBuf as a one-entry SgList, the target of frameCopyTo(). */
   private readonly txSg = new SgList(1);
@@ -104,8 +109,11 @@ export class TapPort implements Port {
     this.native = opts.native ?? loadNative();
     this.errors = new RateLimitedLog(opts.log);
     this.mtu = this.sw.mtu;
-    this.txBuf = new Uint8Array(this.mtu + MAX_L2_OVERHEAD);
-    this.txSg.push(this.txBuf, 0, this.txBuf.length);
+    this.rx = mapScratch(this.native, 'vport-rx', RX_BUF_SIZE);
+    this.rxBuf = this.rx.u8;
+    this.tx = mapScratch(this.native, 'vport-tx', this.mtu + MAX_L2_OVERHEAD);
+    this.txBuf = this.tx.u8;
+    this.txSg.push(this.txBuf, 0, this.txBuf.length, -1, this.tx.handle);
     this.sw.addPort(this);
     this.watcher = this.native.watch(this.fd, POLL_READABLE, (status) => this.onReadable(status));
   }
@@ -143,10 +151,11 @@ export class TapPort implements Port {
       this.counters.txFrames++;
       this.counters.txBytes += len;
       sg.reset();
-      sg.push(buf, 0, len);
+      sg.push(buf, 0, len, -1, this.rx.handle);
       frame.offset = 0;
       frame.length = len;
       this.sw.forward(this, frame);
+      copyBatch.run(); // the copies out of buf land before the next read() reuses it
     }
     if (n > 0) this.sw.endBatch();
   }
@@ -172,7 +181,8 @@ export class TapPort implements Port {
       return false;
     }
     // frameCopyTo, not a plain copy: the checked header comes from the switch's snapshot, VLAN rewrite applied.
-    frameCopyTo(frame, 0, this.txSg, 0, len);
+    frameCopyTo(frame, 0, this.txSg, 0, len, copyBatch);
+    copyBatch.run(); // the bytes are in txBuf before the write()
     return this.write(this.txBuf, len);
   }
 
@@ -241,6 +251,8 @@ export class TapPort implements Port {
     this.watcher = null;
     this.sw.removePort(this);
     if (this.fd >= 0) {
+      unmapScratch(this.native, this.rx);
+      unmapScratch(this.native, this.tx);
       const fd = this.fd;
       this.fd = -1;
       try {

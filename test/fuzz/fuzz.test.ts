@@ -1,8 +1,9 @@
 /**
  * Short fuzz runs in `npm test` (docs/testing.md "Fuzzing"): every TypeScript target for a fixed number of
  * executions with a fixed seed, in a child process (a hang is caught there by the watchdog), must end with no
- * finding; the planted-bug self-tests prove a crash and a hang are found and reported; the C cmsg parser runs under
- * libFuzzer with AddressSanitizer/UBSan, and its libFuzzer build and a plain driver run under valgrind.
+ * finding; the planted-bug self-tests prove a crash and a hang are found and reported; the C cmsg parser and the
+ * copyBurst op checks run under libFuzzer with AddressSanitizer/UBSan, and their libFuzzer builds and plain drivers
+ * run under valgrind.
  */
 import { describe, test, expect, beforeAll, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
@@ -60,13 +61,22 @@ describe('fuzz engine finds planted bugs', () => {
   });
 });
 
+/** Build the native fuzzers once for both C targets. */
+let nativeBin: string | null = null;
+function buildNative(): string {
+  if (nativeBin !== null) return nativeBin;
+  const bin = join(out, 'native');
+  const b = spawnSync('bash', [join(root, 'native', 'fuzz', 'build.sh'), bin], { encoding: 'utf8' });
+  if (b.status !== 0) throw new Error(`native/fuzz/build.sh failed (clang and libclang-rt-14-dev come from scripts/install-peers.sh):\n${b.stderr}`);
+  nativeBin = bin;
+  return bin;
+}
+
 describe('C addon: cmsg parser (native/cmsg.c) under libFuzzer and valgrind', () => {
   let bin: string;
   let corpus: string;
   beforeAll(() => {
-    bin = join(out, 'native');
-    const b = spawnSync('bash', [join(root, 'native', 'fuzz', 'build.sh'), bin], { encoding: 'utf8' });
-    if (b.status !== 0) throw new Error(`native/fuzz/build.sh failed (clang and libclang-rt-14-dev come from scripts/install-peers.sh):\n${b.stderr}`);
+    bin = buildNative();
     corpus = join(out, 'cmsg-corpus');
     cpSync(join(root, 'native', 'fuzz', 'corpus'), corpus, { recursive: true });
   });
@@ -84,6 +94,34 @@ describe('C addon: cmsg parser (native/cmsg.c) under libFuzzer and valgrind', ()
     expect(d.status).toBe(0);
     expect(d.stdout).toContain(`cmsg driver: ${seeds.length} inputs`);
     const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, 'cmsg_fuzz_plain'), '-seed=1', '-runs=2000', mkdtempSync(join(out, 'vg-')), corpus], { encoding: 'utf8' });
+    expect(f.stderr).toMatch(/Done 2000 runs/);
+    expect(f.status).toBe(0);
+  });
+});
+
+describe('C addon: copyBurst op checks (native/copy.c) under libFuzzer and valgrind', () => {
+  let bin: string;
+  let corpus: string;
+  const seedDir = join(root, 'native', 'fuzz', 'corpus-copy');
+  beforeAll(() => {
+    bin = buildNative();
+    corpus = join(out, 'copy-corpus');
+    cpSync(seedDir, corpus, { recursive: true });
+  });
+
+  test('libFuzzer + ASan/UBSan: 100000 executions (about 10 s), no finding', () => {
+    const r = spawnSync(join(bin, 'copy_fuzz'), ['-seed=1', '-runs=100000', `-artifact_prefix=${out}/copy-`, corpus], { encoding: 'utf8' });
+    expect(r.stderr).toMatch(/Done 100000 runs/);
+    expect(r.status).toBe(0);
+  });
+
+  test('valgrind: the driver over the seeds and 2000 libFuzzer executions', () => {
+    const seeds = readdirSync(seedDir).map((f) => join(seedDir, f));
+    const d = spawnSync('valgrind', ['-q', '--error-exitcode=1', '--leak-check=full', join(bin, 'copy_driver'), ...seeds], { encoding: 'utf8' });
+    expect(d.stderr).toBe('');
+    expect(d.status).toBe(0);
+    expect(d.stdout).toContain(`copy driver: ${seeds.length} inputs`);
+    const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, 'copy_fuzz_plain'), '-seed=1', '-runs=2000', mkdtempSync(join(out, 'vg-copy-')), corpus], { encoding: 'utf8' });
     expect(f.stderr).toMatch(/Done 2000 runs/);
     expect(f.status).toBe(0);
   });

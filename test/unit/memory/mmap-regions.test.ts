@@ -20,6 +20,9 @@ function fakeNative(failOnCall = -1): { native: NativeBinding; calls: [number, n
       calls.push([fd, size, offset]);
       return new ArrayBuffer(size);
     },
+    mappingHandle(): number {
+      return -1;
+    },
     munmap(ab: ArrayBuffer): void {
       unmapped.push(ab);
     },

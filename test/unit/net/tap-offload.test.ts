@@ -35,6 +35,10 @@ function setup(): { sw: Switch; tap: TapPort; written: Uint8Array[]; sender: Sen
       return len;
     },
     close() {},
+    memfdCreate: () => 98,
+    mmapShared: (_fd: number, size: number) => new ArrayBuffer(size),
+    mappingHandle: () => -1, // plain buffers: copies stay immediate
+    munmap() {},
   } as unknown as NativeBinding;
   const log = createLogger({ level: 'error', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
   const sender = new Sender();
