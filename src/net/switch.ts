@@ -14,6 +14,11 @@
  * Single fetch: the sender's bytes are guest memory another vCPU may rewrite during forward(). Every step reads the
  * private snapshot of the header (Frame.snap, taken once at ingress, extended once for ARP rules), never the sender's
  * buffers, and the egress copy sends the snapshot (frameCopyTo), so the header forwarded is the header checked.
+ * Flow cache: each ingress port remembers, per (source, destination) MAC pair, the outcome of the table steps (locked
+ * source check, learn, destination lookup) in a few direct-mapped slots, valid while MacTable.version is unchanged
+ * (every table change, aging rotation and port change moves it). A hit costs a few integer compares instead of the
+ * keyed placements and Map reads; every step that reads the frame (VLAN, rules, blocknonip, reserved, span, hairpin,
+ * protected, tagged-out, MTU) still runs per frame. See learnAndLookup() for why a hit decides exactly as a miss.
  * Egress is deliver() per frame plus flush() once per touched port in endBatch() (docs/architecture.md §4
  * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
@@ -22,7 +27,7 @@ import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
 import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
 import { HALF as MAC_HALF } from './mac-map.js';
-import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
+import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 
 /** Ethernet header length (re-exported: callers and tests import it from the switch). */
@@ -206,10 +211,30 @@ class PortRecord {
   tagged: Uint8Array | null = null;
   rulesIn: readonly RuleRec[] = NO_RULES;
   rulesOut: readonly RuleRec[] = NO_RULES;
+  /**
+   * Flow cache of this ingress port (see Switch.forward): per slot the (source, destination) MAC halves, the
+   * table lookup of the destination (PortId, NO_PORT for unknown or group addresses) and the MacTable version the
+   * slot is valid for (-1: empty). Preallocated; the hot path only reads and overwrites.
+   */
+  readonly flowMacs = new Int32Array(FLOW_SLOTS * 4);
+  readonly flowOut = new Int32Array(FLOW_SLOTS);
+  readonly flowVer = new Float64Array(FLOW_SLOTS).fill(-1);
   constructor(
     readonly port: Port,
     readonly id: PortId,
   ) {}
+}
+
+/** Flow cache size per ingress port: 2^FLOW_BITS direct-mapped slots. */
+const FLOW_BITS = 4;
+const FLOW_SLOTS = 1 << FLOW_BITS;
+
+/**
+ * Flow cache slot of the frame's (source, destination): a multiplicative hash of the MAC halves. A guest that picks
+ * addresses which share a slot only makes its own frames miss, i.e. cost what they cost without the cache.
+ */
+function flowSlot(frame: Frame): number {
+  return Math.imul(frame.dstLo ^ (frame.dstHi << 7) ^ (frame.srcLo << 3) ^ frame.srcHi, 0x9e3779b1) >>> (32 - FLOW_BITS);
 }
 
 /** Default PVID (veb `vnetid` default). */
@@ -330,6 +355,7 @@ export class Switch {
     this.macTable.setPortLimit(id);
     this.members = [...this.members, rec].sort((a, b) => a.id - b.id);
     this.rebuildLists();
+    this.macTable.bump(); // flow caches: the port set changed
     return id;
   }
 
@@ -354,6 +380,7 @@ export class Switch {
     }
     for (const n of PORT_COUNTER_NAMES) this.retired[n] += rec.counters[n];
     (port as { id: PortId }).id = NO_PORT;
+    this.macTable.bump(); // flow caches: the port set changed (remove() above changed the version too)
     return true;
   }
 
@@ -415,6 +442,7 @@ export class Switch {
       if (rec.span) this.macTable.remove(rec.id, true);
       this.rebuildLists();
     }
+    this.macTable.bump(); // flow caches: a knob they depend on (locked, learn) may have changed
   }
 
   /** Append a filter rule to `port` (evaluated in insertion order, first match wins). Control path. */
@@ -551,7 +579,9 @@ export class Switch {
     this.fEtype = -1;
     this.fL3 = ETHER_HDR_LEN;
     if (this.vlanAware && !this.classify(rp, frame)) return;
-    if (rp.locked && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
+    // A flow cache hit proves the source passed this check at the same table version (see learnAndLookup).
+    const slot = flowSlot(frame);
+    if (rp.locked && !this.flowHit(rp, frame, slot) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
       rc.dropLocked++;
       return;
     }
@@ -568,10 +598,9 @@ export class Switch {
       rc.dropRulesIn++;
       return;
     }
-    if (rp.learn) this.learnSource(rp, frame);
+    const out = this.flowHit(rp, frame, slot) ? rp.flowOut[slot] : this.learnAndLookup(rp, frame, slot);
     // I/G bit of the first octet: bit 16 of the upper 24 bits (small-integer math, see Frame.dstHi).
     if ((frame.dstHi & 0x10000) === 0) {
-      const out = this.macTable.lookupHL(frame.dstHi, frame.dstLo);
       if (out !== NO_PORT) {
         this.unicast(rp, out, frame);
         return;
@@ -580,6 +609,38 @@ export class Switch {
       return;
     }
     this.flood(rp, frame, false);
+  }
+
+  /** True if the ingress port's flow cache slot holds this frame's (source, destination) at the table's version. */
+  private flowHit(rp: PortRecord, frame: Frame, slot: number): boolean {
+    const m = rp.flowMacs;
+    const i = slot << 2;
+    return rp.flowVer[slot] === this.macTable.version && m[i] === frame.dstLo && m[i + 1] === frame.srcLo && m[i + 2] === frame.dstHi && m[i + 3] === frame.srcHi;
+  }
+
+  /**
+   * Pipeline steps learn and destination lookup (flow cache miss), then the result into the cache. What a hit skips
+   * is exactly what this does: the locked source check and learning (their outcome cannot change while the table's
+   * version stands, and after a learn that leaves the source known on this port, learning it again is a no-op
+   * shadow hit) and the destination lookup (an answer of the table at that version). Learn outcomes that count per
+   * frame (table full, move damped) are not cached. Aging stays exact: a rotation changes the version, so the next
+   * frame of every flow misses once and refreshes its source. Everything else reads the frame and runs per frame.
+   */
+  private learnAndLookup(rp: PortRecord, frame: Frame, slot: number): number {
+    let cacheable = true;
+    if (rp.learn) cacheable = this.learnSource(rp, frame);
+    const out = (frame.dstHi & 0x10000) === 0 ? this.macTable.lookupHL(frame.dstHi, frame.dstLo) : NO_PORT;
+    if (cacheable) {
+      const m = rp.flowMacs;
+      const i = slot << 2;
+      m[i] = frame.dstLo;
+      m[i + 1] = frame.srcLo;
+      m[i + 2] = frame.dstHi;
+      m[i + 3] = frame.srcHi;
+      rp.flowOut[slot] = out;
+      rp.flowVer[slot] = this.macTable.version;
+    }
+    return out;
   }
 
   /** End of an ingress batch: flush() each port that forward() touched, exactly once. Port.flush must not throw. */
@@ -690,18 +751,27 @@ export class Switch {
     return true;
   }
 
-  /** Pipeline step: learn the source MAC on the ingress port (the table refuses multicast/zero/static). */
-  private learnSource(rp: PortRecord, frame: Frame): void {
+  /**
+   * Pipeline step: learn the source MAC on the ingress port (the table refuses multicast/zero/static). Returns
+   * false when learning the same source again would count again (table full, move damped): not for the flow cache.
+   */
+  private learnSource(rp: PortRecord, frame: Frame): boolean {
     const res = this.macTable.learnHL(frame.srcHi, frame.srcLo, rp.id);
+    if (res === LEARN_KNOWN) return true;
     if (res === LEARN_NEW) rp.counters.macLearned++;
     else if (res === LEARN_MOVED) rp.counters.macMoves++;
-    else if (res === LEARN_FULL) rp.counters.learnTableFull++;
-    else if (res === LEARN_DAMPED) rp.counters.macMoveDamped++;
-    else if (res === LEARN_EVICTED) {
+    else if (res === LEARN_FULL) {
+      rp.counters.learnTableFull++;
+      return false;
+    } else if (res === LEARN_DAMPED) {
+      rp.counters.macMoveDamped++;
+      return false;
+    } else if (res === LEARN_EVICTED) {
       rp.counters.macLearned++;
       const v = this.recs[this.macTable.lastEvictedPort];
       if (v !== undefined) v.counters.macEvicted++;
     }
+    return true;
   }
 
   /** Pipeline step: known unicast: hairpin, protected, VLAN membership (tagged-out), then egress filters. */
