@@ -176,12 +176,14 @@ export function parseIpv4(text: string): number {
   return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
 }
 
-/** Compiled rule: numbers only, -1 = any. */
+/** Compiled rule: numbers only, -1 = any. Source and destination MACs as 24-bit halves, as Frame keeps them. */
 class RuleRec {
   constructor(
     readonly block: boolean,
-    readonly src: number,
-    readonly dst: number,
+    readonly srcHi: number,
+    readonly srcLo: number,
+    readonly dstHi: number,
+    readonly dstLo: number,
     /** 0 (no ARP match), ETHERTYPE_ARP or ETHERTYPE_RARP. */
     readonly arpType: number,
     /** 0 any, 1 request, 2 reply (ARP op; RARP 3/4 matched as request/reply). */
@@ -239,9 +241,9 @@ function flowSlot(frame: Frame): number {
 
 /** Default PVID (veb `vnetid` default). */
 export const DEFAULT_PVID = 1;
-/** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses. */
-const RESERVED_LO = 0x0180_c200_0000;
-const RESERVED_HI = 0x0180_c200_000f;
+/** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses, as upper half and lower halves. */
+const RESERVED_HI24 = 0x01_80_c2;
+const RESERVED_LO24_MAX = 0x00_00_0f;
 
 function isIpEthertype(t: number): boolean {
   return t === ETHERTYPE_IPV4 || t === ETHERTYPE_IPV6 || t === ETHERTYPE_ARP || t === ETHERTYPE_RARP;
@@ -453,8 +455,10 @@ export class Switch {
     const op = a?.op === 'request' ? 1 : a?.op === 'reply' ? 2 : 0;
     const r = new RuleRec(
       rule.action === 'block',
-      any(rule.src),
-      any(rule.dst),
+      rule.src === undefined ? -1 : Math.floor(rule.src / MAC_HALF),
+      rule.src === undefined ? -1 : rule.src % MAC_HALF,
+      rule.dst === undefined ? -1 : Math.floor(rule.dst / MAC_HALF),
+      rule.dst === undefined ? -1 : rule.dst % MAC_HALF,
       a === undefined ? 0 : a.rarp ? ETHERTYPE_RARP : ETHERTYPE_ARP,
       op,
       any(a?.sha),
@@ -547,7 +551,7 @@ export class Switch {
   // ---------------------------------------------------------------- data path
 
   /**
-   * Switch one frame received on `ingress`. Fills `frame.dst`/`frame.src`. Egress ports get deliver() now and
+   * Switch one frame received on `ingress`. Fills `frame.dstHi`/`dstLo`/`srcHi`/`srcLo`. Egress ports get deliver() now and
    * flush() at endBatch(). `frame` is not kept after the call.
    */
   forward(ingress: Port, frame: Frame): void {
@@ -570,9 +574,8 @@ export class Switch {
       rc.dropSpanIn++;
       return;
     }
-    const dst = frame.dst;
     // 802.1 reserved group addresses (STP, pause, LACP, 802.1X, LLDP...) are never forwarded (docs/configuration.md).
-    if (dst >= RESERVED_LO && dst <= RESERVED_HI) {
+    if (frame.dstHi === RESERVED_HI24 && frame.dstLo <= RESERVED_LO24_MAX) {
       rc.dropReserved++;
       return;
     }
@@ -724,8 +727,8 @@ export class Switch {
   private ruleBlocks(rules: readonly RuleRec[], frame: Frame): boolean {
     for (let i = 0; i < rules.length; i++) {
       const r = rules[i];
-      if (r.src !== -1 && r.src !== frame.src) continue;
-      if (r.dst !== -1 && r.dst !== frame.dst) continue;
+      if (r.srcHi !== -1 && (r.srcHi !== frame.srcHi || r.srcLo !== frame.srcLo)) continue;
+      if (r.dstHi !== -1 && (r.dstHi !== frame.dstHi || r.dstLo !== frame.dstLo)) continue;
       if (r.arpType !== 0 && !this.arpMatches(r, frame)) continue;
       return r.block;
     }
@@ -908,7 +911,7 @@ function overMtu(frame: Frame, len: number, limit: number): boolean {
 /**
  * Destination and source MACs from the snapshot (at least 14 bytes) into the frame, as 24-bit halves straight from
  * the bytes as int32s, so no 48-bit number crosses a call (a returned double that V8 does not inline is boxed: an
- * allocation per frame).
+ * allocation per frame) or is stored per frame (Frame.dst/src compute the 48-bit keys when asked).
  */
 function parseMacs(frame: Frame): void {
   const u8 = frame.snap;
@@ -920,6 +923,4 @@ function parseMacs(frame: Frame): void {
   frame.dstLo = dLo;
   frame.srcHi = sHi;
   frame.srcLo = sLo;
-  frame.dst = dHi * MAC_HALF + dLo;
-  frame.src = sHi * MAC_HALF + sLo;
 }
