@@ -564,8 +564,9 @@ export class Switch {
     rc.rxFrames++;
     rc.rxBytes += frame.length;
     // Single fetch: every check below reads the private copy of the header, and the egress copy sends it (frame.ts).
+    // A VLAN-aware switch reads a tag and the ethertype behind it on every frame: one snapshot of 18 bytes, not two.
     frame.snapLen = 0;
-    if (frame.length < ETHER_HDR_LEN || frameSnapshot(frame, SNAP_HDR) < ETHER_HDR_LEN) {
+    if (frame.length < ETHER_HDR_LEN || frameSnapshot(frame, this.vlanAware ? ETHER_HDR_LEN + 4 : SNAP_HDR) < ETHER_HDR_LEN) {
       rc.dropRunt++;
       return;
     }
