@@ -228,7 +228,7 @@ class PortRecord {
 }
 
 /** Flow cache size per ingress port: 2^FLOW_BITS direct-mapped slots. */
-const FLOW_BITS = 4;
+const FLOW_BITS = 6;
 const FLOW_SLOTS = 1 << FLOW_BITS;
 
 /**
