@@ -7,6 +7,15 @@
  * ports-1 per frame), flushes per batch, the last copied frame's bytes; per case: no switch drop counter moved.
  * Each configuration also runs with ports that count without copying (the switch's own share). Allocation of
  * the timed loops is recorded (v8.GCProfiler, outside the timed span) to check that nothing is allocated per frame.
+ *
+ * Measured (2-core Xeon shared with other jobs, Node 20, means of 5 alternating runs of this file before/after the
+ * switch's flow cache; no-copy medians, i.e. the switch's own ns per frame; 64-byte frames):
+ *   2 ports:  unicast 72.6 → 37.5, flood 55.6 → 43.4, locked 102.9 → 41.2 (16 B → 0 allocated per frame),
+ *             vlan 91.8 → 63.7
+ *   16 ports: unicast 69.2 → 44.8, flood 188.1 → 179.1, locked 105.0 → 52.7, vlan 103.6 → 66.3
+ * With the copy, 2 ports, 1500 B: unicast 157 → 120, locked 201 → 130. The copy still allocates about 96 B per
+ * frame in the sg-list code, not in the switch. CPU time of the same unicast loop outside the harness (2 ports,
+ * 5 runs): 62.2 → 33.2 ns; with every frame a cache miss: 65 → 66 ns, i.e. a miss costs what a frame cost before.
  */
 import { SgList } from '../../src/memory/sg-list.js';
 import { Frame, frameCopyTo } from '../../src/net/frame.js';
