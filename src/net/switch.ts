@@ -551,8 +551,8 @@ export class Switch {
   // ---------------------------------------------------------------- data path
 
   /**
-   * Switch one frame received on `ingress`. Fills `frame.dstHi`/`dstLo`/`srcHi`/`srcLo`. Egress ports get deliver() now and
-   * flush() at endBatch(). `frame` is not kept after the call.
+   * Switch one frame received on `ingress`. Fills `frame.dstHi`/`dstLo`/`srcHi`/`srcLo`. Egress ports get deliver()
+   * now and flush() at endBatch(). `frame` is not kept after the call.
    */
   forward(ingress: Port, frame: Frame): void {
     const rp = ingress.id >= 0 ? this.recs[ingress.id] : undefined;

@@ -174,6 +174,41 @@ describe('flow cache: the next frame of a flow sees every change', () => {
   });
 });
 
+describe('flow cache: the key is the whole (source, destination) pair', () => {
+  test('addresses that differ from a cached flow in either half of either MAC never take its decision', () => {
+    const { sw, ports } = setup(3);
+    sw.addStatic(MA, ports[0]);
+    sw.addStatic(MB, ports[1]);
+    sw.configurePort(ports[0], { locked: true });
+    const flow = frameFrom(bytesOf(MB, MA));
+    const hex = (i: number) => i.toString(16).padStart(2, '0');
+    let variants = 0;
+    // Hundreds of variants, so that some land in the cached flow's slot whatever the slot hash is.
+    for (let i = 1; i <= 300; i++) {
+      const upper = `02:${hex(i >> 8)}:${hex(i & 0xff)}`;
+      const lower = `${hex(i >> 8)}:${hex(i & 0xff)}:0a`;
+      for (const [src, dst] of [
+        [`${upper}:00:00:0a`, MB], // source: other upper half, same lower half (MA = 02:00:00 + 00:00:0a)
+        [`02:00:00:${lower}`, MB], // source: same upper half, other lower half
+      ]) {
+        send(sw, ports[0], flow, 2);
+        expect(got(ports)).toEqual([0, 2, 0]);
+        send(sw, ports[0], frameFrom(bytesOf(dst, src))); // not MA: a locked port drops it
+        expect(got(ports)).toEqual([0, 0, 0]);
+        variants++;
+      }
+      for (const dst of [`${upper}:00:00:0b`, `02:00:00:${lower.slice(0, 6)}0b`]) {
+        send(sw, ports[0], flow, 2);
+        expect(got(ports)).toEqual([0, 2, 0]);
+        send(sw, ports[0], frameFrom(bytesOf(dst, MA))); // not MB: unknown, flooded
+        expect(got(ports)).toEqual([0, 1, 1]);
+        variants++;
+      }
+    }
+    expect(sw.counters(ports[0].id)?.dropLocked).toBe(variants / 2);
+  });
+});
+
 describe('flow cache: per-frame learn outcomes are not cached', () => {
   test('table full: every frame of the flow counts learnTableFull', () => {
     const { sw, ports } = setup(3, { maxAddr: 1 });
@@ -241,15 +276,15 @@ describe('MacTable.version', () => {
 });
 
 describe('flow cache: differential against a switch whose cache never hits', () => {
-  test('random traffic, moves, statics, flushes, aging and port knobs: same deliveries and counters', () => {
+  test('random traffic (tagged too), moves, statics, flushes, aging, VLANs, span, rules and port knobs: same deliveries and counters', () => {
     const N = 5;
     const macs = Array.from({ length: 40 }, (_, i) => `02:00:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`);
     const frames = new Map<string, Frame>();
-    const frameOf = (dst: string, src: string): Frame => {
-      const k = `${dst}<${src}`;
+    const frameOf = (dst: string, src: string, vid: number): Frame => {
+      const k = `${dst}<${src}@${vid}`;
       let f = frames.get(k);
       if (f === undefined) {
-        f = frameFrom(bytesOf(dst, src));
+        f = frameFrom(bytesOf(dst, src, { tags: vid < 0 ? [] : [vid], etype: vid === 7 ? 0x88b5 : 0x0800 }));
         frames.set(k, f);
       }
       return f;
@@ -266,19 +301,20 @@ describe('flow cache: differential against a switch whose cache never hits', () 
     };
     let now = 0;
     for (const s of [cached, plain]) s.sw.tick(now);
-    for (let step = 0; step < 20_000; step++) {
-      const r = rnd(1000);
+    for (let step = 0; step < 40_000; step++) {
+      const r = rnd(40) !== 0 ? 0 : 940 + rnd(60); // 39 in 40 steps a frame, else one of the control operations
       // Each side gets the same operation; `plain` has its cache defeated before every frame.
       const op = (s: { sw: Switch; ports: CopyPort[] }, a: number, b: number, c: number): void => {
         const sw = s.sw;
         if (r < 940) {
-          // Mostly local flows (each port sends from 2 MACs of its own to 8 others), so the cache hits; sometimes
+          // Mostly local flows (each port sends from 2 MACs of its own to 5 others), so the cache hits; sometimes
           // any source (moves) or destination.
           const port = c % N;
-          const src = a % 23 === 0 ? macs[b % macs.length] : macs[port * 2 + (a % 2)];
-          const dst = a % 17 === 0 ? BCAST : b % 29 === 0 ? macs[a % macs.length] : macs[b % 8];
+          const src = a % 61 === 0 ? macs[b % macs.length] : macs[port * 2 + (a % 2)];
+          const dst = a % 17 === 0 ? BCAST : b % 29 === 0 ? macs[a % macs.length] : macs[b % 5];
+          const vid = b % 5 === 0 ? [0, 5, 7, 9][a % 4] : -1; // mostly untagged; priority-tagged, VID 5, 7 (non-IP), 9
           if (s === plain) sw.macTable.bump();
-          sw.forward(s.ports[port], frameOf(dst, src));
+          sw.forward(s.ports[port], frameOf(dst, src, vid));
           if (a % 7 === 0) sw.endBatch();
         } else if (r < 950) sw.addStatic(macs[a % 12], s.ports[c % N]); // at most 12 of the 30 entries static
         else if (r < 955) sw.delAddr(macs[a % macs.length]);
@@ -286,7 +322,11 @@ describe('flow cache: differential against a switch whose cache never hits', () 
         else if (r < 975) sw.tick(now);
         else if (r < 985) sw.configurePort(s.ports[c % N], { locked: a % 2 === 0 });
         else if (r < 990) sw.configurePort(s.ports[c % N], { learn: a % 3 !== 0 });
-        else if (r < 995) sw.configurePort(s.ports[c % N], { protected: a % 2 === 0 ? [1] : [] });
+        else if (r < 993) sw.configurePort(s.ports[c % N], { protected: a % 2 === 0 ? [1] : [] });
+        else if (r < 995) sw.configurePort(s.ports[c % N], { untagged: [1, 5, 'none' as const][a % 3], tagged: a % 2 === 0 ? [5, 7, 9] : [9] });
+        else if (r < 997) sw.configurePort(s.ports[c % N], { blockNonIp: a % 2 === 0 });
+        else if (r < 998) sw.configurePort(s.ports[c % N], { span: a % 4 === 0 });
+        else if (r < 999) sw.addRule(s.ports[c % N], { action: a % 2 === 0 ? 'block' : 'pass', dir: a % 3 === 0 ? 'out' : 'in', src: key(macs[b % 8]) });
         else sw.configurePort(s.ports[c % N], { discover: a % 2 === 0 });
       };
       if (r >= 958 && r < 975) now += 1 + rnd(3);
