@@ -585,7 +585,8 @@ export class Switch {
     if (this.vlanAware && !this.classify(rp, frame)) return;
     // A flow cache hit proves the source passed this check at the same table version (see learnAndLookup).
     const slot = flowSlot(frame);
-    if (rp.locked && !this.flowHit(rp, frame, slot) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
+    const ver = this.macTable.version;
+    if (rp.locked && !this.flowHit(rp, frame, slot, ver) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
       rc.dropLocked++;
       return;
     }
@@ -602,7 +603,8 @@ export class Switch {
       rc.dropRulesIn++;
       return;
     }
-    const out = this.flowHit(rp, frame, slot) ? rp.flowOut[slot] : this.learnAndLookup(rp, frame, slot);
+    // The version read again: a port's deliver() (span copies above) is free to change the table.
+    const out = this.flowHit(rp, frame, slot, this.macTable.version) ? rp.flowOut[slot] : this.learnAndLookup(rp, frame, slot, ver);
     // I/G bit of the first octet: bit 16 of the upper 24 bits (small-integer math, see Frame.dstHi).
     if ((frame.dstHi & 0x10000) === 0) {
       if (out !== NO_PORT) {
@@ -615,11 +617,11 @@ export class Switch {
     this.flood(rp, frame, false);
   }
 
-  /** True if the ingress port's flow cache slot holds this frame's (source, destination) at the table's version. */
-  private flowHit(rp: PortRecord, frame: Frame, slot: number): boolean {
+  /** True if the ingress port's flow cache slot holds this frame's (source, destination) at table version `ver`. */
+  private flowHit(rp: PortRecord, frame: Frame, slot: number, ver: number): boolean {
     const m = rp.flowMacs;
     const i = slot << 2;
-    return rp.flowVer[slot] === this.macTable.version && m[i] === frame.dstLo && m[i + 1] === frame.srcLo && m[i + 2] === frame.dstHi && m[i + 3] === frame.srcHi;
+    return rp.flowVer[slot] === ver && m[i] === frame.dstLo && m[i + 1] === frame.srcLo && m[i + 2] === frame.dstHi && m[i + 3] === frame.srcHi;
   }
 
   /**
@@ -627,14 +629,16 @@ export class Switch {
    * is exactly what this does: the locked source check and learning (their outcome cannot change while the table's
    * version stands, and after a learn that leaves the source known on this port, learning it again is a no-op
    * shadow hit) and the destination lookup (an answer of the table at that version). Learn outcomes that count per
-   * frame (table full, move damped) are not cached. Aging stays exact: a rotation changes the version, so the next
-   * frame of every flow misses once and refreshes its source. Everything else reads the frame and runs per frame.
+   * frame (table full, move damped) are not cached, and nothing is when the version moved since `ver` (read before
+   * the locked check): by this frame's own learn (a new flow is cached from its second frame) or by anything a
+   * port did during the frame. Aging stays exact: a rotation changes the version, so the next frame of every flow
+   * misses once and refreshes its source. Everything else reads the frame and runs per frame.
    */
-  private learnAndLookup(rp: PortRecord, frame: Frame, slot: number): number {
+  private learnAndLookup(rp: PortRecord, frame: Frame, slot: number, ver: number): number {
     let cacheable = true;
     if (rp.learn) cacheable = this.learnSource(rp, frame);
     const out = (frame.dstHi & 0x10000) === 0 ? this.macTable.lookupHL(frame.dstHi, frame.dstLo) : NO_PORT;
-    if (cacheable) {
+    if (cacheable && this.macTable.version === ver) {
       const m = rp.flowMacs;
       const i = slot << 2;
       m[i] = frame.dstLo;
@@ -642,7 +646,7 @@ export class Switch {
       m[i + 2] = frame.dstHi;
       m[i + 3] = frame.srcHi;
       rp.flowOut[slot] = out;
-      rp.flowVer[slot] = this.macTable.version;
+      rp.flowVer[slot] = ver;
     }
     return out;
   }

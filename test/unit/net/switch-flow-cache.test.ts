@@ -174,6 +174,34 @@ describe('flow cache: the next frame of a flow sees every change', () => {
   });
 });
 
+describe('flow cache: a port changing the table during a frame', () => {
+  test('a span port whose deliver() re-points the destination: that frame already goes the new way', () => {
+    const { sw, ports, flow } = flowSetup();
+    let onDeliver: (() => void) | undefined;
+    class HookPort extends CopyPort {
+      override deliver(frame: Frame): boolean {
+        const f = onDeliver;
+        onDeliver = undefined;
+        f?.();
+        return super.deliver(frame);
+      }
+    }
+    const span = new HookPort('span0');
+    sw.addPort(span);
+    sw.configurePort(span, { span: true });
+    send(sw, ports[0], flow, 2); // cached again after the port changes
+    expect(got([...ports, span])).toEqual([0, 2, 0, 2]);
+    onDeliver = () => sw.addStatic(MB, ports[2]); // runs during the span copy, before the lookup step
+    send(sw, ports[0], flow);
+    expect(got([...ports, span])).toEqual([0, 0, 1, 1]);
+    onDeliver = () => sw.delAddr(MB);
+    send(sw, ports[0], flow);
+    expect(got([...ports, span])).toEqual([0, 1, 1, 1]);
+    send(sw, ports[0], flow);
+    expect(got([...ports, span])).toEqual([0, 1, 1, 1]);
+  });
+});
+
 describe('flow cache: the key is the whole (source, destination) pair', () => {
   test('addresses that differ from a cached flow in either half of either MAC never take its decision', () => {
     const { sw, ports } = setup(3);
