@@ -15,7 +15,7 @@
  * private snapshot of the header (Frame.snap, taken once at ingress, extended once for ARP rules), never the sender's
  * buffers, and the egress copy sends the snapshot (frameCopyTo), so the header forwarded is the header checked.
  * Flow cache: each ingress port remembers, per (source, destination) MAC pair, the outcome of the table steps (locked
- * source check, learn, destination lookup) in a few direct-mapped slots, valid while MacTable.version is unchanged
+ * source check, learn, destination lookup) in direct-mapped slots (flow-cache.ts), valid while MacTable.version is unchanged
  * (every table change, aging rotation and port change moves it). A hit costs a few integer compares instead of the
  * keyed placements and Map reads; every step that reads the frame (VLAN, rules, blocknonip, reserved, span, hairpin,
  * protected, tagged-out, MTU) still runs per frame. See learnAndLookup() for why a hit decides exactly as a miss.
@@ -23,6 +23,7 @@
  * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
+import { FlowCache } from './flow-cache.js';
 import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
 import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
@@ -213,30 +214,12 @@ class PortRecord {
   tagged: Uint8Array | null = null;
   rulesIn: readonly RuleRec[] = NO_RULES;
   rulesOut: readonly RuleRec[] = NO_RULES;
-  /**
-   * Flow cache of this ingress port (see Switch.forward): per slot the (source, destination) MAC halves, the
-   * table lookup of the destination (PortId, NO_PORT for unknown or group addresses) and the MacTable version the
-   * slot is valid for (-1: empty). Preallocated; the hot path only reads and overwrites.
-   */
-  readonly flowMacs = new Int32Array(FLOW_SLOTS * 4);
-  readonly flowOut = new Int32Array(FLOW_SLOTS);
-  readonly flowVer = new Float64Array(FLOW_SLOTS).fill(-1);
+  /** Flow cache of this ingress port: destination lookups (NO_PORT for unknown or group addresses) per MAC pair. */
+  readonly flows = new FlowCache();
   constructor(
     readonly port: Port,
     readonly id: PortId,
   ) {}
-}
-
-/** Flow cache size per ingress port: 2^FLOW_BITS direct-mapped slots. */
-const FLOW_BITS = 6;
-const FLOW_SLOTS = 1 << FLOW_BITS;
-
-/**
- * Flow cache slot of the frame's (source, destination): a multiplicative hash of the MAC halves. A guest that picks
- * addresses which share a slot only makes its own frames miss, i.e. cost what they cost without the cache.
- */
-function flowSlot(frame: Frame): number {
-  return Math.imul(frame.dstLo ^ (frame.dstHi << 7) ^ (frame.srcLo << 3) ^ frame.srcHi, 0x9e3779b1) >>> (32 - FLOW_BITS);
 }
 
 /** Default PVID (veb `vnetid` default). */
@@ -584,9 +567,10 @@ export class Switch {
     this.fL3 = ETHER_HDR_LEN;
     if (this.vlanAware && !this.classify(rp, frame)) return;
     // A flow cache hit proves the source passed this check at the same table version (see learnAndLookup).
-    const slot = flowSlot(frame);
+    const flows = rp.flows;
+    const slot = flows.slot(frame);
     const ver = this.macTable.version;
-    if (rp.locked && !this.flowHit(rp, frame, slot, ver) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
+    if (rp.locked && !flows.hit(frame, slot, ver) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
       rc.dropLocked++;
       return;
     }
@@ -604,7 +588,7 @@ export class Switch {
       return;
     }
     // The version read again: a port's deliver() (span copies above) is free to change the table.
-    const out = this.flowHit(rp, frame, slot, this.macTable.version) ? rp.flowOut[slot] : this.learnAndLookup(rp, frame, slot, ver);
+    const out = flows.hit(frame, slot, this.macTable.version) ? flows.out(slot) : this.learnAndLookup(rp, frame, slot, ver);
     // I/G bit of the first octet: bit 16 of the upper 24 bits (small-integer math, see Frame.dstHi).
     if ((frame.dstHi & 0x10000) === 0) {
       if (out !== NO_PORT) {
@@ -615,13 +599,6 @@ export class Switch {
       return;
     }
     this.flood(rp, frame, false);
-  }
-
-  /** True if the ingress port's flow cache slot holds this frame's (source, destination) at table version `ver`. */
-  private flowHit(rp: PortRecord, frame: Frame, slot: number, ver: number): boolean {
-    const m = rp.flowMacs;
-    const i = slot << 2;
-    return rp.flowVer[slot] === ver && m[i] === frame.dstLo && m[i + 1] === frame.srcLo && m[i + 2] === frame.dstHi && m[i + 3] === frame.srcHi;
   }
 
   /**
@@ -638,16 +615,7 @@ export class Switch {
     let cacheable = true;
     if (rp.learn) cacheable = this.learnSource(rp, frame);
     const out = (frame.dstHi & 0x10000) === 0 ? this.macTable.lookupHL(frame.dstHi, frame.dstLo) : NO_PORT;
-    if (cacheable && this.macTable.version === ver) {
-      const m = rp.flowMacs;
-      const i = slot << 2;
-      m[i] = frame.dstLo;
-      m[i + 1] = frame.srcLo;
-      m[i + 2] = frame.dstHi;
-      m[i + 3] = frame.srcHi;
-      rp.flowOut[slot] = out;
-      rp.flowVer[slot] = ver;
-    }
+    if (cacheable && this.macTable.version === ver) rp.flows.store(frame, slot, ver, out);
     return out;
   }
 
