@@ -6,6 +6,7 @@
  * defeated (MacTable.bump() before every frame), must deliver and count identically.
  */
 import { describe, expect, test } from 'vitest';
+import { FLOW_BITS, FlowCache } from '../../../src/net/flow-cache.js';
 import type { Frame } from '../../../src/net/frame.js';
 import { LEARN_KNOWN, LEARN_NEW, MacTable } from '../../../src/net/mac-table.js';
 import { PORT_COUNTER_NAMES, type Switch } from '../../../src/net/switch.js';
@@ -256,6 +257,35 @@ describe('flow cache: per-frame learn outcomes are not cached', () => {
     send(sw, ports[0], flow, 3); // refused moves back to a
     expect(sw.counters(ports[0].id)?.macMoveDamped).toBe(3);
     expect(sw.macTable.lookup(key(MA))).toBe(ports[1].id);
+  });
+});
+
+describe('FlowCache', () => {
+  test('a slot answers only for its exact MAC pair and version; a store overwrites it', () => {
+    const c = new FlowCache();
+    const f = frameFrom(bytesOf(MB, MA));
+    f.dstHi = 0x020000;
+    f.dstLo = 0x00000b;
+    f.srcHi = 0x020000;
+    f.srcLo = 0x00000a;
+    const slot = c.slot(f);
+    expect(slot).toBeGreaterThanOrEqual(0);
+    expect(slot).toBeLessThan(1 << FLOW_BITS);
+    expect(c.hit(f, slot, 0)).toBe(false); // empty
+    c.store(f, slot, 7, 3);
+    expect(c.hit(f, slot, 7)).toBe(true);
+    expect(c.out(slot)).toBe(3);
+    expect(c.hit(f, slot, 8)).toBe(false); // other version
+    for (const k of ['dstHi', 'dstLo', 'srcHi', 'srcLo'] as const) {
+      const v = f[k];
+      f[k] = v ^ 1;
+      expect(c.hit(f, slot, 7)).toBe(false);
+      f[k] = v;
+    }
+    c.store(f, slot, 9, -1);
+    expect(c.hit(f, slot, 7)).toBe(false);
+    expect(c.hit(f, slot, 9)).toBe(true);
+    expect(c.out(slot)).toBe(-1);
   });
 });
 
