@@ -3,11 +3,13 @@
  * refresh, a shadow hit), lookup hits and misses, and one rotate() (the aging step, O(entries), run from tick()).
  * Keys are spread 48-bit unicast MACs, ports 0..15; lookups run in shuffled order. Every learn result and every
  * lookup is checked (the expected port, or NO_PORT for a miss) before anything is reported.
+ * learn-static: learn of a MAC that has a static entry (LEARN_STATIC), what every frame of a locked port with learning
+ * left on asks the table when the switch's flow cache misses; 64 static entries.
  * Hostile keys: 4,000 MACs built to share one V8 Map bucket as plain integer keys (docs/security.md, "Switch: single
  * fetch and hashing of guest MACs"): lookup hits in a MacTable (keyed placement) and, for contrast, in a plain Map
  * of their lower halves (the layout before it).
  */
-import { LEARN_KNOWN, LEARN_NEW, MacTable } from '../../src/net/mac-table.js';
+import { LEARN_KNOWN, LEARN_NEW, LEARN_STATIC, MacTable } from '../../src/net/mac-table.js';
 import { NO_PORT } from '../../src/net/port.js';
 import { measure, round, table, type Stats } from '../support/harness.js';
 import { report, type BenchRow } from '../support/report.js';
@@ -49,6 +51,7 @@ function check(cond: boolean, what: string): void {
 
 const rows: BenchRow[] = [];
 const printed: (string | number)[][] = [];
+let staticRow = '';
 const cell = (s: Stats) => `${round(s.median, 1)} (${round(s.p99, 1)})`;
 
 for (const n of SIZES) {
@@ -131,6 +134,25 @@ for (const n of SIZES) {
   });
 
   const base = { bench: 'net/mac-table' };
+  if (n === SIZES[0]) {
+    const st = new MacTable({ maxAddr: 2 * n });
+    for (let i = 0; i < n; i++) st.addStatic(keys[i], ports[i]);
+    const learnStatic = measure({
+      setup: () => ({ t: st, ok: 0 }),
+      run: (x) => {
+        let ok = 0;
+        for (let j = 0; j < OPS; j++) {
+          const i = j & mask;
+          if (x.t.learn(lkKeys[i], lkPorts[i]) === LEARN_STATIC) ok++;
+        }
+        x.ok = ok;
+        return OPS;
+      },
+      check: (x, ops) => check(x.ok === ops && x.t.size === n && x.t.staticCount === n, `learn static: ${x.ok}/${ops} LEARN_STATIC`),
+    });
+    rows.push({ ...base, case: `learn-static macs=${n}`, unit: 'ns/op', value: round(learnStatic.median), median: round(learnStatic.median), p99: round(learnStatic.p99), opsPerSec: Math.round(learnStatic.opsPerSec), samples: learnStatic.samples });
+    staticRow = cell(learnStatic);
+  }
   for (const [name, s] of [
     ['learn-new', learnNew],
     ['learn-known', learnKnown],
@@ -193,5 +215,6 @@ process.stderr.write(
       `net/mac-table: ${COLLIDING} MACs colliding in V8's integer-key hash, lookup hit ns/op median (p99)`,
       ['MacTable (keyed placement)', 'plain Map (unkeyed)'],
       [[cell(collKeyed), cell(collPlain)]],
-    ),
+    ) +
+    table(`net/mac-table: learn of a MAC with a static entry (LEARN_STATIC), ${SIZES[0]} static entries, ns/op median (p99)`, ['learn static'], [[staticRow]]),
 );

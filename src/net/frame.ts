@@ -29,17 +29,23 @@ export class Frame {
   offset = 0;
   /** Ethernet frame length (destination MAC to end of payload, no FCS); during deliver(): as sent. */
   length = 0;
-  /** Destination and source MAC as 48-bit integers (see mac.ts macKeyAt). */
-  dst = 0;
-  src = 0;
   /**
-   * The same MACs as 24-bit halves (dst = dstHi * 2^24 + dstLo): small integers the hot path passes to the MAC
-   * table, because a 48-bit number passed to a call V8 did not inline is boxed (an allocation per frame).
+   * Destination and source MAC as 24-bit halves (MacKey = hi * 2^24 + lo), set by the switch at ingress: small
+   * integers the hot path compares and passes to the MAC table, because a 48-bit number passed to a call V8 did not
+   * inline is boxed (an allocation per frame), and even a store of one into a field costs a heap-number write.
    */
   dstHi = 0;
   dstLo = 0;
   srcHi = 0;
   srcLo = 0;
+  /** Destination MAC as a 48-bit MacKey (see mac.ts macKeyAt), computed from the halves (rules, tests). */
+  get dst(): number {
+    return this.dstHi * 0x100_0000 + this.dstLo;
+  }
+  /** Source MAC as a 48-bit MacKey, computed from the halves. */
+  get src(): number {
+    return this.srcHi * 0x100_0000 + this.srcLo;
+  }
   /** During deliver(): TCI (PCP/DEI/VID, 16 bits) of an 802.1Q tag to insert at byte 12, or NO_VLAN_TAG. */
   vlanTag = NO_VLAN_TAG;
   /** During deliver(): skip the source's 802.1Q tag (bytes 12..15). */

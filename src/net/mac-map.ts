@@ -90,31 +90,43 @@ export class MacMap<V> {
 
   has(key: MacKey): boolean {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const inner = this.outer.get(this.placedHi);
-    return inner !== undefined && inner.has(this.placedLo);
+    return this.hasPlaced(this.placedHi, this.placedLo);
+  }
+
+  /** has() by stored halves (see getPlaced). */
+  hasPlaced(pHi: number, pLo: number): boolean {
+    const inner = this.outer.get(pHi);
+    return inner !== undefined && inner.has(pLo);
   }
 
   set(key: MacKey, value: V): this {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const hi = this.placedHi;
-    const lo = this.placedLo;
-    let inner = this.outer.get(hi);
+    this.setPlaced(this.placedHi, this.placedLo, value);
+    return this;
+  }
+
+  /** set() by stored halves (see getPlaced): what the MAC table's learning uses, so no key is boxed. */
+  setPlaced(pHi: number, pLo: number, value: V): void {
+    let inner = this.outer.get(pHi);
     if (inner === undefined) {
       inner = new Map<number, V>();
-      this.outer.set(hi, inner);
+      this.outer.set(pHi, inner);
     }
-    if (!inner.has(lo)) this.count++;
-    inner.set(lo, value);
-    return this;
+    if (!inner.has(pLo)) this.count++;
+    inner.set(pLo, value);
   }
 
   delete(key: MacKey): boolean {
     this.place((key / HALF) | 0, key % HALF | 0);
-    const hi = this.placedHi;
-    const inner = this.outer.get(hi);
-    if (inner === undefined || !inner.delete(this.placedLo)) return false;
+    return this.deletePlaced(this.placedHi, this.placedLo);
+  }
+
+  /** delete() by stored halves (see getPlaced). */
+  deletePlaced(pHi: number, pLo: number): boolean {
+    const inner = this.outer.get(pHi);
+    if (inner === undefined || !inner.delete(pLo)) return false;
     this.count--;
-    if (inner.size === 0) this.outer.delete(hi);
+    if (inner.size === 0) this.outer.delete(pHi);
     return true;
   }
 

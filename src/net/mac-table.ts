@@ -14,6 +14,11 @@
  * Static entries: live in `statics`, outside the rotating generations, never aged, moved or replaced by learning.
  * MAC moves are counted and damped: more than `moveDampCount` moves of one MAC within `moveDampSec` are refused
  * (the entry stays where it is) until that window ends (veb moves at once; docs/configuration.md).
+ * Version: `version` changes whenever a learn or lookup could answer differently than before (an entry added, moved,
+ * deleted, aged by a rotation, flushed; a static entry; a limit), so a caller may cache answers while it is unchanged
+ * (the switch's per-ingress flow cache). A refresh of a known entry does not change it: the next learn of that
+ * source is a shadow hit either way. The data path takes keys as 24-bit halves placed once (MacMap.place): no
+ * 48-bit key is boxed, learning included.
  */
 import { isMulticast, isZero, type MacKey } from './mac.js';
 import { NO_PORT, type PortId } from './port.js';
@@ -117,6 +122,12 @@ export class MacTable {
   lastEvictedPort: PortId = NO_PORT;
   /** Generation rotations done. */
   rotations = 0;
+  /**
+   * Changes on every mutation that can change what learn() or lookup() answers (see the file comment); never on a
+   * refresh of a known entry. A plain number: it leaves the small-integer range only after ~2^30 changes, and stays
+   * exact (a double) far beyond any table's lifetime.
+   */
+  version = 0;
 
   constructor(opts: MacTableOptions = {}) {
     const maxAddr = opts.maxAddr ?? DEFAULT_MAX_ADDR;
@@ -157,6 +168,15 @@ export class MacTable {
     this.maxAddr = maxAddr;
     this.timeoutSec = timeoutSec;
     this.rotateSec = timeoutSec / 2;
+    this.version++;
+  }
+
+  /**
+   * Something outside the table that a cached decision also depends on changed (the switch's ports and their
+   * knobs): change `version` so every cached answer is revalidated. Control path.
+   */
+  bump(): void {
+    this.version++;
   }
 
   /** Number of dynamic entries (all of `main`) plus static entries. */
@@ -180,25 +200,31 @@ export class MacTable {
     if (!Number.isInteger(n) || n < 1) throw new RangeError(`port address limit must be an integer ≥ 1, got ${n}`);
     this.ensurePort(port);
     this.limits[port] = n;
+    this.version++;
   }
 
   /**
-   * Record that `key` was seen as a source on `port`. Hot path: no allocation, and for a known source one Map
-   * read (the shadow hit). Multicast and all-zero keys are refused (etherbridge_map), static keys are never learned.
+   * Record that `key` was seen as a source on `port`. Hot path: no allocation, and for a known source one placement
+   * and one Map read pair (the shadow hit). Multicast and all-zero keys are refused (etherbridge_map), static keys
+   * are never learned.
    */
   learn(key: MacKey, port: PortId): LearnResult {
-    if (this.shadow.get(key) === port) return LEARN_KNOWN;
-    return this.learnSlow(key, port);
+    return this.learnHL((key / HALF) | 0, key % HALF | 0, port);
   }
 
   /**
    * learn() for the data path, with the key as 24-bit halves (Frame.srcHi/srcLo): small integers are never boxed,
-   * a 48-bit key passed to a call V8 did not inline is (16 B per frame, bench/net/switch-forward.bench.ts). A known
-   * source costs two Map reads and no allocation; everything else takes the control-path learnSlow().
+   * a 48-bit key passed to a call V8 did not inline is (16 B per frame, bench/net/switch-forward.bench.ts). The key
+   * is placed once for every map (they share the process's keys); a known source costs two Map reads, and the rest
+   * (learnPlaced) works on the placed halves too.
    */
   learnHL(hi: number, lo: number, port: PortId): LearnResult {
-    if (this.shadow.getHL(hi, lo) === port) return LEARN_KNOWN;
-    return this.learnSlow(hi * HALF + lo, port);
+    const sh = this.shadow;
+    sh.place(hi, lo);
+    const ph = sh.placedHi;
+    const pl = sh.placedLo;
+    if (sh.getPlaced(ph, pl) === port) return LEARN_KNOWN;
+    return this.learnPlaced(hi, lo, ph, pl, port);
   }
 
   /** lookup() for the data path, with the key as 24-bit halves (see learnHL). One keyed placement for both maps. */
@@ -222,10 +248,12 @@ export class MacTable {
     return p === undefined ? NO_PORT : p;
   }
 
-  private learnSlow(key: MacKey, port: PortId): LearnResult {
-    if (isMulticast(key) || isZero(key)) return LEARN_INVALID;
-    if (this.statics.size !== 0 && this.statics.has(key)) return LEARN_STATIC;
-    const m = this.main.get(key);
+  /** learn() past the shadow miss: `hi`/`lo` the key's halves, `ph`/`pl` their placement. */
+  private learnPlaced(hi: number, lo: number, ph: number, pl: number, port: PortId): LearnResult {
+    // I/G bit of the first octet is bit 16 of the upper half (isMulticast); all-zero is isZero.
+    if ((hi & 0x10000) !== 0 || (hi === 0 && lo === 0)) return LEARN_INVALID;
+    if (this.statics.size !== 0 && this.statics.hasPlaced(ph, pl)) return LEARN_STATIC;
+    const m = this.main.getPlaced(ph, pl);
     if (m === undefined) {
       if (port >= this.counts.length) this.ensurePort(port);
       let res: LearnResult = LEARN_NEW;
@@ -242,33 +270,35 @@ export class MacTable {
         }
         res = LEARN_EVICTED;
       }
-      this.main.set(key, port);
-      this.shadow.set(key, port);
+      this.main.setPlaced(ph, pl, port);
+      this.shadow.setPlaced(ph, pl, port);
       this.counts[port]++;
       this.learned++;
+      this.version++;
       return res;
     }
     if (m === port) {
-      this.shadow.set(key, port);
+      this.shadow.setPlaced(ph, pl, port);
       return LEARN_KNOWN;
     }
-    if (this.moveDampCount !== 0 && this.damped(key)) {
+    if (this.moveDampCount !== 0 && this.damped(ph, pl)) {
       this.movesDamped++;
       return LEARN_DAMPED;
     }
     if (port >= this.counts.length) this.ensurePort(port);
-    this.shadow.set(key, port);
-    this.main.set(key, port);
+    this.shadow.setPlaced(ph, pl, port);
+    this.main.setPlaced(ph, pl, port);
     this.counts[m]--;
     this.counts[port]++;
     this.moves++;
+    this.version++;
     return LEARN_MOVED;
   }
 
-  /** Count one move of `key`; true if it exceeds the damping budget of the current window. */
-  private damped(key: MacKey): boolean {
+  /** Count one move of the key placed as (ph, pl); true if it exceeds the damping budget of the current window. */
+  private damped(ph: number, pl: number): boolean {
     const now = Math.floor(this.nowSec);
-    const w = this.moveWin.get(key);
+    const w = this.moveWin.getPlaced(ph, pl);
     let start = now;
     let count = 0;
     if (w !== undefined) {
@@ -280,7 +310,7 @@ export class MacTable {
       }
     }
     if (count >= this.moveDampCount) return true;
-    this.moveWin.set(key, start * MOVE_PACK + count + 1);
+    this.moveWin.setPlaced(ph, pl, start * MOVE_PACK + count + 1);
     return false;
   }
 
@@ -309,6 +339,7 @@ export class MacTable {
   addStatic(key: MacKey, port: PortId): boolean {
     if (isMulticast(key) || isZero(key) || !Number.isInteger(key) || key < 0) throw new RangeError('a static entry needs a unicast MAC');
     this.deleteDynamic(key);
+    this.version++; // also when refused: the dynamic entry is gone
     if (!this.statics.has(key) && this.size >= this.maxAddr && !this.evictOldest(this.largestPort())) return false;
     this.statics.set(key, port);
     return true;
@@ -317,7 +348,9 @@ export class MacTable {
   /** Delete the entry for `key`, static or dynamic (veb `deladdr`). Returns true if there was one. */
   delete(key: MacKey): boolean {
     const hadStatic = this.statics.delete(key);
-    return this.deleteDynamic(key) || hadStatic;
+    const had = this.deleteDynamic(key) || hadStatic;
+    if (had) this.version++;
+    return had;
   }
 
   private deleteDynamic(key: MacKey): boolean {
@@ -357,6 +390,7 @@ export class MacTable {
         this.counts[port]--;
         this.evicted++;
         this.lastEvictedPort = port;
+        this.version++;
         return true;
       }
     }
@@ -386,6 +420,7 @@ export class MacTable {
     old.clear();
     this.shadow = old;
     this.rotations++;
+    this.version++;
     this.recount();
   }
 
@@ -430,6 +465,7 @@ export class MacTable {
     }
     for (const [k, p] of this.shadow) if (p === port) this.shadow.delete(k);
     if (port >= 0 && port < this.counts.length) this.counts[port] = 0;
+    this.version++;
     if (!keepStatic) {
       for (const [k, p] of this.statics) {
         if (p === port) {
@@ -446,12 +482,14 @@ export class MacTable {
     this.main.clear();
     this.shadow.clear();
     this.counts.fill(0);
+    this.version++;
   }
 
   /** Drop everything, static entries too (veb `flushall`). */
   flushAll(): void {
     this.flush();
     this.statics.clear();
+    this.version++;
   }
 
   /**

@@ -14,16 +14,22 @@
  * Single fetch: the sender's bytes are guest memory another vCPU may rewrite during forward(). Every step reads the
  * private snapshot of the header (Frame.snap, taken once at ingress, extended once for ARP rules), never the sender's
  * buffers, and the egress copy sends the snapshot (frameCopyTo), so the header forwarded is the header checked.
+ * Flow cache: each ingress port remembers, per (source, destination) MAC pair, the outcome of the table steps (locked
+ * source check, learn, destination lookup) in direct-mapped slots (flow-cache.ts), valid while MacTable.version is unchanged
+ * (every table change, aging rotation and port change moves it). A hit costs a few integer compares instead of the
+ * keyed placements and Map reads; every step that reads the frame (VLAN, rules, blocknonip, reserved, span, hairpin,
+ * protected, tagged-out, MTU) still runs per frame. See learnAndLookup() for why a hit decides exactly as a miss.
  * Egress is deliver() per frame plus flush() once per touched port in endBatch() (docs/architecture.md §4
  * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
 import { VhostError } from '../util/errors.js';
 import { copyBatch } from '../memory/copy-batch.js';
+import { FlowCache } from './flow-cache.js';
 import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
 import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
 import { HALF as MAC_HALF } from './mac-map.js';
-import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
+import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import { Poller } from './poller.js';
 
@@ -175,12 +181,14 @@ export function parseIpv4(text: string): number {
   return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
 }
 
-/** Compiled rule: numbers only, -1 = any. */
+/** Compiled rule: numbers only, -1 = any. Source and destination MACs as 24-bit halves, as Frame keeps them. */
 class RuleRec {
   constructor(
     readonly block: boolean,
-    readonly src: number,
-    readonly dst: number,
+    readonly srcHi: number,
+    readonly srcLo: number,
+    readonly dstHi: number,
+    readonly dstLo: number,
     /** 0 (no ARP match), ETHERTYPE_ARP or ETHERTYPE_RARP. */
     readonly arpType: number,
     /** 0 any, 1 request, 2 reply (ARP op; RARP 3/4 matched as request/reply). */
@@ -210,6 +218,8 @@ class PortRecord {
   tagged: Uint8Array | null = null;
   rulesIn: readonly RuleRec[] = NO_RULES;
   rulesOut: readonly RuleRec[] = NO_RULES;
+  /** Flow cache of this ingress port: destination lookups (NO_PORT for unknown or group addresses) per MAC pair. */
+  readonly flows = new FlowCache();
   constructor(
     readonly port: Port,
     readonly id: PortId,
@@ -218,9 +228,9 @@ class PortRecord {
 
 /** Default PVID (veb `vnetid` default). */
 export const DEFAULT_PVID = 1;
-/** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses. */
-const RESERVED_LO = 0x0180_c200_0000;
-const RESERVED_HI = 0x0180_c200_000f;
+/** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses, as upper half and lower halves. */
+const RESERVED_HI24 = 0x01_80_c2;
+const RESERVED_LO24_MAX = 0x00_00_0f;
 
 function isIpEthertype(t: number): boolean {
   return t === ETHERTYPE_IPV4 || t === ETHERTYPE_IPV6 || t === ETHERTYPE_ARP || t === ETHERTYPE_RARP;
@@ -339,6 +349,7 @@ export class Switch {
     this.macTable.setPortLimit(id);
     this.members = [...this.members, rec].sort((a, b) => a.id - b.id);
     this.rebuildLists();
+    this.macTable.bump(); // flow caches: the port set changed
     return id;
   }
 
@@ -363,6 +374,7 @@ export class Switch {
     }
     for (const n of PORT_COUNTER_NAMES) this.retired[n] += rec.counters[n];
     (port as { id: PortId }).id = NO_PORT;
+    this.macTable.bump(); // flow caches: the port set changed (remove() above changed the version too)
     return true;
   }
 
@@ -424,6 +436,7 @@ export class Switch {
       if (rec.span) this.macTable.remove(rec.id, true);
       this.rebuildLists();
     }
+    this.macTable.bump(); // flow caches: a knob they depend on (locked, learn) may have changed
   }
 
   /** Append a filter rule to `port` (evaluated in insertion order, first match wins). Control path. */
@@ -434,8 +447,10 @@ export class Switch {
     const op = a?.op === 'request' ? 1 : a?.op === 'reply' ? 2 : 0;
     const r = new RuleRec(
       rule.action === 'block',
-      any(rule.src),
-      any(rule.dst),
+      rule.src === undefined ? -1 : Math.floor(rule.src / MAC_HALF),
+      rule.src === undefined ? -1 : rule.src % MAC_HALF,
+      rule.dst === undefined ? -1 : Math.floor(rule.dst / MAC_HALF),
+      rule.dst === undefined ? -1 : rule.dst % MAC_HALF,
       a === undefined ? 0 : a.rarp ? ETHERTYPE_RARP : ETHERTYPE_ARP,
       op,
       any(a?.sha),
@@ -528,8 +543,8 @@ export class Switch {
   // ---------------------------------------------------------------- data path
 
   /**
-   * Switch one frame received on `ingress`. Fills `frame.dst`/`frame.src`. Egress ports get deliver() now and
-   * flush() at endBatch(). `frame` is not kept after the call.
+   * Switch one frame received on `ingress`. Fills `frame.dstHi`/`dstLo`/`srcHi`/`srcLo`. Egress ports get deliver()
+   * now and flush() at endBatch(). `frame` is not kept after the call.
    */
   forward(ingress: Port, frame: Frame): void {
     const rp = ingress.id >= 0 ? this.recs[ingress.id] : undefined;
@@ -541,8 +556,9 @@ export class Switch {
     rc.rxFrames++;
     rc.rxBytes += frame.length;
     // Single fetch: every check below reads the private copy of the header, and the egress copy sends it (frame.ts).
+    // A VLAN-aware switch reads a tag and the ethertype behind it on every frame: one snapshot of 18 bytes, not two.
     frame.snapLen = 0;
-    if (frame.length < ETHER_HDR_LEN || frameSnapshot(frame, SNAP_HDR) < ETHER_HDR_LEN) {
+    if (frame.length < ETHER_HDR_LEN || frameSnapshot(frame, this.vlanAware ? ETHER_HDR_LEN + 4 : SNAP_HDR) < ETHER_HDR_LEN) {
       rc.dropRunt++;
       return;
     }
@@ -551,16 +567,19 @@ export class Switch {
       rc.dropSpanIn++;
       return;
     }
-    const dst = frame.dst;
     // 802.1 reserved group addresses (STP, pause, LACP, 802.1X, LLDP...) are never forwarded (docs/configuration.md).
-    if (dst >= RESERVED_LO && dst <= RESERVED_HI) {
+    if (frame.dstHi === RESERVED_HI24 && frame.dstLo <= RESERVED_LO24_MAX) {
       rc.dropReserved++;
       return;
     }
     this.fEtype = -1;
     this.fL3 = ETHER_HDR_LEN;
     if (this.vlanAware && !this.classify(rp, frame)) return;
-    if (rp.locked && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
+    // A flow cache hit proves the source passed this check at the same table version (see learnAndLookup).
+    const flows = rp.flows;
+    const slot = flows.slot(frame);
+    const ver = this.macTable.version;
+    if (rp.locked && !flows.hit(frame, slot, ver) && this.macTable.staticPortHL(frame.srcHi, frame.srcLo) !== rp.id) {
       rc.dropLocked++;
       return;
     }
@@ -577,10 +596,10 @@ export class Switch {
       rc.dropRulesIn++;
       return;
     }
-    if (rp.learn) this.learnSource(rp, frame);
+    // The version read again: a port's deliver() (span copies above) is free to change the table.
+    const out = flows.hit(frame, slot, this.macTable.version) ? flows.out(slot) : this.learnAndLookup(rp, frame, slot, ver);
     // I/G bit of the first octet: bit 16 of the upper 24 bits (small-integer math, see Frame.dstHi).
     if ((frame.dstHi & 0x10000) === 0) {
-      const out = this.macTable.lookupHL(frame.dstHi, frame.dstLo);
       if (out !== NO_PORT) {
         this.unicast(rp, out, frame);
         return;
@@ -589,6 +608,24 @@ export class Switch {
       return;
     }
     this.flood(rp, frame, false);
+  }
+
+  /**
+   * Pipeline steps learn and destination lookup (flow cache miss), then the result into the cache. What a hit skips
+   * is exactly what this does: the locked source check and learning (their outcome cannot change while the table's
+   * version stands, and after a learn that leaves the source known on this port, learning it again is a no-op
+   * shadow hit) and the destination lookup (an answer of the table at that version). Learn outcomes that count per
+   * frame (table full, move damped) are not cached, and nothing is when the version moved since `ver` (read before
+   * the locked check): by this frame's own learn (a new flow is cached from its second frame) or by anything a
+   * port did during the frame. Aging stays exact: a rotation changes the version, so the next frame of every flow
+   * misses once and refreshes its source. Everything else reads the frame and runs per frame.
+   */
+  private learnAndLookup(rp: PortRecord, frame: Frame, slot: number, ver: number): number {
+    let cacheable = true;
+    if (rp.learn) cacheable = this.learnSource(rp, frame);
+    const out = (frame.dstHi & 0x10000) === 0 ? this.macTable.lookupHL(frame.dstHi, frame.dstLo) : NO_PORT;
+    if (cacheable && this.macTable.version === ver) rp.flows.store(frame, slot, ver, out);
+    return out;
   }
 
   /** End of an ingress batch: flush() each port that forward() touched, exactly once. Port.flush must not throw. */
@@ -673,8 +710,8 @@ export class Switch {
   private ruleBlocks(rules: readonly RuleRec[], frame: Frame): boolean {
     for (let i = 0; i < rules.length; i++) {
       const r = rules[i];
-      if (r.src !== -1 && r.src !== frame.src) continue;
-      if (r.dst !== -1 && r.dst !== frame.dst) continue;
+      if (r.srcHi !== -1 && (r.srcHi !== frame.srcHi || r.srcLo !== frame.srcLo)) continue;
+      if (r.dstHi !== -1 && (r.dstHi !== frame.dstHi || r.dstLo !== frame.dstLo)) continue;
       if (r.arpType !== 0 && !this.arpMatches(r, frame)) continue;
       return r.block;
     }
@@ -700,18 +737,27 @@ export class Switch {
     return true;
   }
 
-  /** Pipeline step: learn the source MAC on the ingress port (the table refuses multicast/zero/static). */
-  private learnSource(rp: PortRecord, frame: Frame): void {
+  /**
+   * Pipeline step: learn the source MAC on the ingress port (the table refuses multicast/zero/static). Returns
+   * false when learning the same source again would count again (table full, move damped): not for the flow cache.
+   */
+  private learnSource(rp: PortRecord, frame: Frame): boolean {
     const res = this.macTable.learnHL(frame.srcHi, frame.srcLo, rp.id);
+    if (res === LEARN_KNOWN) return true;
     if (res === LEARN_NEW) rp.counters.macLearned++;
     else if (res === LEARN_MOVED) rp.counters.macMoves++;
-    else if (res === LEARN_FULL) rp.counters.learnTableFull++;
-    else if (res === LEARN_DAMPED) rp.counters.macMoveDamped++;
-    else if (res === LEARN_EVICTED) {
+    else if (res === LEARN_FULL) {
+      rp.counters.learnTableFull++;
+      return false;
+    } else if (res === LEARN_DAMPED) {
+      rp.counters.macMoveDamped++;
+      return false;
+    } else if (res === LEARN_EVICTED) {
       rp.counters.macLearned++;
       const v = this.recs[this.macTable.lastEvictedPort];
       if (v !== undefined) v.counters.macEvicted++;
     }
+    return true;
   }
 
   /** Pipeline step: known unicast: hairpin, protected, VLAN membership (tagged-out), then egress filters. */
@@ -848,7 +894,7 @@ function overMtu(frame: Frame, len: number, limit: number): boolean {
 /**
  * Destination and source MACs from the snapshot (at least 14 bytes) into the frame, as 24-bit halves straight from
  * the bytes as int32s, so no 48-bit number crosses a call (a returned double that V8 does not inline is boxed: an
- * allocation per frame).
+ * allocation per frame) or is stored per frame (Frame.dst/src compute the 48-bit keys when asked).
  */
 function parseMacs(frame: Frame): void {
   const u8 = frame.snap;
@@ -860,6 +906,4 @@ function parseMacs(frame: Frame): void {
   frame.dstLo = dLo;
   frame.srcHi = sHi;
   frame.srcLo = sLo;
-  frame.dst = dHi * MAC_HALF + dLo;
-  frame.src = sHi * MAC_HALF + sLo;
 }

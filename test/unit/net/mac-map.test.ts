@@ -104,4 +104,28 @@ describe('MacMap keyed placement', () => {
     expect(m.size).toBe(0);
     expect([...m]).toEqual([]);
   });
+
+  test('the placed-halves operations (what the MAC table learning uses) agree with the key operations', () => {
+    const m = new MacMap<number>(KEYS);
+    const keys = [1, HALF - 1, HALF, 0xfee1_ba00_0001, 0x0200_0000_000a, 0x0600_0000_000a];
+    const placed = (k: number): [number, number] => {
+      m.place(Math.floor(k / HALF), k % HALF);
+      return [m.placedHi, m.placedLo];
+    };
+    keys.forEach((k, i) => m.setPlaced(...placed(k), i));
+    expect(m.size).toBe(keys.length);
+    keys.forEach((k, i) => {
+      expect(m.get(k)).toBe(i);
+      expect(m.hasPlaced(...placed(k))).toBe(true);
+      expect(m.getPlaced(...placed(k))).toBe(i);
+    });
+    m.setPlaced(...placed(keys[0]), 9); // overwrite: no new entry
+    expect(m.size).toBe(keys.length);
+    expect(m.get(keys[0])).toBe(9);
+    expect(new Map(m.entries())).toEqual(new Map(keys.map((k, i) => [k, i === 0 ? 9 : i])));
+    expect(m.deletePlaced(...placed(keys[3]))).toBe(true);
+    expect(m.deletePlaced(...placed(keys[3]))).toBe(false);
+    expect(m.has(keys[3])).toBe(false);
+    expect(m.size).toBe(keys.length - 1);
+  });
 });

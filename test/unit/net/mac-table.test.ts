@@ -4,7 +4,7 @@
  */
 import { describe, expect, test } from 'vitest';
 import { parseMac } from '../../../src/net/mac.js';
-import { LEARN_FULL, LEARN_INVALID, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW, MacTable } from '../../../src/net/mac-table.js';
+import { LEARN_FULL, LEARN_INVALID, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW, LEARN_STATIC, MacTable } from '../../../src/net/mac-table.js';
 
 const A = parseMac('02:00:00:00:00:0a');
 const B = parseMac('02:00:00:00:00:0b');
@@ -27,6 +27,22 @@ describe('MacTable', () => {
     expect(t.learn(parseMac('ff:ff:ff:ff:ff:ff'), 1)).toBe(LEARN_INVALID);
     expect(t.learn(0, 1)).toBe(LEARN_INVALID);
     expect(t.size).toBe(0);
+  });
+
+  test('learnHL() (the data path, 24-bit halves) answers as learn() does, multicast and zero included', () => {
+    const t = new MacTable();
+    const hl = (k: number, port: number) => t.learnHL(Math.floor(k / 0x100_0000), k % 0x100_0000, port);
+    expect(hl(parseMac('01:00:5e:00:00:01'), 1)).toBe(LEARN_INVALID);
+    expect(hl(parseMac('03:00:00:00:00:00'), 1)).toBe(LEARN_INVALID); // I/G bit set, rest zero
+    expect(hl(0, 1)).toBe(LEARN_INVALID);
+    expect(hl(A, 1)).toBe(LEARN_NEW);
+    expect(t.learn(A, 1)).toBe(LEARN_KNOWN);
+    expect(hl(A, 2)).toBe(LEARN_MOVED);
+    expect(t.lookupHL(Math.floor(A / 0x100_0000), A % 0x100_0000)).toBe(2);
+    t.addStatic(B, 4);
+    expect(hl(B, 1)).toBe(LEARN_STATIC);
+    expect(t.lookup(B)).toBe(4);
+    expect(t.size).toBe(2);
   });
 
   test('a MAC seen on another port moves at once and is counted', () => {

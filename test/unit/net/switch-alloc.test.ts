@@ -76,4 +76,50 @@ describe('switch hot path allocation', () => {
     expect(perUnicast).toBeLessThan(1);
     expect(perFlood).toBeLessThan(1);
   });
+
+  test('locked ports (static entries, learn left on) and a VLAN-aware switch allocate less than one byte per frame', () => {
+    // Locked with learn on (the daemon's `locked lladdr`): before the flow cache every frame took the table's slow
+    // learn path with the 48-bit key boxed (LEARN_STATIC).
+    const sw = new Switch('alloc-locked');
+    const pa = new CountingPort('a');
+    const pb = new CountingPort('b');
+    sw.addPort(pa);
+    sw.addPort(pb);
+    sw.addStatic(0xfee1ba000001, pa);
+    sw.addStatic(0xfee1ba000002, pb);
+    sw.configurePort(pa, { locked: true });
+    sw.configurePort(pb, { locked: true });
+    const unicast = frameOf(B, A);
+    const perLocked = bytesPerOp(1_000_000, () => {
+      sw.forward(pa, unicast);
+      sw.endBatch();
+    });
+    // The same with the flow cache defeated (every frame a miss): the table's own path boxes no key either.
+    const perLockedMiss = bytesPerOp(1_000_000, () => {
+      sw.macTable.bump();
+      sw.forward(pa, unicast);
+      sw.endBatch();
+    });
+    expect(pb.delivered).toBeGreaterThan(2_000_000);
+    expect(sw.counters(pa.id)?.dropLocked).toBe(0);
+    expect(perLocked).toBeLessThan(1);
+    expect(perLockedMiss).toBeLessThan(1);
+
+    const vw = new Switch('alloc-vlan');
+    const va = new CountingPort('a');
+    const vb = new CountingPort('b');
+    vw.addPort(va);
+    vw.addPort(vb);
+    for (const p of [va, vb]) vw.configurePort(p, { untagged: 1, tagged: [10] });
+    vw.forward(vb, frameOf(BCAST, B));
+    vw.endBatch();
+    const tagged = frameOf(B, A);
+    tagged.sg.bufs[0].set([0x81, 0x00, 0x00, 0x0a, 0x08, 0x00], 12);
+    const perVlan = bytesPerOp(1_000_000, () => {
+      vw.forward(va, tagged);
+      vw.endBatch();
+    });
+    expect(vb.delivered).toBeGreaterThan(1_000_000);
+    expect(perVlan).toBeLessThan(1);
+  });
 });
