@@ -144,6 +144,23 @@ export class OvsDpdk {
     });
   }
 
+  /**
+   * Freezes vswitchd (SIGSTOP) / lets it run again (SIGCONT). Its PMD thread busy-polls its core even with no
+   * device connected: a benchmark that keeps OVS warm between its own runs freezes it while another backend
+   * uses that core.
+   */
+  pause(): void {
+    this.vswitchd()?.proc.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.vswitchd()?.proc.kill('SIGCONT');
+  }
+
+  private vswitchd(): Daemon | undefined {
+    return this.daemons.find((d) => d.name === 'ovs-vswitchd' && !d.dead());
+  }
+
   /** Clears the learnt MAC table: each timed run starts from the same (empty) table. */
   async flushFdb(): Promise<void> {
     await this.appctl('fdb/flush', 'br0');
@@ -169,6 +186,7 @@ export class OvsDpdk {
   async stop(): Promise<void> {
     for (const d of [...this.daemons].reverse()) {
       if (!d.dead()) {
+        d.proc.kill('SIGCONT'); // a paused vswitchd handles SIGTERM only once it runs
         d.proc.kill('SIGTERM');
         const t = setTimeout(() => d.proc.kill('SIGKILL'), 10_000);
         await d.exited;
