@@ -26,6 +26,8 @@ interface Row extends BenchRow {
   note?: string;
   /** The ratio vhostd / reference aimed for (at least this, or at most for lowerIsBetter rows); shown with met/missed. */
   target?: number;
+  /** 'value': the target is on the row's own figure (e.g. a scaling ratio), not on vhostd / reference. */
+  targetOn?: 'value' | 'ratio';
   /** Set instead of a value when the case could not run (e.g. "poll mode: not available"): shown in its place. */
   unavailable?: string;
 }
@@ -272,10 +274,11 @@ export function generateDoc(opts: DocOptions = {}): string[] {
         const ratio = !isNum(r.value) ? undefined : isNum(r.ratio) ? r.ratio : isNum(r.referenceValue) && r.referenceValue !== 0 ? r.value / r.referenceValue : undefined;
         const arrow = r.lowerIsBetter === true ? ' ↓' : '';
         const value = isNum(r.value) ? `${fmt(r.value)} ${cell(r.unit)}` : cell(r.unavailable ?? '');
+        const judged = r.targetOn === 'value' ? (isNum(r.value) ? r.value : undefined) : ratio;
         const target = !isNum(r.target)
           ? ''
-          : `${r.lowerIsBetter === true ? '≤' : '≥'} ${r.target}: ${
-              ratio === undefined ? 'not measured' : (r.lowerIsBetter === true ? ratio <= r.target : ratio >= r.target) ? 'met' : 'missed'
+          : `${r.targetOn === 'value' ? 'vhostd ' : ''}${r.lowerIsBetter === true ? '≤' : '≥'} ${r.target}: ${
+              judged === undefined ? 'not measured' : (r.lowerIsBetter === true ? judged <= r.target : judged >= r.target) ? 'met' : 'missed'
             }`;
         md.push(`| ${cell(r.case)}${arrow} | ${value} | ${cell(ref)} | ${ratio === undefined ? '' : ratio.toFixed(2)} |${hasTarget ? ` ${target} |` : ''}`);
       }

@@ -24,6 +24,7 @@ import { LCORES_BACKEND, LCORES_DRIVER, meanPps, startTestpmd, vhostVdev, virtio
 import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
 import { FULL } from '../support/proc.js';
 import { report, type BenchRow } from '../support/report.js';
+import { cpuNs } from './support/cpu-time.js';
 
 /** Seconds measured per run after the first frames flowed (quick 6, --full 20). */
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (FULL ? 20 : 6));
@@ -67,13 +68,29 @@ function steadyMeans(samples: Sample[]): { mpps: number[]; periods: number } {
   return { mpps: [0, 1].map((port) => meanPps(samples, port, 'rxPps', skip) / 1e6), periods };
 }
 
-/** Waits for frames on both ports, measures SECONDS, runs `check` while the driver is still connected, stops. */
-async function measure(tp: Testpmd, check: () => Promise<void> = async () => {}): Promise<{ mpps: number[]; periods: number }> {
-  let m: { mpps: number[]; periods: number };
+interface Measured {
+  mpps: number[];
+  periods: number;
+  /**
+   * CPU the backend process got over the window, in cores. A polling backend (vhost PMD, OVS) that gets well
+   * under 1 shared its core with something else: the machine, not the backend, set that run's figure.
+   */
+  cpu: number;
+}
+
+/**
+ * Waits for frames on both ports, measures SECONDS (and the CPU time of the backend process `pid`), runs `check`
+ * while the driver is still connected, stops.
+ */
+async function measure(tp: Testpmd, pid: number, check: () => Promise<void> = async () => {}): Promise<Measured> {
+  let m: Measured;
   try {
     await tp.waitForSample((s) => s.ports.length === 2 && s.ports.every((p) => p.rxPackets > 0), 60_000);
+    const c0 = cpuNs(pid);
+    const t0 = performance.now();
     await new Promise((r) => setTimeout(r, SECONDS * 1000));
-    m = steadyMeans(tp.samples());
+    const cpu = (cpuNs(pid) - c0) / 1e6 / (performance.now() - t0);
+    m = { ...steadyMeans(tp.samples()), cpu };
     await check();
   } catch (e) {
     await tp.stop();
@@ -84,13 +101,13 @@ async function measure(tp: Testpmd, check: () => Promise<void> = async () => {})
   return m;
 }
 
-async function vhostdRun(frame: number): Promise<{ mpps: number[]; periods: number }> {
+async function vhostdRun(frame: number): Promise<Measured> {
   const v = new VhostdProcess('switch "s" {\n  mtu 1500\n}\nvm "a" {\n  interface { switch "s" }\n}\nvm "b" {\n  interface { switch "s" }\n}\n');
   await v.start();
   // Pin the daemon to the backend core (the driver forwards on core 0).
   await new Promise((r) => spawn('taskset', ['-a', '-p', '-c', String(BACKEND_CORE), String(v.proc!.pid)], { stdio: 'ignore' }).on('exit', r));
   try {
-    const m = await measure(driver('bench-vu-vhostd', v.socket('a'), v.socket('b'), frame));
+    const m = await measure(driver('bench-vu-vhostd', v.socket('a'), v.socket('b'), frame), v.proc!.pid!);
     const st = await v.stats();
     if (!(st['a.net0'].device.rxFrames > 0 && st['b.net0'].device.rxFrames > 0)) throw new Error('vhostd counted no frames');
     return m;
@@ -100,7 +117,7 @@ async function vhostdRun(frame: number): Promise<{ mpps: number[]; periods: numb
   }
 }
 
-async function dpdkRun(frame: number): Promise<{ mpps: number[]; periods: number }> {
+async function dpdkRun(frame: number): Promise<Measured> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-bench-'));
   const a = path.join(dir, 'a.sock');
   const b = path.join(dir, 'b.sock');
@@ -115,18 +132,18 @@ async function dpdkRun(frame: number): Promise<{ mpps: number[]; periods: number
   try {
     await backend.waitForOutput(vhostSocketReady(a), 30_000);
     await backend.waitForOutput(vhostSocketReady(b), 30_000);
-    return await measure(driver('bench-vu-ref', a, b, frame));
+    return await measure(driver('bench-vu-ref', a, b, frame), backend.proc.pid!);
   } finally {
     await backend.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function ovsRun(ovs: OvsDpdk, frame: number): Promise<{ mpps: number[]; periods: number }> {
+async function ovsRun(ovs: OvsDpdk, frame: number): Promise<Measured> {
   ovs.resume();
   try {
     await ovs.flushFdb();
-    return await measure(ovs.driver('bench-vu-ovs', 'macswap', loopArgs(frame)), async () => {
+    return await measure(ovs.driver('bench-vu-ovs', 'macswap', loopArgs(frame)), ovs.vswitchdPid(), async () => {
       const c = await Promise.all(['vu0', 'vu1'].map((p) => ovs.portStats(p)));
       if (!c.every((p) => p.rxPackets > 0 && p.txPackets > 0)) throw new Error(`OVS counted no frames: ${JSON.stringify(c)}`);
     });
@@ -142,6 +159,8 @@ const ovs = new OvsDpdk({ prefix: 'bench-ovs', core: BACKEND_CORE, ports: ['vu0'
 /** Per frame size and backend: the per-run means (Mpps per port, both ports averaged). */
 const perRun = new Map<string, number[]>();
 const periods = new Map<Backend, number[]>();
+const cpus = new Map<Backend, number[]>();
+const load0 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
 try {
   await ovs.start();
   await ovs.warmUp();
@@ -154,7 +173,10 @@ try {
         const k = `${frame}/${b}`;
         perRun.set(k, [...(perRun.get(k) ?? []), mean(m.mpps)]);
         periods.set(b, [...(periods.get(b) ?? []), m.periods]);
-        if (process.env.BENCH_DEBUG) process.stderr.write(`run ${run} ${frame} B ${NAME[b]}: ${m.mpps.map((x) => x.toFixed(3)).join(' / ')} Mpps (${m.periods} periods)\n`);
+        cpus.set(b, [...(cpus.get(b) ?? []), m.cpu]);
+        if (process.env.BENCH_DEBUG) {
+          process.stderr.write(`run ${run} ${frame} B ${NAME[b]}: ${m.mpps.map((x) => x.toFixed(3)).join(' / ')} Mpps (${m.periods} periods, ${m.cpu.toFixed(2)} cores)\n`);
+        }
       }
     }
   }
@@ -162,11 +184,15 @@ try {
   await ovs.stop();
 }
 
+const load1 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
+const cpuRange = (b: Backend) => `${NAME[b]} ${Math.min(...cpus.get(b)!).toFixed(2)}-${Math.max(...cpus.get(b)!).toFixed(2)}`;
 const NOTE =
   'testpmd net_virtio_user (2 ports, macswap, loop topology, --tx-first) on core 0 against each backend on core 1: vhostd (one switch), ' +
   "DPDK's vhost PMD (io cross-connect) and Open vSwitch with DPDK (NORMAL learning bridge, dpdkvhostuserclient ports). " +
   `Mpps per port: mean over each run's 1 s stats periods after ramp-up, then over ${RUNS} runs with the backends' order rotating. ` +
-  'Target = the ratio vhostd / anchor the data path aims for.';
+  'Target = the ratio vhostd / anchor the data path aims for. ' +
+  `This run: 1-min load average ${load0} before and ${load1} after on ${os.cpus().length} cores; CPU each backend process got per run, in cores: ` +
+  `${BACKENDS.map(cpuRange).join(', ')} (a polling anchor well under 1 shared its core with other jobs: that run's figures are the machine's, not the backend's).`;
 
 const rows: BenchRow[] = [];
 const lines: string[] = [];
@@ -189,6 +215,8 @@ for (const frame of FRAMES) {
       ...(target !== undefined ? { target, met: ratio >= target } : {}),
       runs: runs('vhostd').map(r3),
       referenceRuns: runs(anchor).map(r3),
+      cpu: cpus.get('vhostd')!.map((x) => Number(x.toFixed(2))),
+      referenceCpu: cpus.get(anchor)!.map((x) => Number(x.toFixed(2))),
       note: NOTE,
     });
     const verdict = target === undefined ? '' : `  target >= ${target.toFixed(1)}x: ${ratio >= target ? 'met' : `MISSED (${((ratio / target) * 100).toFixed(0)}% of it)`}`;
@@ -202,7 +230,7 @@ report(rows);
 const per = [...periods.entries()].map(([b, ps]) => `${NAME[b]} ${Math.min(...ps)}-${Math.max(...ps)}`).join(', ');
 process.stderr.write(
   `\nnet/testpmd-macswap-loop (testpmd virtio_user macswap, loop topology, --tx-first), ${SECONDS} s per run, ${RUNS} runs, ` +
-    `stats periods counted per run: ${per}\n` +
+    `stats periods counted per run: ${per}; backend CPU per run (cores): ${BACKENDS.map(cpuRange).join(', ')}; load average ${load0} -> ${load1}\n` +
     `frame  anchor          vhostd Mpps  anchor Mpps  vhostd/anchor\n` +
     lines.join('\n') +
     '\n',

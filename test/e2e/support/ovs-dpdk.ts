@@ -157,6 +157,13 @@ export class OvsDpdk {
     this.vswitchd()?.proc.kill('SIGCONT');
   }
 
+  /** Process id of the running ovs-vswitchd-dpdk (its PMD thread and main thread). */
+  vswitchdPid(): number {
+    const d = this.vswitchd();
+    if (!d) throw new Error('ovs-vswitchd is not running');
+    return d.proc.pid!;
+  }
+
   private vswitchd(): Daemon | undefined {
     return this.daemons.find((d) => d.name === 'ovs-vswitchd' && !d.dead());
   }

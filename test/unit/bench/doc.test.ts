@@ -61,6 +61,7 @@ describe('generateDoc', () => {
       [
         row('net/a', '64 B vs P', 1, 2, '2026-01-01T00:00:00Z', { reference: 'P', target: 0.5 }),
         row('net/a', '64 B vs Q', 1, 1.5, '2026-01-01T00:00:00Z', { reference: 'Q', target: 1 }),
+        row('net/a', '64 ports / 2 ports', 0.9, 1, '2026-01-01T00:00:00Z', { reference: 'P', target: 0.8, targetOn: 'value', unit: 'x' }),
         JSON.stringify({ bench: 'net/a', case: 'poll p50', unit: 'µs', value: null, unavailable: 'poll mode: not available', reference: 'P', time: '2026-01-01T00:00:00Z', lowerIsBetter: true, target: 1.2 }),
       ].join('\n'),
     );
@@ -68,6 +69,7 @@ describe('generateDoc', () => {
     const md = fs.readFileSync(out, 'utf8');
     expect(md).toContain('| 64 B vs P | 1 Mpps | 2 Mpps (P) | 0.50 | ≥ 0.5: met |');
     expect(md).toContain('| 64 B vs Q | 1 Mpps | 1.5 Mpps (Q) | 0.67 | ≥ 1: missed |');
+    expect(md).toContain('| 64 ports / 2 ports | 0.9 x | 1 x (P) | 0.90 | vhostd ≥ 0.8: met |');
     expect(md).toContain('| poll p50 ↓ | poll mode: not available |  |  | ≤ 1.2: not measured |');
   });
 });
