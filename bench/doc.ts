@@ -3,7 +3,9 @@
  * each (bench, case) in bench/results/results.jsonl. Also called by bench/run.ts after a run with no failures.
  * Section by section: a bench with rows in the results file gets its section (and charts) rewritten; the section
  * of a bench without rows there is kept as the existing doc has it, with its charts. So `npm run bench -- NAME`
- * in a fresh clone (a results file holding one bench) updates that bench's section and nothing else. For the same
+ * in a fresh clone (a results file holding one bench) updates that bench's section and nothing else. A bench that
+ * reports all its cases at once (report(rows, { replaces: true }), which writes a reset line first) shows only its
+ * newest run's cases; the others keep the newest row of every case ever reported. For the same
  * results file and the same existing doc, the output is the same.
  */
 import fs from 'node:fs';
@@ -30,6 +32,8 @@ interface Row extends BenchRow {
   targetOn?: 'value' | 'ratio';
   /** Set instead of a value when the case could not run (e.g. "poll mode: not available"): shown in its place. */
   unavailable?: string;
+  /** A reset line (report(rows, { replaces: true })): the bench's rows before it are forgotten. */
+  reset?: boolean;
 }
 
 export interface DocOptions {
@@ -51,6 +55,10 @@ export function readRows(file: string): Row[] {
     if (!line.trim()) continue;
     try {
       const r = JSON.parse(line) as Row;
+      if (typeof r.bench === 'string' && r.reset === true) {
+        rows.push({ bench: r.bench, case: '', unit: '', value: NaN, reset: true, time: r.time });
+        continue;
+      }
       if (typeof r.bench !== 'string' || typeof r.case !== 'string' || typeof r.unit !== 'string') continue;
       if (isNum(r.value)) rows.push(r);
       else if (typeof r.unavailable === 'string' && r.unavailable !== '') rows.push({ ...r, value: NaN });
@@ -65,6 +73,10 @@ export function readRows(file: string): Row[] {
 export function latest(rows: Row[]): Map<string, Row[]> {
   const byKey = new Map<string, Row>();
   for (const r of rows) {
+    if (r.reset === true) {
+      for (const [k, old] of byKey) if (old.bench === r.bench) byKey.delete(k);
+      continue;
+    }
     const k = `${r.bench}\u0000${r.case}`;
     byKey.delete(k);
     byKey.set(k, r);

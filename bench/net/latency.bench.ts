@@ -252,7 +252,7 @@ if (pollMissing === null) {
   }
   lines.push(`poll mode: not available (${pollMissing})`);
 }
-report(rows);
+report(rows, { replaces: true });
 process.stderr.write(
   `\nnet/latency: ${FRAME}-byte ping-pong, event-driven client A; vhostd = A → switch → testpmd macswap → A; ` +
     `reference = A → ${REFERENCE}\n` +

@@ -270,7 +270,7 @@ if (hi > lo) {
     (lo === 2 && hi === 64 ? `; target vhostd >= ${SCALE_TARGET}: ${value >= SCALE_TARGET ? 'met' : `MISSED (${((1 - value) * 100).toFixed(0)}% below 2 ports)`}` : '') +
     '\n';
 }
-report(rows);
+report(rows, { replaces: true });
 process.stderr.write(
   `\nnet/scaling: testpmd virtio_user macswap loops (port 2k ↔ 2k+1 through the switch), 64-byte frames, ${WINDOW_S} s window\n` +
     `ports  vhostd Mpps  Mpps/port  ns/frame     vhostd CPU  DPDK Mpps  Mpps/port  ratio\n` +

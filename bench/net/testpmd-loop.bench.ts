@@ -226,7 +226,7 @@ for (const frame of FRAMES) {
     );
   }
 }
-report(rows);
+report(rows, { replaces: true });
 const per = [...periods.entries()].map(([b, ps]) => `${NAME[b]} ${Math.min(...ps)}-${Math.max(...ps)}`).join(', ');
 process.stderr.write(
   `\nnet/testpmd-macswap-loop (testpmd virtio_user macswap, loop topology, --tx-first), ${SECONDS} s per run, ${RUNS} runs, ` +

@@ -55,6 +55,23 @@ describe('generateDoc', () => {
     expect(fs.readdirSync(path.join(dir, 'benchmarks'))).toEqual([]);
   });
 
+  test('a reset line (a run that reports all its cases) drops the cases earlier runs wrote', () => {
+    fs.writeFileSync(
+      results,
+      [
+        row('net/a', 'old name', 1, 2, '2026-01-01T00:00:00Z'),
+        row('net/b', 'y', 3, 4, '2026-01-01T00:00:00Z'),
+        JSON.stringify({ bench: 'net/a', reset: true, time: '2026-02-01T00:00:00Z' }),
+        row('net/a', 'new name', 5, 6, '2026-02-01T00:00:00Z'),
+      ].join('\n'),
+    );
+    generateDoc({ results, out });
+    const md = fs.readFileSync(out, 'utf8');
+    expect(md).toContain('| new name | 5 Mpps | 6 Mpps | 0.83 |');
+    expect(md).not.toContain('old name');
+    expect(md).toContain('| y | 3 Mpps | 4 Mpps | 0.75 |');
+  });
+
   test('targets say met or missed, several anchors are named, an unavailable case says why', () => {
     fs.writeFileSync(
       results,
