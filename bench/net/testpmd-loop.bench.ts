@@ -140,7 +140,7 @@ async function dpdkRun(frame: number): Promise<Measured> {
 }
 
 async function ovsRun(ovs: OvsDpdk, frame: number): Promise<Measured> {
-  ovs.resume();
+  await ovs.resume();
   try {
     await ovs.flushFdb();
     return await measure(ovs.driver('bench-vu-ovs', 'macswap', loopArgs(frame)), ovs.vswitchdPid(), async () => {
@@ -148,7 +148,7 @@ async function ovsRun(ovs: OvsDpdk, frame: number): Promise<Measured> {
       if (!c.every((p) => p.rxPackets > 0 && p.txPackets > 0)) throw new Error(`OVS counted no frames: ${JSON.stringify(c)}`);
     });
   } finally {
-    ovs.pause();
+    await ovs.pause();
   }
 }
 
@@ -164,7 +164,7 @@ const load0 = fs.readFileSync('/proc/loadavg', 'utf8').split(' ')[0];
 try {
   await ovs.start();
   await ovs.warmUp();
-  ovs.pause();
+  await ovs.pause();
   for (let run = 0; run < RUNS; run++) {
     const order = BACKENDS.map((_, i) => BACKENDS[(i + run) % BACKENDS.length]);
     for (const frame of FRAMES) {

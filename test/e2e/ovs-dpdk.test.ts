@@ -1,6 +1,6 @@
 /**
  * Real peer: Open vSwitch with DPDK, the anchor of the net benchmarks (test/e2e/support/ovs-dpdk.ts). It comes up
- * without hugepages in a temp dir, DPDK testpmd (net_virtio_user, server=1) passes frames through its NORMAL
+ * without hugepages in a temp dir, pauses and resumes, DPDK testpmd (net_virtio_user, server=1) passes frames through its NORMAL
  * learning bridge both ways, its MAC table learns and `fdb/flush` empties it, and stopping leaves no process, no
  * temp dir and no DPDK run dir behind.
  */
@@ -25,6 +25,12 @@ function pgrep(s: string): number[] {
   }
 }
 
+/** proc(5) state letter of `pid` (T: stopped by a signal). */
+const procState = (pid: number): string => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+};
+
 const fdbEntries = (text: string): number => text.split('\n').filter((l) => /^\s*\d+\s+\d+\s+[0-9a-f:]{17}\s/.test(l)).length;
 
 describe.skipIf(skip !== null)('Open vSwitch with DPDK as a peer', () => {
@@ -38,6 +44,11 @@ describe.skipIf(skip !== null)('Open vSwitch with DPDK as a peer', () => {
       expect(pids).toHaveLength(2);
       await ovs.warmUp();
       expect(fdbEntries(await ovs.appctl('fdb/show', 'br0'))).toBe(0);
+      // Frozen between benchmark runs (its PMD thread would spin on the shared core), and back.
+      await ovs.pause();
+      expect(procState(ovs.vswitchdPid())).toBe('T');
+      await ovs.resume();
+      expect(procState(ovs.vswitchdPid())).not.toBe('T');
 
       const tp = ovs.driver(`${prefix}-drv`, 'macswap', ['--port-topology=loop']);
       let fin;

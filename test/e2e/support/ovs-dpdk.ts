@@ -149,12 +149,25 @@ export class OvsDpdk {
    * device connected: a benchmark that keeps OVS warm between its own runs freezes it while another backend
    * uses that core.
    */
-  pause(): void {
-    this.vswitchd()?.proc.kill('SIGSTOP');
+  async pause(): Promise<void> {
+    await this.signalUntil('SIGSTOP', (st) => st === 'T');
   }
 
-  resume(): void {
-    this.vswitchd()?.proc.kill('SIGCONT');
+  async resume(): Promise<void> {
+    await this.signalUntil('SIGCONT', (st) => st !== 'T');
+  }
+
+  /** Sends `sig` to vswitchd and waits until its proc(5) state satisfies `done` (signals are delivered async). */
+  private async signalUntil(sig: NodeJS.Signals, done: (state: string) => boolean): Promise<void> {
+    const pid = this.vswitchdPid();
+    process.kill(pid, sig);
+    const until = Date.now() + 5000;
+    for (;;) {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (done(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0])) return;
+      if (Date.now() > until) throw new Error(`ovs-vswitchd did not react to ${sig}`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
   }
 
   /** Process id of the running ovs-vswitchd-dpdk (its PMD thread and main thread). */
