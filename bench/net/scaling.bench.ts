@@ -226,12 +226,12 @@ async function dpdkRun(n: number): Promise<Measured> {
 
 const rows: BenchRow[] = [];
 const lines: string[] = [];
-const totals = new Map<number, { vh: number; ref: number }>();
+const totals = new Map<number, { vh: number; ref: number; cpu: number }>();
 for (const n of PORTS) {
   log(`n=${n}`);
   const vh = await vhostdRun(n);
   const ref = await dpdkRun(n);
-  totals.set(n, { vh: vh.mpps, ref: ref.mpps });
+  totals.set(n, { vh: vh.mpps, ref: ref.mpps, cpu: vh.cpu });
   const r3 = (x: number): number => Number(x.toFixed(3));
   const both = (value: number, referenceValue: number) => ({ value, reference: REFERENCE, referenceValue, ratio: r3(value / referenceValue) });
   rows.push(
@@ -264,9 +264,14 @@ if (hi > lo) {
     referenceValue,
     ratio: Number((value / referenceValue).toFixed(3)),
     ...(lo === 2 && hi === 64 ? { target: SCALE_TARGET, targetOn: 'value' } : {}),
+    vhostdCpu: [Number(a.cpu.toFixed(3)), Number(b.cpu.toFixed(3))],
+    note:
+      `${hi} ports total / ${lo} ports total: how much of its ${lo}-port rate vhostd keeps with ${hi} ports (the target is on this figure). ` +
+      `It measures vhostd only when vhostd used most of its core at both sizes; in this run it used ${(a.cpu * 100).toFixed(0)}% at ${lo} ports and ` +
+      `${(b.cpu * 100).toFixed(0)}% at ${hi}${Math.min(a.cpu, b.cpu) < 0.85 ? ', so the driver or the shared machine set the figure' : ''}.`,
   });
   scaleLine =
-    `total at ${hi} ports / total at ${lo} ports: vhostd ${value.toFixed(3)}, DPDK ${referenceValue.toFixed(3)}` +
+    `total at ${hi} ports / total at ${lo} ports: vhostd ${value.toFixed(3)} (vhostd CPU ${(a.cpu * 100).toFixed(0)}% -> ${(b.cpu * 100).toFixed(0)}%), DPDK ${referenceValue.toFixed(3)}` +
     (lo === 2 && hi === 64 ? `; target vhostd >= ${SCALE_TARGET}: ${value >= SCALE_TARGET ? 'met' : `MISSED (${((1 - value) * 100).toFixed(0)}% below 2 ports)`}` : '') +
     '\n';
 }
