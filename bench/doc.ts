@@ -1,7 +1,12 @@
 /**
  * `npm run bench:doc`: renders docs/benchmarks.md (plus SVG charts in docs/benchmarks/) from the latest row of
  * each (bench, case) in bench/results/results.jsonl. Also called by bench/run.ts after a run with no failures.
- * The output depends only on the results file, so an unchanged file regenerates an unchanged doc.
+ * Section by section: a bench with rows in the results file gets its section (and charts) rewritten; the section
+ * of a bench without rows there is kept as the existing doc has it, with its charts. So `npm run bench -- NAME`
+ * in a fresh clone (a results file holding one bench) updates that bench's section and nothing else. A bench that
+ * reports all its cases at once (report(rows, { replaces: true }), which writes a reset line first) shows only its
+ * newest run's cases; the others keep the newest row of every case ever reported. For the same
+ * results file and the same existing doc, the output is the same.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +26,14 @@ interface Row extends BenchRow {
   lowerIsBetter?: boolean;
   /** One line on the method, printed under the bench's heading (each distinct note once, in row order). */
   note?: string;
+  /** The ratio vhostd / reference aimed for (at least this, or at most for lowerIsBetter rows); shown with met/missed. */
+  target?: number;
+  /** 'value': the target is on the row's own figure (e.g. a scaling ratio), not on vhostd / reference. */
+  targetOn?: 'value' | 'ratio';
+  /** Set instead of a value when the case could not run (e.g. "poll mode: not available"): shown in its place. */
+  unavailable?: string;
+  /** A reset line (report(rows, { replaces: true })): the bench's rows before it are forgotten. */
+  reset?: boolean;
 }
 
 export interface DocOptions {
@@ -42,7 +55,13 @@ export function readRows(file: string): Row[] {
     if (!line.trim()) continue;
     try {
       const r = JSON.parse(line) as Row;
-      if (typeof r.bench === 'string' && typeof r.case === 'string' && typeof r.unit === 'string' && isNum(r.value)) rows.push(r);
+      if (typeof r.bench === 'string' && r.reset === true) {
+        rows.push({ bench: r.bench, case: '', unit: '', value: NaN, reset: true, time: r.time });
+        continue;
+      }
+      if (typeof r.bench !== 'string' || typeof r.case !== 'string' || typeof r.unit !== 'string') continue;
+      if (isNum(r.value)) rows.push(r);
+      else if (typeof r.unavailable === 'string' && r.unavailable !== '') rows.push({ ...r, value: NaN });
     } catch {
       // a torn line from an interrupted run: skip it
     }
@@ -54,6 +73,10 @@ export function readRows(file: string): Row[] {
 export function latest(rows: Row[]): Map<string, Row[]> {
   const byKey = new Map<string, Row>();
   for (const r of rows) {
+    if (r.reset === true) {
+      for (const [k, old] of byKey) if (old.bench === r.bench) byKey.delete(k);
+      continue;
+    }
     const k = `${r.bench}\u0000${r.case}`;
     byKey.delete(k);
     byKey.set(k, r);
@@ -94,6 +117,37 @@ function machineOf(r: Row): string {
   return `${r.cpu ?? 'unknown CPU'}, ${r.cores ?? '?'} cores, Node.js ${r.node ?? '?'}`;
 }
 
+/** From this line on, the doc is hand-written (how the anchors are set up, caveats) and kept as it is. */
+export const NOTES_MARKER = '<!-- Hand-written notes below: npm run bench:doc keeps everything from here on as it is. -->';
+
+/**
+ * An existing doc cut at its `## ` headings: the heading text → the section's lines (heading included), and the
+ * hand-written notes (from NOTES_MARKER on).
+ */
+export function sections(md: string): { head: string[]; byName: Map<string, string[]>; notes: string[] } {
+  const head: string[] = [];
+  const byName = new Map<string, string[]>();
+  let cur: string[] = head;
+  const all = md.split('\n');
+  const at = all.indexOf(NOTES_MARKER);
+  const notes = at >= 0 ? all.slice(at) : [];
+  for (const line of at >= 0 ? all.slice(0, at) : all) {
+    const m = /^## (.+)$/.exec(line);
+    if (m) {
+      cur = [line];
+      byName.set(m[1].trim(), cur);
+    } else cur.push(line);
+  }
+  return { head, byName, notes };
+}
+
+/** The machine line of an existing doc's header table, in machineOf's form (null when it has none). */
+function headerMachineOf(head: string[]): string | null {
+  const field = (k: string) => head.map((l) => new RegExp(`^\\| ${k} \\| (.*) \\|$`).exec(l)?.[1]).find((v) => v !== undefined);
+  const cpu = field('CPU');
+  return cpu === undefined ? null : `${cpu}, ${field('cores') ?? '?'} cores, Node.js ${field('Node.js') ?? '?'}`;
+}
+
 /** Renders the doc and its charts; returns the paths written. */
 export function generateDoc(opts: DocOptions = {}): string[] {
   const results = opts.results ?? RESULTS;
@@ -103,18 +157,21 @@ export function generateDoc(opts: DocOptions = {}): string[] {
   const rows = readRows(results);
   if (rows.length === 0) throw new Error(`no benchmark rows in ${results}`);
   const benches = latest(rows);
+  const previous = fs.existsSync(out) ? sections(fs.readFileSync(out, 'utf8')) : { head: [], byName: new Map<string, string[]>(), notes: [] as string[] };
+  const kept = new Map([...previous.byName].filter(([name]) => !benches.has(name)));
   const shown = [...benches.values()].flat();
   const newest = shown.reduce((a, b) => ((b.time ?? '') > (a.time ?? '') ? b : a));
   const headerMachine = machineOf(newest);
+  const previousMachine = headerMachineOf(previous.head);
 
   const md: string[] = [];
   const charts = new Map<string, string>();
   md.push('# Benchmarks', '');
   md.push(
-    '<!-- Generated by `npm run bench:doc` (and after every passing `npm run bench`) from bench/results/results.jsonl. Do not edit by hand. -->',
+    '<!-- Generated by `npm run bench:doc` (and after every passing `npm run bench`) from bench/results/results.jsonl, one section per benchmark: a benchmark without rows there keeps its section. Do not edit by hand, except the notes at the end. -->',
     '',
   );
-  md.push('Latest result of each benchmark case, from `bench/results/results.jsonl`.', '');
+  md.push('Latest result of each benchmark case, from `bench/results/results.jsonl` of the run that wrote its section.', '');
   md.push('| | |', '|---|---|');
   md.push(`| CPU | ${cell(String(newest.cpu ?? 'unknown'))} |`);
   md.push(`| cores | ${newest.cores ?? '?'} |`);
@@ -126,9 +183,24 @@ export function generateDoc(opts: DocOptions = {}): string[] {
       'Do not compare them across runs, days or machines, and do not read small differences between runs as a regression.',
     '',
   );
-  md.push('Contents: ' + [...benches.keys()].map((b) => `[${b}](#${anchor(b)})`).join(' · '), '');
+  const names = [...new Set([...benches.keys(), ...kept.keys()])].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  md.push('Contents: ' + names.map((b) => `[${b}](#${anchor(b)})`).join(' · '), '');
 
-  for (const [bench, list] of benches) {
+  const keptCharts = new Set<string>();
+  for (const name of names) {
+    const old = kept.get(name);
+    if (old) {
+      const lines = [...old];
+      while (lines.length > 1 && lines[lines.length - 1].trim() === '') lines.pop();
+      // Its figures came from the machine the old header named: say so when the header now names another.
+      const run = lines.findIndex((l) => /^(Run |Cases come from )/.test(l));
+      if (run >= 0 && previousMachine && previousMachine !== headerMachine && !lines[run].includes(' Machine: ')) lines[run] += ` Machine: ${previousMachine}.`;
+      for (const l of lines) for (const m of l.matchAll(/\]\(([^)\s]+\.svg)\)/g)) keptCharts.add(path.basename(m[1]));
+      md.push(...lines, '');
+      continue;
+    }
+    const bench = name;
+    const list = benches.get(bench) as Row[];
     md.push(`## ${bench}`, '');
     const times = [...new Set(list.map((r) => r.time ?? ''))].sort();
     const runLine =
@@ -140,15 +212,16 @@ export function generateDoc(opts: DocOptions = {}): string[] {
     md.push(runLine + machineLine, '');
     for (const note of new Set(list.map((r) => r.note).filter((n): n is string => typeof n === 'string' && n.trim() !== ''))) md.push(note.trim(), '');
 
-    const withRef = list.filter((r) => typeof r.reference === 'string' && isNum(r.referenceValue));
+    const withRef = list.filter((r) => typeof r.reference === 'string' && (isNum(r.referenceValue) || r.unavailable !== undefined));
+    const charted = withRef.filter((r) => isNum(r.value) && isNum(r.referenceValue));
     const refNames = [...new Set(withRef.map((r) => r.reference as string))];
     const refHeader = refNames.length === 1 ? refNames[0] : 'reference';
     const hasP99 = withRef.length === 0 && list.some((r) => isNum(r.p99));
     const hasLower = list.some((r) => r.lowerIsBetter === true);
 
     // charts first, so the table below reads as their legend
-    const latency = withRef.filter((r) => LATENCY_UNITS.has(r.unit) && PERCENTILE.test(r.case));
-    const barRows = withRef.filter((r) => !latency.includes(r));
+    const latency = charted.filter((r) => LATENCY_UNITS.has(r.unit) && PERCENTILE.test(r.case));
+    const barRows = charted.filter((r) => !latency.includes(r));
     const units = [...new Set(barRows.map((r) => r.unit))];
     for (const unit of units) {
       const us = barRows.filter((r) => r.unit === unit);
@@ -201,12 +274,25 @@ export function generateDoc(opts: DocOptions = {}): string[] {
     }
 
     if (withRef.length) {
-      md.push(`| case | vhostd | ${cell(refHeader)} | vhostd / ${cell(refHeader)} |`, '|---|--:|--:|--:|');
+      const hasTarget = list.some((r) => isNum(r.target));
+      // Several anchors in one table: each reference cell names its own.
+      const named = refNames.length > 1;
+      md.push(
+        `| case | vhostd | ${cell(refHeader)} | vhostd / ${cell(refHeader)} |${hasTarget ? ' target |' : ''}`,
+        `|---|--:|--:|--:|${hasTarget ? ':--|' : ''}`,
+      );
       for (const r of list) {
-        const ref = isNum(r.referenceValue) ? `${fmt(r.referenceValue)} ${r.unit}` : '';
-        const ratio = isNum(r.ratio) ? r.ratio : isNum(r.referenceValue) && r.referenceValue !== 0 ? r.value / r.referenceValue : undefined;
+        const ref = isNum(r.referenceValue) ? `${fmt(r.referenceValue)} ${r.unit}${named && r.reference ? ` (${r.reference})` : ''}` : '';
+        const ratio = !isNum(r.value) ? undefined : isNum(r.ratio) ? r.ratio : isNum(r.referenceValue) && r.referenceValue !== 0 ? r.value / r.referenceValue : undefined;
         const arrow = r.lowerIsBetter === true ? ' ↓' : '';
-        md.push(`| ${cell(r.case)}${arrow} | ${fmt(r.value)} ${cell(r.unit)} | ${cell(ref)} | ${ratio === undefined ? '' : ratio.toFixed(2)} |`);
+        const value = isNum(r.value) ? `${fmt(r.value)} ${cell(r.unit)}` : cell(r.unavailable ?? '');
+        const judged = r.targetOn === 'value' ? (isNum(r.value) ? r.value : undefined) : ratio;
+        const target = !isNum(r.target)
+          ? ''
+          : `${r.targetOn === 'value' ? 'vhostd ' : ''}${r.lowerIsBetter === true ? '≤' : '≥'} ${r.target}: ${
+              judged === undefined ? 'not measured' : (r.lowerIsBetter === true ? judged <= r.target : judged >= r.target) ? 'met' : 'missed'
+            }`;
+        md.push(`| ${cell(r.case)}${arrow} | ${value} | ${cell(ref)} | ${ratio === undefined ? '' : ratio.toFixed(2)} |${hasTarget ? ` ${target} |` : ''}`);
       }
       md.push('');
       md.push(
@@ -219,16 +305,22 @@ export function generateDoc(opts: DocOptions = {}): string[] {
       md.push(hasP99 ? '| case | value | p99 |' : '| case | value |', hasP99 ? '|---|--:|--:|' : '|---|--:|');
       for (const r of list) {
         const p99 = hasP99 ? ` ${isNum(r.p99) ? `${fmt(r.p99)} ${cell(r.unit)}` : ''} |` : '';
-        md.push(`| ${cell(r.case)} | ${fmt(r.value)} ${cell(r.unit)} |${p99}`);
+        md.push(`| ${cell(r.case)} | ${isNum(r.value) ? `${fmt(r.value)} ${cell(r.unit)}` : cell(r.unavailable ?? '')} |${p99}`);
       }
       md.push('');
     }
   }
 
+  if (previous.notes.length) {
+    while (md.length && md[md.length - 1] === '') md.pop();
+    md.push('', ...previous.notes);
+  }
+
   fs.mkdirSync(chartDir, { recursive: true });
   const written: string[] = [];
   for (const f of fs.readdirSync(chartDir)) {
-    if (f.endsWith('.svg') && !charts.has(f)) fs.rmSync(path.join(chartDir, f)); // charts of benches that no longer exist
+    // charts of rewritten sections that no longer draw them; kept sections keep theirs
+    if (f.endsWith('.svg') && !charts.has(f) && !keptCharts.has(f)) fs.rmSync(path.join(chartDir, f));
   }
   for (const [f, svg] of charts) {
     fs.writeFileSync(path.join(chartDir, f), svg);

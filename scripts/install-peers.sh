@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the real peers used by the e2e tests and benchmarks (QEMU, DPDK testpmd, a guest kernel
-# with virtio modules, a static busybox). Idempotent and quiet:
+# Install the real peers used by the e2e tests and benchmarks (QEMU, DPDK testpmd, Open vSwitch with
+# DPDK, a guest kernel with virtio modules, a static busybox). Idempotent and quiet:
 #   - everything present            -> one line, exit 0 (fast: no apt/dpkg calls)
 #   - something missing, can install -> apt-get update + install (log in $LOG), one line per step
 #   - something missing, cannot      -> one line saying why, exit 0 (the tests then skip with a
@@ -10,7 +10,10 @@ set -u
 export DEBIAN_FRONTEND=noninteractive
 
 # clang + libclang-rt-14-dev (libFuzzer) and valgrind: the C addon's fuzz test (test/fuzz/fuzz.test.ts).
-PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd strace clang libclang-rt-14-dev valgrind)
+# openvswitch-switch-dpdk: OVS-DPDK, the anchor of the net benchmarks (test/e2e/support/ovs-dpdk.ts runs it by
+# hand; the package's own service is not used).
+PKGS=(qemu-system-x86 qemu-utils dpdk dpdk-dev linux-image-amd64 busybox-static cpio xz-utils iproute2 systemd strace clang libclang-rt-14-dev valgrind openvswitch-switch-dpdk)
+OVS_DPDK_VSWITCHD=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 LOG="${TMPDIR:-/tmp}/vhostd-install-peers.log"
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -47,6 +50,7 @@ missing_list() {
   have strace || m+=("strace (the system calls the daemon makes, against the unit's SystemCallFilter=)")
   { have clang && compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null; } || m+=("clang with libFuzzer (native fuzz test)")
   have valgrind || m+=("valgrind (native fuzz test)")
+  { [ -x "$OVS_DPDK_VSWITCHD" ] && have ovsdb-tool && have ovsdb-server && have ovs-vsctl && have ovs-appctl; } || m+=("Open vSwitch with DPDK (net benchmark anchor)")
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.xz" >/dev/null; then have xz || m+=("xz"); fi
   if compgen -G "/lib/modules/*/kernel/drivers/net/virtio_net.ko.zst" >/dev/null; then have zstd || m+=("zstd"); fi
   echo "${m[*]:-}"
@@ -54,7 +58,7 @@ missing_list() {
 
 missing="$(missing_list)"
 if [ -z "$missing" ]; then
-  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze, strace, clang/libFuzzer, valgrind)"
+  echo "install-peers: all test peers present (qemu, dpdk-testpmd, guest kernel, busybox-static, iproute2, systemd-analyze, strace, clang/libFuzzer, valgrind, ovs-vswitchd-dpdk)"
   exit 0
 fi
 

@@ -23,9 +23,14 @@ export function machine(): Record<string, string | number> {
   return { node: process.version, cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length };
 }
 
-export function report(rows: BenchRow[]): void {
+/**
+ * `replaces`: these rows are the bench's whole set of cases, so cases an earlier run wrote (renamed or dropped
+ * since) leave docs/benchmarks.md: a reset line per bench goes first, and bench/doc.ts forgets the rows before it.
+ */
+export function report(rows: BenchRow[], opts: { replaces?: boolean } = {}): void {
   fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
   const stamp = new Date().toISOString();
+  if (opts.replaces) for (const bench of new Set(rows.map((r) => r.bench))) fs.appendFileSync(RESULTS, `${JSON.stringify({ bench, reset: true, time: stamp })}\n`);
   for (const r of rows) {
     const line = JSON.stringify({ ...r, time: stamp, ...machine() });
     fs.appendFileSync(RESULTS, `${line}\n`);

@@ -9,13 +9,15 @@
 // test run fails rather than silently skipping.
 import { accessSync, constants, existsSync, openSync, readSync, closeSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { OVS_VSWITCHD_DPDK } from './ovs-dpdk.js';
 
-export type PeerName = 'qemu' | 'testpmd' | 'kernel' | 'busybox' | 'qsd';
+export type PeerName = 'qemu' | 'testpmd' | 'kernel' | 'busybox' | 'qsd' | 'ovs';
 
 /** For each peer: null when usable, else the reason it is not. */
 export type PeerStatus = Record<PeerName, string | null>;
 
-const INSTALL_HINT = 'run `bash scripts/install-peers.sh` as root (Debian: qemu-system-x86 qemu-utils dpdk-dev linux-image-amd64 busybox-static)';
+const INSTALL_HINT =
+  'run `bash scripts/install-peers.sh` as root (Debian: qemu-system-x86 qemu-utils dpdk-dev linux-image-amd64 busybox-static openvswitch-switch-dpdk)';
 
 /** Absolute path of an executable found on PATH (plus sbin dirs), or null. */
 export function which(cmd: string): string | null {
@@ -119,7 +121,7 @@ let cached: PeerStatus | null = null;
 /** Detect all peers (cached per process; pass refresh=true to re-probe). */
 export function peerStatus(refresh = false): PeerStatus {
   if (cached && !refresh) return cached;
-  const st: PeerStatus = { qemu: null, testpmd: null, kernel: null, busybox: null, qsd: null };
+  const st: PeerStatus = { qemu: null, testpmd: null, kernel: null, busybox: null, qsd: null, ovs: null };
 
   if (!which('qemu-system-x86_64')) st.qemu = `qemu-system-x86_64 not found; ${INSTALL_HINT}`;
   if (!which('qemu-storage-daemon')) st.qsd = `qemu-storage-daemon not found (package qemu-utils); ${INSTALL_HINT}`;
@@ -140,6 +142,11 @@ export function peerStatus(refresh = false): PeerStatus {
       : anyImage
       ? 'no readable /boot/vmlinuz-<v> with matching /lib/modules/<v> containing virtio_net (unreadable image? run as root or chmod)'
       : `no guest kernel in /boot; ${INSTALL_HINT}`;
+  }
+
+  const ovsTools = ['ovsdb-tool', 'ovsdb-server', 'ovs-vsctl', 'ovs-appctl'].filter((t) => !which(t));
+  if (!existsSync(OVS_VSWITCHD_DPDK) || ovsTools.length) {
+    st.ovs = `Open vSwitch with DPDK not found (${[...(existsSync(OVS_VSWITCHD_DPDK) ? [] : [OVS_VSWITCHD_DPDK]), ...ovsTools].join(', ')}; package openvswitch-switch-dpdk); ${INSTALL_HINT}`;
   }
 
   if (!findStaticBusybox()) st.busybox = `no statically linked busybox at /bin/busybox; ${INSTALL_HINT}`;
