@@ -4,6 +4,13 @@
  * one io_uring_enter; uringReap copies completions (tag, result) into the caller's Float64Array. All policy (tags,
  * short transfers, errors, retries) is in TypeScript.
  *
+ * Wake-ups. Every completion signals the ring's eventfd (IORING_REGISTER_EVENTFD). IORING_REGISTER_EVENTFD_ASYNC
+ * would skip the signal for completions posted inline, but it also skips completions posted from task work in this
+ * thread (how io-wq and async buffered reads complete on current kernels), which then sit in the CQ unseen: a hang.
+ * Instead uringReap can drain the eventfd before it reads the CQ: the signals of every completion it is about to
+ * see are consumed (the kernel signals after it publishes the CQE), so the event loop is not woken for completions
+ * already reaped right after a submit, and a completion published after the drain signals again.
+ *
  * Memory. The kernel reads the iovecs during io_uring_enter (IORING_FEAT_SUBMIT_STABLE is required at setup), so
  * one scratch array per ring is reused by every burst; the buffers themselves must stay alive until their
  * completion is reaped, which the TypeScript side guarantees by holding the views in the request slot. The CQ is
@@ -25,6 +32,7 @@
 
 typedef struct {
   int fd;
+  int efd; /* registered eventfd, or -1 */
   int closed;
   unsigned *sq_head, *sq_tail, *sq_mask, *sq_array;
   unsigned *cq_head, *cq_tail, *cq_mask;
@@ -126,7 +134,8 @@ static int this_ring(napi_env env, napi_value v, ring_t **out) {
   return 0;
 }
 
-/* uringSetup(entries, eventfd): a ring of `entries` SQEs (2x CQEs); completions signal eventfd (-1: none). */
+/* uringSetup(entries, eventfd): a ring of `entries` SQEs (2x CQEs); completions signal eventfd (-1: none; it must be
+ * non-blocking, as eventfd() in event.c makes it). */
 napi_value uring_setup(napi_env env, napi_callback_info info) {
   napi_value argv[2], obj, v;
   uint64_t entries;
@@ -157,7 +166,8 @@ napi_value uring_setup(napi_env env, napi_callback_info info) {
   }
   r->fd = fd;
   int err = ring_map(r, &p);
-  if (!err && efd >= 0 && sys_register(fd, IORING_REGISTER_EVENTFD_ASYNC, &efd, 1) < 0) err = errno;
+  if (!err && efd >= 0 && sys_register(fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) err = errno;
+  r->efd = efd;
   if (err) {
     ring_close(r);
     free(r);
@@ -268,19 +278,26 @@ napi_value uring_submit(napi_env env, napi_callback_info info) {
   return make_number(env, done);
 }
 
-/* uringReap(ring, out, max): copy up to max completions as (tag, result) pairs into out; returns how many. */
+/* uringReap(ring, out, max, drain): copy up to max completions as (tag, result) pairs into out; returns how many.
+ * drain: first read the eventfd (non-blocking), consuming the signals of the completions this call sees. */
 napi_value uring_reap(napi_env env, napi_callback_info info) {
-  napi_value argv[3], ab;
+  napi_value argv[4], ab;
   ring_t *r;
   napi_typedarray_type type;
   size_t len, aboff;
   void *data;
   uint64_t max;
-  if (get_args(env, info, 3, argv, NULL) || this_ring(env, argv[0], &r)) return NULL;
+  int drain;
+  if (get_args(env, info, 4, argv, NULL) || this_ring(env, argv[0], &r) || arg_bool(env, argv[3], "drain", &drain)) return NULL;
   if (napi_get_typedarray_info(env, argv[1], &type, &len, &data, &ab, &aboff) != napi_ok || type != napi_float64_array)
     return throw_type(env, "out must be a Float64Array");
   if (arg_uint(env, argv[2], "max", (double)(len / 2), &max)) return NULL;
   double *out = data;
+  if (drain && r->efd >= 0) {
+    uint64_t v;
+    while (read(r->efd, &v, sizeof(v)) < 0 && errno == EINTR) {
+    }
+  }
   unsigned head = *r->cq_head, tail = __atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE);
   unsigned n = 0;
   while (head != tail && n < max) {

@@ -41,7 +41,7 @@ int uring_prep_op(const double *op, uring_view_fn view, void *ctx, uint32_t nvie
         iov[i].iov_base = len ? data : NULL;
         iov[i].iov_len = len;
       }
-      if ((double)total > URING_MAX_OFFSET - (double)off) return *why = "offset + length", URING_PREP_BAD;
+      if (total > (uint64_t)URING_MAX_OFFSET - off) return *why = "offset + length", URING_PREP_BAD;
       sqe->opcode = kind == URING_OP_READV ? IORING_OP_READV : IORING_OP_WRITEV;
       sqe->off = off;
       sqe->addr = (uint64_t)(uintptr_t)iov;
@@ -55,7 +55,7 @@ int uring_prep_op(const double *op, uring_view_fn view, void *ctx, uint32_t nvie
       sqe->fsync_flags = IORING_FSYNC_DATASYNC;
       return URING_PREP_OK;
     default: /* URING_OP_FALLOCATE */
-      if (a < 1 || a > URING_MAX_OFFSET - off) return *why = "fallocate range", URING_PREP_BAD;
+      if (a < 1 || a > (uint64_t)URING_MAX_OFFSET - off) return *why = "fallocate range", URING_PREP_BAD;
       if (b != (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) && b != FALLOC_FL_ZERO_RANGE &&
           b != (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE))
         return *why = "fallocate mode", URING_PREP_BAD;

@@ -2,7 +2,8 @@
  * UringEngine: disk I/O through one io_uring per process (native/uring.c), instead of node:fs on the libuv thread
  * pool. Requests issued in the same tick go to the kernel as one burst (one io_uring_enter, submitted from a
  * microtask); completions are reaped in batches right after the submit (those the kernel finished inline) and when
- * the ring's eventfd, watched on the event loop, says more arrived (docs/architecture.md "Disk I/O").
+ * the ring's eventfd, watched on the event loop, says more arrived (docs/architecture.md "Disk I/O"). Each reap
+ * drains the eventfd first, so completions reaped right after a submit do not wake the loop again.
  *
  * Request state lives in preallocated slots (typed arrays and slot-indexed arrays); a slot's tag is its index. Each
  * request still returns a promise (the Disk contract is promise-based). Policy is here, not in C: a result of
@@ -108,10 +109,7 @@ export class UringEngine {
     this.freeTop = this.slots;
     this.queue = new Int32Array(this.slots);
     this.cqe = new Float64Array(2 * ring.cqEntries);
-    this.watcher = native.watch(efd, POLL_READABLE, () => {
-      native.eventfdRead(efd);
-      this.reap();
-    });
+    this.watcher = native.watch(efd, POLL_READABLE, () => this.reap());
   }
 
   /** Set up a ring; throws where io_uring_setup is refused (the caller falls back). */
@@ -262,8 +260,8 @@ export class UringEngine {
   private reap(): void {
     if (this.closed) return;
     const max = this.cqe.length / 2;
-    for (;;) {
-      const k = this.native.uringReap(this.ring, this.cqe, max);
+    for (let drain = true; ; drain = false) {
+      const k = this.native.uringReap(this.ring, this.cqe, max, drain);
       for (let i = 0; i < k; i++) this.complete(this.cqe[2 * i]!, this.cqe[2 * i + 1]!);
       if (k < max) break;
     }
@@ -326,8 +324,8 @@ export interface EngineChoice {
  * Pick the engine for a disk being opened, from VHOSTD_DISK_ENGINE (auto when unset): the shared io_uring engine
  * (acquired: release() it when the disk closes), or null for node:fs. `io_uring` makes a refused setup an error.
  */
-export function chooseEngine(env: NodeJS.ProcessEnv = process.env): EngineChoice {
-  const c = choose(env);
+export function chooseEngine(env: NodeJS.ProcessEnv = process.env, create: () => UringEngine = () => UringEngine.create()): EngineChoice {
+  const c = choose(env, create);
   lastReason = c.reason;
   return c;
 }
@@ -339,13 +337,13 @@ export function lastEngineReason(): string {
   return lastReason;
 }
 
-function choose(env: NodeJS.ProcessEnv): EngineChoice {
+function choose(env: NodeJS.ProcessEnv, create: () => UringEngine): EngineChoice {
   const mode = env[DISK_ENGINE_ENV] ?? 'auto';
   if (mode === 'threads') return { engine: null, name: 'threads', reason: `${DISK_ENGINE_ENV}=threads` };
   if (mode !== 'auto' && mode !== 'io_uring') throw new Error(`${DISK_ENGINE_ENV} must be auto, io_uring or threads, not ${JSON.stringify(mode)}`);
   if (shared === null) {
     try {
-      shared = UringEngine.create();
+      shared = create();
     } catch (err) {
       if (mode === 'io_uring') throw new Error(`${DISK_ENGINE_ENV}=io_uring but io_uring is not available: ${(err as Error).message}`, { cause: err });
       return { engine: null, name: 'threads', reason: `io_uring unavailable: ${(err as Error).message}` };

@@ -122,8 +122,8 @@ export const URING_OP_FALLOCATE = 3;
 /** io_uring (native/uring.c): SQPOLL off, one io_uring_enter per burst, completions in batches. */
 export interface NativeUring {
   /**
-   * io_uring_setup(entries, 1..4096; CQ twice that), mapped; completions that finish asynchronously signal `eventfd`
-   * (IORING_REGISTER_EVENTFD_ASYNC; -1: none); completions during uringSubmit do not, so reap after submitting.
+   * io_uring_setup(entries, 1..4096; CQ twice that), mapped; every completion signals `eventfd` (non-blocking;
+   * -1: none). Completions may already be there when uringSubmit returns: reap (with drain) after submitting.
    * Throws (e.g. ENOSYS, EPERM, ENOTSUP) where the kernel or a container forbids it: the caller falls back.
    */
   uringSetup(entries: number, eventfd: number): UringRing;
@@ -134,8 +134,11 @@ export interface NativeUring {
    * request's completion is reaped. Every field is checked in C; a bad request throws RangeError, nothing submitted.
    */
   uringSubmit(ring: UringRing, ops: Float64Array, count: number, views: readonly Uint8Array[]): number;
-  /** Copy up to max completions into out as (tag, result) pairs; result is bytes, 0, or -errno. Returns how many. */
-  uringReap(ring: UringRing, out: Float64Array, max: number): number;
+  /**
+   * Copy up to max completions into out as (tag, result) pairs; result is bytes, 0, or -errno. Returns how many.
+   * drain: first read the eventfd, consuming the wake-ups of the completions this call returns.
+   */
+  uringReap(ring: UringRing, out: Float64Array, max: number, drain: boolean): number;
   /** Wait for requests in flight, unmap and close. Idempotent. */
   uringClose(ring: UringRing): void;
 }
