@@ -161,24 +161,25 @@ describe('engine choice', () => {
     const refuse = (): UringEngine => {
       throw Object.assign(new Error('io_uring_setup failed: EPERM'), { code: 'EPERM' });
     };
-    const saved = process.env.VHOSTD_DISK_ENGINE;
-    delete process.env.VHOSTD_DISK_ENGINE;
-    try {
-      // The shared engine exists while other disks use it; choose from a clean slate by releasing nothing here:
-      // a fresh choice only calls create() when no shared engine is open.
-      const c = chooseEngine({ VHOSTD_DISK_ENGINE: 'auto' }, refuse);
-      if (c.engine) c.engine.release(); // a shared engine was already open (this file's own)
-      else expect(c).toMatchObject({ name: 'threads', reason: expect.stringContaining('EPERM') });
-    } finally {
-      if (saved !== undefined) process.env.VHOSTD_DISK_ENGINE = saved;
-    }
+    // No disk of this file is open here, so no shared engine exists and the choice calls create().
+    expect(chooseEngine({ VHOSTD_DISK_ENGINE: 'auto' }, refuse)).toMatchObject({ engine: null, name: 'threads', reason: expect.stringContaining('EPERM') });
+    expect(chooseEngine({}, refuse)).toMatchObject({ engine: null, name: 'threads' });
+    expect(() => chooseEngine({ VHOSTD_DISK_ENGINE: 'io_uring' }, refuse)).toThrow(/io_uring is not available: io_uring_setup failed: EPERM/);
     expect(() => chooseEngine({ VHOSTD_DISK_ENGINE: 'bogus' })).toThrow(/auto, io_uring or threads/);
   });
 
   test('a RawDisk on io_uring: a file shrunk under it fails the read (no progress) instead of hanging', async () => {
     const p = join(dir, 'shrink');
     writeFileSync(p, pattern(65536, 2));
-    const disk = await RawDisk.open(p, { readOnly: false });
+    const saved = process.env.VHOSTD_DISK_ENGINE;
+    process.env.VHOSTD_DISK_ENGINE = 'io_uring';
+    let disk: RawDisk;
+    try {
+      disk = await RawDisk.open(p, { readOnly: false });
+    } finally {
+      if (saved === undefined) delete process.env.VHOSTD_DISK_ENGINE;
+      else process.env.VHOSTD_DISK_ENGINE = saved;
+    }
     expect(disk.engine).toBe('io_uring');
     truncateSync(p, 4096);
     await expect(disk.read(8192, [new Uint8Array(4096)])).rejects.toThrow(/no progress/);
