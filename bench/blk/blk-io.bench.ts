@@ -282,8 +282,10 @@ const ALLOC_ROWS: RowSpec[] = [
 ];
 
 /** The backends of one run, in the order of the first run (later runs rotate it). */
-const BACKENDS = ['vhostd', 'vhostd-threads', 'qsd-io_uring', 'qsd-threads'] as const;
-type BackendName = (typeof BACKENDS)[number];
+const ALL_BACKENDS = ['vhostd', 'vhostd-threads', 'qsd-io_uring', 'qsd-threads'] as const;
+type BackendName = (typeof ALL_BACKENDS)[number];
+/** BENCH_BACKENDS=vhostd,qsd-io_uring runs a subset (trials; the doc rows need all four). */
+const BACKENDS: readonly BackendName[] = process.env.BENCH_BACKENDS ? ALL_BACKENDS.filter((b) => process.env.BENCH_BACKENDS!.split(',').includes(b)) : ALL_BACKENDS;
 const LABEL: Record<BackendName, string> = {
   vhostd: 'vhostd (io_uring)',
   'vhostd-threads': 'vhostd (threads)',

@@ -84,6 +84,8 @@ export class UringEngine {
   /** Requests that found no free slot (beyond RING_ENTRIES in flight). */
   private readonly backlog: Waiting[] = [];
   private flushQueued = false;
+  /** The last submit took nothing (the kernel said EAGAIN/EBUSY): wait for a completion before trying again. */
+  private stalled = false;
   private readonly flushFn = (): void => this.flush();
   private inflight = 0;
   private refs = 0;
@@ -240,6 +242,7 @@ export class UringEngine {
     vt.length = 0;
     this.stats.bursts++;
     this.stats.submitted += n;
+    this.stalled = n === 0;
     this.qHead = (this.qHead + n) % this.slots;
     this.qLen -= n;
     this.inflight += n;
@@ -260,12 +263,16 @@ export class UringEngine {
   private reap(): void {
     if (this.closed) return;
     const max = this.cqe.length / 2;
+    let reaped = 0;
     for (let drain = true; ; drain = false) {
       const k = this.native.uringReap(this.ring, this.cqe, max, drain);
       for (let i = 0; i < k; i++) this.complete(this.cqe[2 * i]!, this.cqe[2 * i + 1]!);
+      reaped += k;
       if (k < max) break;
     }
-    if (this.qLen > 0 && !this.flushQueued) {
+    // Queued requests go in the next microtask, unless the kernel refused the last burst: then only once a
+    // completion made room (retrying from a microtask at once would spin without ever reaching the event loop).
+    if (this.qLen > 0 && !this.flushQueued && (reaped > 0 || !this.stalled)) {
       this.flushQueued = true;
       queueMicrotask(this.flushFn);
     }
