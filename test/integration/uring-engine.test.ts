@@ -185,4 +185,32 @@ describe('engine choice', () => {
     await expect(disk.read(8192, [new Uint8Array(4096)])).rejects.toThrow(/no progress/);
     await disk.close();
   });
+
+  test('RawDisk: discard punches a hole on io_uring (reads zeroes) and keeps the data on threads; write-zeroes zeroes on both', async () => {
+    const saved = process.env.VHOSTD_DISK_ENGINE;
+    try {
+      for (const engine of ['io_uring', 'threads'] as const) {
+        const p = join(dir, `discard-${engine}`);
+        writeFileSync(p, pattern(65536, 4));
+        process.env.VHOSTD_DISK_ENGINE = engine;
+        const disk = await RawDisk.open(p, { readOnly: false });
+        expect(disk.engine).toBe(engine);
+        await disk.discard(4096, 8192);
+        await disk.writeZeroes(32768, 4096, false);
+        await disk.writeZeroes(40960, 4096, true);
+        await disk.close();
+        const f = readFileSync(p);
+        expect(f.length).toBe(65536);
+        const discarded = f.subarray(4096, 12288);
+        if (engine === 'io_uring') expect(discarded.every((x) => x === 0)).toBe(true);
+        else expect(discarded.equals(Buffer.from(pattern(65536, 4).subarray(4096, 12288)))).toBe(true);
+        expect(f.subarray(32768, 36864).every((x) => x === 0)).toBe(true);
+        expect(f.subarray(40960, 45056).every((x) => x === 0)).toBe(true);
+        expect(f.subarray(36864, 40960).equals(Buffer.from(pattern(65536, 4).subarray(36864, 40960)))).toBe(true);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.VHOSTD_DISK_ENGINE;
+      else process.env.VHOSTD_DISK_ENGINE = saved;
+    }
+  });
 });
