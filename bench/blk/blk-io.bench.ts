@@ -181,7 +181,9 @@ async function runPhase(drv: SlotBlkDriver, spec: RowSpec, seconds: number, gen:
   const keep = setInterval(() => {
     if (process.hrtime.bigint() > deadline + 10_000_000_000n) failure ??= new Error(`${spec.name}: ${drv.inFlight} requests not completed 10 s after the end`);
   }, 100);
-  await Promise.race([done, new Promise<void>((_, rej) => setTimeout(() => rej(new Error(`${spec.name}: stuck with ${drv.inFlight} in flight`)), seconds * 1000 + 15_000).unref())]);
+  let stuck: NodeJS.Timeout | undefined;
+  await Promise.race([done, new Promise<void>((_, rej) => (stuck = setTimeout(() => rej(new Error(`${spec.name}: stuck with ${drv.inFlight} in flight (${drv.ringState()})`)), seconds * 1000 + 15_000)))]);
+  clearTimeout(stuck);
   clearInterval(keep);
   alloc.set(allocKey, allocIdx);
   if (failure) throw failure;

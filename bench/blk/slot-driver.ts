@@ -141,6 +141,12 @@ export class SlotBlkDriver extends FakeBlkDriver {
     }
   }
 
+  /** The ring indexes, for a stall report: which side is waiting for which notification. */
+  ringState(): string {
+    const dq = this.queues[0];
+    return `avail.idx ${dq.availIdx} avail_event ${dq.availEvent()} used.idx ${dq.usedIdx()} reaped ${this.lastUsedIdx} used_event ${dq.usedEvent()}`;
+  }
+
   /** Resolves once nothing is in flight (keeps the event loop alive; native watchers do not). */
   async drain(timeoutMs = 10_000): Promise<void> {
     const end = Date.now() + timeoutMs;
