@@ -28,6 +28,10 @@ NAPI_MODULE_INIT() {
     FN("tapOpen", tap_open),
     FN("read", fd_read),
     FN("write", fd_write),
+    FN("uringSetup", uring_setup),
+    FN("uringSubmit", uring_submit),
+    FN("uringReap", uring_reap),
+    FN("uringClose", uring_close),
   };
   if (napi_define_properties(env, exports, sizeof(table) / sizeof(table[0]), table) != napi_ok) return NULL;
   return exports;

@@ -60,4 +60,10 @@ napi_value tap_open(napi_env env, napi_callback_info info);
 napi_value fd_read(napi_env env, napi_callback_info info);
 napi_value fd_write(napi_env env, napi_callback_info info);
 
+/* uring.c: io_uring for disk I/O (src/blk/uring-engine.ts). */
+napi_value uring_setup(napi_env env, napi_callback_info info);
+napi_value uring_submit(napi_env env, napi_callback_info info);
+napi_value uring_reap(napi_env env, napi_callback_info info);
+napi_value uring_close(napi_env env, napi_callback_info info);
+
 #endif

@@ -14,7 +14,13 @@
  * the completion count equals the submission count; vhostd's counters show no errors; allocated images pass
  * `qemu-img check` after each backend.
  *
- * Placement on the 2-core machine: this driver on core 0, the backend (vhostd with its thread pool, or qsd) on core 1.
+ * Backends: vhostd on its io_uring engine (required: VHOSTD_DISK_ENGINE=io_uring), vhostd on the node:fs thread-pool
+ * fallback (VHOSTD_DISK_ENGINE=threads, the engine before io_uring), and qsd with aio=io_uring (its best) and
+ * aio=threads (its default). BENCH_RUNS runs (default 3); each run rotates which backend goes first, with `sync`
+ * between backends; a row's value is the median over the runs, and the spread (max - min) / median is printed.
+ * The machine is shared: only values from the same run compare.
+ *
+ * Placement on the 2-core machine: this driver on core 0, the backend on core 1.
  * BENCH_SECONDS per row (default 2 s quick, 10 s with --full), after a 0.3 s warm-up.
  */
 import { execFileSync } from 'node:child_process';
@@ -27,10 +33,11 @@ import { VhostdProcess } from '../../test/e2e/support/vhostd-process.js';
 import { report, type BenchRow } from '../support/report.js';
 import { table } from '../support/harness.js';
 import { FULL, pin } from '../support/proc.js';
-import { startQsd } from './qsd.js';
+import { startQsd, type QsdAio } from './qsd.js';
 import { SlotBlkDriver, type Slot } from './slot-driver.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (FULL ? 10 : 2));
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const WARMUP_S = 0.3;
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -174,7 +181,9 @@ async function runPhase(drv: SlotBlkDriver, spec: RowSpec, seconds: number, gen:
   const keep = setInterval(() => {
     if (process.hrtime.bigint() > deadline + 10_000_000_000n) failure ??= new Error(`${spec.name}: ${drv.inFlight} requests not completed 10 s after the end`);
   }, 100);
-  await Promise.race([done, new Promise<void>((_, rej) => setTimeout(() => rej(new Error(`${spec.name}: stuck with ${drv.inFlight} in flight`)), seconds * 1000 + 15_000).unref())]);
+  let stuck: NodeJS.Timeout | undefined;
+  await Promise.race([done, new Promise<void>((_, rej) => (stuck = setTimeout(() => rej(new Error(`${spec.name}: stuck with ${drv.inFlight} in flight (${drv.ringState()})`)), seconds * 1000 + 15_000)))]);
+  clearTimeout(stuck);
   clearInterval(keep);
   alloc.set(allocKey, allocIdx);
   if (failure) throw failure;
@@ -224,8 +233,8 @@ interface Backend {
   finish(): Promise<void>;
 }
 
-async function startVhostd(image: string, format: string, dir: string): Promise<Backend> {
-  const v = new VhostdProcess(`vm "b" {\n    disk "${image}" format ${format}\n}\n`, { dir });
+async function startVhostd(image: string, format: string, dir: string, engine: 'io_uring' | 'threads'): Promise<Backend> {
+  const v = new VhostdProcess(`vm "b" {\n    disk "${image}" format ${format}\n}\n`, { dir, env: { VHOSTD_DISK_ENGINE: engine } });
   await v.start();
   pin(v.proc!.pid!, 1);
   return {
@@ -243,9 +252,9 @@ async function startVhostd(image: string, format: string, dir: string): Promise<
   };
 }
 
-async function startQsdBackend(image: string, format: string, dir: string): Promise<Backend> {
+async function startQsdBackend(image: string, format: string, dir: string, aio: QsdAio): Promise<Backend> {
   const socket = path.join(dir, 'qsd.sock');
-  const qsd = await startQsd([{ image, format, socket }], { core: 1 });
+  const qsd = await startQsd([{ image, format, socket }], { core: 1, aio });
   return { socket, finish: () => qsd.stop() };
 }
 
@@ -274,15 +283,23 @@ const ALLOC_ROWS: RowSpec[] = [
   { name: '64K seqwrite QD8', kind: 'write', bs: 64 * KiB, depth: 8, pattern: 'seq' },
 ];
 
-interface Line {
-  image: string;
-  row: string;
-  metric: Metric;
-  ref: Metric;
-}
+/** The backends of one run, in the order of the first run (later runs rotate it). */
+const ALL_BACKENDS = ['vhostd', 'vhostd-threads', 'qsd-io_uring', 'qsd-threads'] as const;
+type BackendName = (typeof ALL_BACKENDS)[number];
+/** BENCH_BACKENDS=vhostd,qsd-io_uring runs a subset (trials; the doc rows need all four). */
+const BACKENDS: readonly BackendName[] = process.env.BENCH_BACKENDS ? ALL_BACKENDS.filter((b) => process.env.BENCH_BACKENDS!.split(',').includes(b)) : ALL_BACKENDS;
+const LABEL: Record<BackendName, string> = {
+  vhostd: 'vhostd (io_uring)',
+  'vhostd-threads': 'vhostd (threads)',
+  'qsd-io_uring': 'qsd aio=io_uring',
+  'qsd-threads': 'qsd aio=threads',
+};
 
-async function runBackend(which: 'vhostd' | 'qsd', image: string, format: string, dir: string, rows: RowSpec[], capacity: number): Promise<Metric[][]> {
-  const be = which === 'vhostd' ? await startVhostd(image, format, dir) : await startQsdBackend(image, format, dir);
+async function runBackend(which: BackendName, image: string, format: string, dir: string, rows: RowSpec[], capacity: number): Promise<Metric[][]> {
+  const be =
+    which === 'vhostd' ? await startVhostd(image, format, dir, 'io_uring')
+    : which === 'vhostd-threads' ? await startVhostd(image, format, dir, 'threads')
+    : await startQsdBackend(image, format, dir, which === 'qsd-io_uring' ? 'io_uring' : 'threads');
   const out: Metric[][] = [];
   let drv: SlotBlkDriver | null = null;
   try {
@@ -297,60 +314,119 @@ async function runBackend(which: 'vhostd' | 'qsd', image: string, format: string
   return out;
 }
 
+/** Per image, row and metric: every backend's values over the runs. */
+interface Series {
+  image: string;
+  row: string;
+  metric: Metric;
+  values: Record<BackendName, number[]>;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function spread(xs: number[]): number {
+  return (Math.max(...xs) - Math.min(...xs)) / median(xs);
+}
+
 async function main(): Promise<void> {
   pin(process.pid, 0);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhostd-bench-blk-'));
-  const lines: Line[] = [];
-  const collect = (imageName: string, rows: RowSpec[], v: Metric[][], q: Metric[][]) =>
-    rows.forEach((r, i) => v[i].forEach((m, k) => lines.push({ image: imageName, row: r.name, metric: m, ref: q[i][k] })));
+  const series = new Map<string, Series>();
+  const collect = (imageName: string, rows: RowSpec[], which: BackendName, v: Metric[][]) =>
+    rows.forEach((r, i) =>
+      v[i].forEach((m) => {
+        const key = `${imageName}\u0000${r.name}\u0000${m.name}`;
+        let sr = series.get(key);
+        if (!sr) series.set(key, (sr = { image: imageName, row: r.name, metric: m, values: { vhostd: [], 'vhostd-threads': [], 'qsd-io_uring': [], 'qsd-threads': [] } }));
+        sr.values[which].push(m.value);
+      }),
+    );
+  const settle = () => execFileSync('sync');
   try {
     const raw = path.join(dir, 'disk.raw');
     fs.writeFileSync(raw, stampImage(IMAGE_SIZE));
     const qcow = path.join(dir, 'disk.qcow2');
     execFileSync('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, qcow]);
-    for (const [name, img, fmt] of [['raw', raw, 'raw'], ['qcow2', qcow, 'qcow2']] as const) {
-      process.stderr.write(`${name}: vhostd...\n`);
-      const v = await runBackend('vhostd', img, fmt, dir, ALLOCATED_ROWS, IMAGE_SIZE);
-      process.stderr.write(`${name}: qemu-storage-daemon...\n`);
-      const q = await runBackend('qsd', img, fmt, dir, ALLOCATED_ROWS, IMAGE_SIZE);
-      collect(name, ALLOCATED_ROWS, v, q);
-    }
-    fs.rmSync(raw);
-    fs.rmSync(qcow);
-    // Allocating writes: each backend gets its own copy of the same empty image.
     const empty = path.join(dir, 'empty.qcow2');
     execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', empty, String(EMPTY_SIZE)]);
-    const res: Metric[][][] = [];
-    for (const which of ['vhostd', 'qsd'] as const) {
-      process.stderr.write(`empty qcow2: ${which}...\n`);
-      const img = path.join(dir, `empty-${which}.qcow2`);
-      fs.copyFileSync(empty, img);
-      res.push(await runBackend(which, img, 'qcow2', dir, ALLOC_ROWS, EMPTY_SIZE));
-      fs.rmSync(img);
+    for (let run = 0; run < RUNS; run++) {
+      const order = BACKENDS.map((_, i) => BACKENDS[(i + run) % BACKENDS.length]!);
+      for (const [name, img, fmt] of [['raw', raw, 'raw'], ['qcow2', qcow, 'qcow2']] as const) {
+        for (const which of order) {
+          process.stderr.write(`run ${run + 1}/${RUNS} ${name}: ${LABEL[which]}...\n`);
+          settle();
+          collect(name, ALLOCATED_ROWS, which, await runBackend(which, img, fmt, dir, ALLOCATED_ROWS, IMAGE_SIZE));
+        }
+      }
+      // Allocating writes: each backend gets its own copy of the same empty image.
+      for (const which of order) {
+        process.stderr.write(`run ${run + 1}/${RUNS} empty qcow2: ${LABEL[which]}...\n`);
+        const img = path.join(dir, `empty-${which}.qcow2`);
+        fs.copyFileSync(empty, img);
+        settle();
+        collect('qcow2 empty', ALLOC_ROWS, which, await runBackend(which, img, 'qcow2', dir, ALLOC_ROWS, EMPTY_SIZE));
+        fs.rmSync(img);
+      }
     }
-    collect('qcow2 empty', ALLOC_ROWS, res[0], res[1]);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
   const dig = (x: number) => (x >= 1000 ? x.toFixed(0) : x >= 100 ? x.toFixed(1) : x.toFixed(2));
-  const rows: BenchRow[] = lines.map((l) => ({
-    bench: 'blk/io',
-    case: `${l.image} ${l.row} ${l.metric.name}`,
-    unit: l.metric.unit,
-    value: Number(dig(l.metric.value)),
-    reference: 'qemu-storage-daemon',
-    referenceValue: Number(dig(l.ref.value)),
-    ratio: Number((l.metric.value / l.ref.value).toFixed(3)),
-    lowerIsBetter: l.metric.lowerIsBetter,
-    seconds: SECONDS,
-  }));
+  const all = [...series.values()];
+  const maxSpread = (b: BackendName) => Math.max(...all.map((sr) => spread(sr.values[b])));
+  const LABELS = BACKENDS.map((b) => LABEL[b]);
+  const note =
+    `Backends: ${LABELS.join(', ')} (vhostd's engine set by VHOSTD_DISK_ENGINE, qemu-storage-daemon's by the file driver's aio option). ` +
+    `Median of ${RUNS} runs of ${SECONDS} s per row; each run rotates which backend goes first, with sync between backends; largest spread (max - min) / median over the rows: ` +
+    BACKENDS.map((b) => `${LABEL[b]} ${(maxSpread(b) * 100).toFixed(0)}%`).join(', ') +
+    '. The machine was shared with other jobs: compare within a row only.';
+  const rows: BenchRow[] = [];
+  const push = (sr: Series, ref: BackendName) => {
+    const v = median(sr.values.vhostd);
+    const r = median(sr.values[ref]);
+    rows.push({
+      bench: 'blk/io',
+      case: `${sr.image} ${sr.row} (vs ${LABEL[ref]}) ${sr.metric.name}`,
+      unit: sr.metric.unit,
+      value: Number(dig(v)),
+      reference: LABEL[ref],
+      referenceValue: Number(dig(r)),
+      ratio: Number((v / r).toFixed(3)),
+      lowerIsBetter: sr.metric.lowerIsBetter,
+      seconds: SECONDS,
+      runs: RUNS,
+      spread: Number(spread(sr.values.vhostd).toFixed(3)),
+      referenceSpread: Number(spread(sr.values[ref]).toFixed(3)),
+      note,
+    });
+  };
+  const ran = (b: BackendName) => BACKENDS.includes('vhostd') && BACKENDS.includes(b);
+  // One set of rows per reference; the case says which (the doc's table has one reference column). The metric stays
+  // last, so the doc groups percentiles into the latency chart.
+  for (const ref of ['qsd-io_uring', 'qsd-threads', 'vhostd-threads'] as const) if (ran(ref)) for (const sr of all) push(sr, ref);
   report(rows);
   process.stderr.write(
     table(
-      `blk/io: driver-side client on core 0, backend on core 1; ${SECONDS} s per row; ratio = vhostd/qsd (latency: lower is better)`,
-      ['image', 'row', 'metric', 'vhostd', 'qsd', 'vhostd/qsd'],
-      lines.map((l) => [l.image, l.row, `${l.metric.name} ${l.metric.unit === l.metric.name ? '' : l.metric.unit}`.trim(), dig(l.metric.value), dig(l.ref.value), (l.metric.value / l.ref.value).toFixed(2)]),
+      `blk/io: driver-side client on core 0, backend on core 1; ${SECONDS} s per row, median of ${RUNS} runs (spread = (max - min) / median); ratios = vhostd (io_uring) / other`,
+      ['image', 'row', 'metric', ...BACKENDS.map((b) => LABEL[b]), 'spread', '/qsd io_uring', '/qsd threads', '/vhostd threads'],
+      all.map((sr) => {
+        const m = (b: BackendName) => median(sr.values[b]);
+        return [
+          sr.image,
+          sr.row,
+          `${sr.metric.name} ${sr.metric.unit === sr.metric.name ? '' : sr.metric.unit}`.trim(),
+          ...BACKENDS.map((b) => dig(m(b))),
+          BACKENDS.map((b) => `${(spread(sr.values[b]) * 100).toFixed(0)}%`).join('/'),
+          (m('vhostd') / m('qsd-io_uring')).toFixed(2),
+          (m('vhostd') / m('qsd-threads')).toFixed(2),
+          (m('vhostd') / m('vhostd-threads')).toFixed(2),
+        ];
+      }),
     ),
   );
 }

@@ -18,11 +18,14 @@ export interface Qsd {
   stop(): Promise<void>;
 }
 
-export async function startQsd(exports: QsdExport[], opts: { core?: number } = {}): Promise<Qsd> {
+/** qsd's file driver I/O: `threads` (its default, a thread pool) or `io_uring` (Linux io_uring). */
+export type QsdAio = 'threads' | 'io_uring';
+
+export async function startQsd(exports: QsdExport[], opts: { core?: number; aio?: QsdAio } = {}): Promise<Qsd> {
   const args: string[] = [];
   exports.forEach((e, i) => {
     fs.rmSync(e.socket, { force: true });
-    args.push('--blockdev', `driver=file,node-name=file${i},filename=${e.image}`);
+    args.push('--blockdev', `driver=file,node-name=file${i},filename=${e.image},aio=${opts.aio ?? 'threads'}`);
     args.push('--blockdev', `driver=${e.format},node-name=fmt${i},file=file${i}`);
     args.push('--export', `type=vhost-user-blk,id=exp${i},addr.type=unix,addr.path=${e.socket},node-name=fmt${i},writable=on`);
   });

@@ -106,11 +106,17 @@ export class SlotBlkDriver extends FakeBlkDriver {
     this.inFlight++;
     slot.t0 = process.hrtime.bigint();
     dq.publish([d]);
-    if (kick && dq.needsKick()) this.native.eventfdWrite(this.kickFds[0], 1);
+    if (kick) this.kickIfNeeded();
   }
 
-  /** Kick if the device asked for it (after submits with kick = false). */
+  /**
+   * Kick if the device asked for it (after submits with kick = false). The avail.idx store must be visible before
+   * avail_event is read (VIRTIO 1.2 §2.7.13.4: a memory barrier before the notification decision): without the
+   * fence a device that set avail_event and went to sleep and a driver that read the old avail_event can both miss,
+   * and the queue stalls with every request in flight.
+   */
   kickIfNeeded(): void {
+    fullFence();
     if (this.queues[0].needsKick()) this.native.eventfdWrite(this.kickFds[0], 1);
   }
 
@@ -133,6 +139,12 @@ export class SlotBlkDriver extends FakeBlkDriver {
       fullFence();
       if (dq.usedIdx() === this.lastUsedIdx) break;
     }
+  }
+
+  /** The ring indexes, for a stall report: which side is waiting for which notification. */
+  ringState(): string {
+    const dq = this.queues[0];
+    return `avail.idx ${dq.availIdx} avail_event ${dq.availEvent()} used.idx ${dq.usedIdx()} reaped ${this.lastUsedIdx} used_event ${dq.usedEvent()}`;
   }
 
   /** Resolves once nothing is in flight (keeps the event loop alive; native watchers do not). */

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Long run of the libFuzzer targets: `npm run fuzz:native -- [libFuzzer flags]`, e.g. -max_total_time=600 or
-# -runs=10000000; FUZZ_TARGET=cmsg or FUZZ_TARGET=copy runs one of them (default: both, one after the other).
+# -runs=10000000; FUZZ_TARGET=cmsg, copy or uring runs one of them (default: all, one after the other).
 # Builds into native/fuzz/build, fuzzes a working copy of the target's corpus (native/fuzz/corpus for cmsg,
-# native/fuzz/corpus-copy for copy; new inputs stay in native/fuzz/build/corpus[-copy]), writes crashes to
+# native/fuzz/corpus-T for the others; new inputs stay in native/fuzz/build/corpus[-T]), writes crashes to
 # fuzz-findings/. Defaults: -seed=1 -max_total_time=60.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,9 +11,9 @@ root="$here/../.."
 mkdir -p "$root/fuzz-findings"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(-seed=1 -max_total_time=60)
-for t in ${FUZZ_TARGET:-cmsg copy}; do
+for t in ${FUZZ_TARGET:-cmsg copy uring}; do
   corpus=corpus
-  [ "$t" = copy ] && corpus=corpus-copy
+  [ "$t" != cmsg ] && corpus="corpus-$t"
   mkdir -p "$here/build/$corpus"
   cp -n "$here/$corpus"/* "$here/build/$corpus/"
   "$here/build/${t}_fuzz" -artifact_prefix="$root/fuzz-findings/$t-" -print_final_stats=1 "${args[@]}" "$here/build/$corpus"

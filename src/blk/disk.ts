@@ -1,7 +1,7 @@
 /**
  * Disk: what the virtio-blk device reads and writes (raw files and qcow2 images implement it). I/O goes straight
  * between the image file and guest memory: callers pass views of guest buffers (scatter-gather), implementations
- * hand them to preadv/pwritev (node:fs readv/writev) without an intermediate copy. Requests may run concurrently;
+ * hand them to preadv/pwritev (io_uring, or node:fs readv/writev: src/blk/file-io.ts) without an intermediate copy. Requests may run concurrently;
  * an implementation serialises what must be serialised (e.g. qcow2 metadata updates).
  */
 export interface Disk {
@@ -13,6 +13,8 @@ export interface Disk {
   readonly path: string;
   /** Image format name for logs and status ("raw", "qcow2"). */
   readonly format: string;
+  /** The I/O engine ("io_uring" or "threads", src/blk/uring-engine.ts), for logs and status; absent on test doubles. */
+  readonly engine?: string;
   /**
    * The files this disk reads, by identity: set by the disks openDisk returns, absent on test doubles. The daemon
    * uses it to refuse a configuration in which one disk's image is a backing file of another disk.

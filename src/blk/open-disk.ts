@@ -12,6 +12,7 @@ import { Qcow2Image } from './qcow2/image.js';
 import type { ImagePolicy } from './qcow2/backing.js';
 import { ProbedRawGuard } from './probed-raw-guard.js';
 import type { Logger } from '../util/log.js';
+import { lastEngineReason } from './uring-engine.js';
 
 export type DiskFormat = 'raw' | 'qcow2';
 
@@ -39,9 +40,11 @@ export interface OpenDiskOptions {
 export async function openDisk(path: string, format: DiskFormat | undefined, readOnly: boolean, log: Logger, opts: OpenDiskOptions = {}): Promise<Disk> {
   const fmt = format ?? (await detectFormat(path));
   if (format === undefined) log.warn({ image: path, format: fmt }, `image format probed as ${fmt}; set format ${fmt} on the disk to fix it`);
+  let disk: Disk;
   if (fmt === 'raw') {
     const raw = await RawDisk.open(path, { readOnly });
-    return format === undefined ? new ProbedRawGuard(raw, log) : raw;
-  }
-  return Qcow2Image.open(path, { readOnly, log, l2CacheBytes: opts.cacheBytes, policy: opts.policy });
+    disk = format === undefined ? new ProbedRawGuard(raw, log) : raw;
+  } else disk = await Qcow2Image.open(path, { readOnly, log, l2CacheBytes: opts.cacheBytes, policy: opts.policy });
+  log.info({ image: path, engine: disk.engine, reason: lastEngineReason() }, `disk I/O engine ${disk.engine}`);
+  return disk;
 }

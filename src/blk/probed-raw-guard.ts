@@ -44,6 +44,9 @@ export class ProbedRawGuard implements Disk {
   get format(): string {
     return this.inner.format;
   }
+  get engine(): string | undefined {
+    return this.inner.engine;
+  }
   get files(): DiskFiles | undefined {
     return this.inner.files;
   }

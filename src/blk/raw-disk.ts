@@ -1,13 +1,16 @@
 /**
  * RawDisk: a raw image (a regular file or a block device) behind the Disk contract. Reads and writes go straight
- * between the file and the caller's views (guest memory) with preadv/pwritev on the libuv thread pool, so requests
- * run concurrently; short transfers are continued until done. FLUSH is fdatasync. Node has no fallocate, so
- * discard keeps the old data (allowed: reads of a discarded range return old data or zeroes) and write-zeroes
- * writes zeroes.
+ * between the file and the caller's views (guest memory) with preadv/pwritev on the disk I/O engine (io_uring, or
+ * the libuv thread pool: src/blk/file-io.ts), so requests run concurrently; short transfers are continued until
+ * done. FLUSH is fdatasync. With io_uring, discard punches a hole (fallocate PUNCH_HOLE) and write-zeroes uses
+ * fallocate (PUNCH_HOLE when unmapping is allowed, ZERO_RANGE otherwise); where fallocate is not available (the
+ * thread-pool engine, or a file system without it) discard keeps the old data (allowed: reads of a discarded range
+ * return old data or zeroes) and write-zeroes writes zeroes.
  */
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { fileId, type Disk, type DiskFiles } from './disk.js';
+import { fileIo, type FileIo } from './file-io.js';
 import { openImageFile } from './image-file.js';
 
 /** Zero buffer for write-zeroes, written repeatedly (never modified). */
@@ -17,6 +20,7 @@ let zeroes: Uint8Array | null = null;
 export class RawDisk implements Disk {
   readonly format = 'raw';
   private closed = false;
+  private readonly io: FileIo;
 
   private constructor(
     private readonly fh: FileHandle,
@@ -24,7 +28,14 @@ export class RawDisk implements Disk {
     readonly size: number,
     readonly readOnly: boolean,
     readonly files: DiskFiles,
-  ) {}
+  ) {
+    this.io = fileIo(fh);
+  }
+
+  /** The disk I/O engine moving this disk's bytes. */
+  get engine(): string {
+    return this.io.engine;
+  }
 
   /**
    * Open a raw image; the capacity is the file size rounded down to 512 bytes. The file is checked (regular file or
@@ -56,16 +67,19 @@ export class RawDisk implements Disk {
 
   async flush(): Promise<void> {
     if (this.readOnly) return;
-    await this.fh.datasync();
+    await this.io.datasync();
   }
 
   async discard(offset: number, len: number): Promise<void> {
     this.checkRange(offset, len);
+    if (this.readOnly || len === 0) return;
+    await this.io.fallocate(offset, len, false);
   }
 
-  async writeZeroes(offset: number, len: number): Promise<void> {
+  async writeZeroes(offset: number, len: number, unmap = false): Promise<void> {
     if (this.readOnly) throw new Error(`${this.path} is read-only`);
     this.checkRange(offset, len);
+    if (len === 0 || (await this.io.fallocate(offset, len, !unmap))) return;
     zeroes ??= new Uint8Array(ZERO_CHUNK);
     while (len > 0) {
       const n = Math.min(len, ZERO_CHUNK);
@@ -81,6 +95,7 @@ export class RawDisk implements Disk {
     try {
       await this.flush();
     } finally {
+      this.io.release();
       await this.fh.close();
     }
   }
@@ -97,7 +112,7 @@ export class RawDisk implements Disk {
     let list = bufs as Uint8Array[];
     let pos = offset;
     for (;;) {
-      const n = write ? (await this.fh.writev(list, pos)).bytesWritten : (await this.fh.readv(list, pos)).bytesRead;
+      const n = write ? await this.io.writev(list, pos) : await this.io.readv(list, pos);
       total -= n;
       if (total === 0) return;
       if (n === 0) throw new Error(`${write ? 'write' : 'read'} at ${pos} of ${this.path} made no progress (file shrunk?)`);

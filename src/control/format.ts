@@ -33,7 +33,7 @@ function device(d: DeviceStatus): string[] {
   const out = [`  ${d.name.padEnd(12)} ${d.kind.padEnd(5)} ${(d.connected ? 'connected' : 'not connected').padEnd(14)} ${d.socket}`];
   if (d.net) out.push(`      switch ${d.net.switch}  lladdr ${d.net.mac}  mtu ${d.net.mtu}`);
   if (d.disk) {
-    out.push(`      image ${d.disk.image}  ${d.disk.format}  ${d.disk.readOnly ? 'read-only' : 'read-write'}  ${formatBytes(d.disk.sizeBytes)}  ${d.disk.writeback ? 'writeback' : 'write-through'}`);
+    out.push(`      image ${d.disk.image}  ${d.disk.format}  ${d.disk.readOnly ? 'read-only' : 'read-write'}  ${formatBytes(d.disk.sizeBytes)}  ${d.disk.writeback ? 'writeback' : 'write-through'}  engine ${d.disk.engine}`);
   }
   out.push(`      connections ${d.connections}, dropped ${d.droppedConnections}`);
   if (d.connected) {

@@ -126,6 +126,8 @@ export interface DeviceStatus {
     sizeBytes: number;
     /** Write cache on (1) or write-through (0), as the guest set it. */
     writeback: number;
+    /** The disk I/O engine: "io_uring", or "threads" (node:fs on the libuv thread pool). */
+    engine: string;
   };
 }
 

@@ -66,7 +66,7 @@ export function statusView(daemon: Daemon): StatusResult {
       ...negotiated(b.server, 'blk'),
       queues: queues(stats.get(b.device.name)),
       counters: { ...b.device.counters },
-      disk: { image: b.disk.path, format: b.disk.format, readOnly: b.disk.readOnly, sizeBytes: b.disk.size, writeback: b.device.writeback },
+      disk: { image: b.disk.path, format: b.disk.format, readOnly: b.disk.readOnly, sizeBytes: b.disk.size, writeback: b.device.writeback, engine: b.disk.engine ?? 'threads' },
     });
   }
   // Configuration order of vms; within a vm, interfaces then disks, each by index.

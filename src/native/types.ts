@@ -122,3 +122,42 @@ export interface NativeBinding {
   /** write() of buf[off, off+len) on any fd; bytes written, or -1 on EAGAIN. On a tap: one frame. */
   write(fd: number, buf: Uint8Array, off: number, len: number): number;
 }
+
+/** A ring from uringSetup(): opaque to TypeScript apart from its sizes. */
+export interface UringRing {
+  /** SQ entries the kernel gave (the request was clamped to what it allows). */
+  readonly sqEntries: number;
+  /** CQ entries (twice the SQ). */
+  readonly cqEntries: number;
+}
+
+/** Doubles per request in uringSubmit()'s table: [op, tag, fd, offset, firstView | length, viewCount | mode]. */
+export const URING_OP_STRIDE = 6;
+export const URING_OP_READV = 0;
+export const URING_OP_WRITEV = 1;
+export const URING_OP_FDATASYNC = 2;
+export const URING_OP_FALLOCATE = 3;
+
+/** io_uring (native/uring.c): SQPOLL off, one io_uring_enter per burst, completions in batches. */
+export interface NativeUring {
+  /**
+   * io_uring_setup(entries, 1..4096; CQ twice that), mapped; every completion signals `eventfd` (non-blocking;
+   * -1: none). Completions may already be there when uringSubmit returns: reap (with drain) after submitting.
+   * Throws (e.g. ENOSYS, EPERM, ENOTSUP) where the kernel or a container forbids it: the caller falls back.
+   */
+  uringSetup(entries: number, eventfd: number): UringRing;
+  /**
+   * Submit requests ops[0..count) (URING_OP_STRIDE doubles each; views[firstView..+viewCount) are the iovecs of a
+   * readv/writev) with one io_uring_enter. Returns how many the kernel took; fewer when the SQ, the iovec scratch
+   * or the free CQ entries run out (submit the rest after reaping). The views must stay referenced until the
+   * request's completion is reaped. Every field is checked in C; a bad request throws RangeError, nothing submitted.
+   */
+  uringSubmit(ring: UringRing, ops: Float64Array, count: number, views: readonly Uint8Array[]): number;
+  /**
+   * Copy up to max completions into out as (tag, result) pairs; result is bytes, 0, or -errno. Returns how many.
+   * drain: first read the eventfd, consuming the wake-ups of the completions this call returns.
+   */
+  uringReap(ring: UringRing, out: Float64Array, max: number, drain: boolean): number;
+  /** Wait for requests in flight, unmap and close. Idempotent. */
+  uringClose(ring: UringRing): void;
+}

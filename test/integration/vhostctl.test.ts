@@ -20,6 +20,9 @@ import { VhostdProcess } from '../e2e/support/vhostd-process.js';
 import { callAsUser } from '../helpers/as-user.js';
 import { runVhostctl, type VhostctlRun } from '../helpers/vhostctl-cli.js';
 
+/** The disk I/O engine the daemon under test runs (it inherits VHOSTD_DISK_ENGINE; io_uring is available here). */
+const ENGINE = process.env.VHOSTD_DISK_ENGINE === 'threads' ? 'threads' : 'io_uring';
+
 const native = nativeAvailable();
 if (!native.ok && process.env.CI === 'true') throw new Error(`native addon missing in CI: ${native.reason}`);
 const isRoot = process.getuid?.() === 0;
@@ -130,7 +133,8 @@ describe.skipIf(!native.ok)('vhostctl against a live vhostd', () => {
     expect(device(before, 'vm1.net0')).toMatchObject({ vm: 'vm1', socket: vhostd.socket('vm1'), features: [], queues: [], net: { switch: 's0', mac: MAC1, mtu: 1500 } });
     expect(device(before, 'vm1.disk0')).toMatchObject({
       socket: vhostd.diskSocket('vm1'),
-      disk: { image: path.join(vhostd.dir, 'disk.img'), format: 'raw', readOnly: false, sizeBytes: 1 << 20 },
+      // The daemon inherits VHOSTD_DISK_ENGINE: the blk tests run on both engines.
+      disk: { image: path.join(vhostd.dir, 'disk.img'), format: 'raw', readOnly: false, sizeBytes: 1 << 20, engine: ENGINE },
     });
 
     const a = new FakeNetDriver({ socket: vhostd.socket('vm1'), eventIdx: true, mtu: 1400 });
@@ -158,7 +162,7 @@ describe.skipIf(!native.ok)('vhostctl against a live vhostd', () => {
     expect(human.out).toMatch(/vm1\.net0 +net +connected +\S+vm1\.net0\.sock/);
     expect(human.out).toMatch(/switch s0 +lladdr fe:e1:bb:00:00:01 +mtu 1400/);
     expect(human.out).toMatch(/features: .*MRG_RXBUF.*EVENT_IDX.*VERSION_1/);
-    expect(human.out).toMatch(/image \S+disk\.img +raw +read-write +1 MiB/);
+    expect(human.out).toMatch(new RegExp(`image \\S+disk\\.img +raw +read-write +1 MiB +writeback +engine ${ENGINE}`));
     expect(human.out).toMatch(/vm2\.net0 +net +not connected/);
   });
 

@@ -20,6 +20,8 @@ import { setImmediate } from 'node:timers/promises';
 import { inflateRaw, constants as zc } from 'node:zlib';
 import { promisify } from 'node:util';
 import { fileId, type Disk, type DiskFiles } from '../disk.js';
+import { fileIo, type FileIo } from '../file-io.js';
+import type { DiskEngineName } from '../uring-engine.js';
 import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-file.js';
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
@@ -80,6 +82,10 @@ type Extent =
 
 export class Qcow2Image implements Disk, BackingImage {
   readonly format = 'qcow2';
+  /** The disk I/O engine moving this image's bytes. */
+  get engine(): DiskEngineName {
+    return this.io.engine;
+  }
   readonly size: number;
   readonly readOnly: boolean;
   readonly path: string;
@@ -90,6 +96,8 @@ export class Qcow2Image implements Disk, BackingImage {
   files?: DiskFiles;
 
   private readonly fh: FileHandle;
+  /** Data and metadata I/O after open, on the disk I/O engine (src/blk/file-io.ts). */
+  private readonly io: FileIo;
   private readonly log: Qcow2OpenOptions['log'];
   private readonly cs: number;
   private readonly cb: number;
@@ -132,6 +140,7 @@ export class Qcow2Image implements Disk, BackingImage {
   }) {
     const h = init.header;
     this.fh = init.fh;
+    this.io = fileIo(init.fh);
     this.path = init.path;
     this.readOnly = init.readOnly;
     this.header = h;
@@ -209,6 +218,7 @@ export class Qcow2Image implements Disk, BackingImage {
         // Dirty (lazy refcounts): the on-disk refcounts may be wrong; rebuild them before anything is written.
         if (!opts.readOnly && h.incompatibleFeatures & INCOMPAT_DIRTY) await img.rebuildRefcounts();
       } catch (err) {
+        img.io.release();
         await backing?.close();
         throw err;
       }
@@ -292,7 +302,7 @@ export class Qcow2Image implements Disk, BackingImage {
       let guest = offset;
       for (const e of extents) {
         const views = cur.take(e.len);
-        if (e.kind === 'data') jobs.push(preadvFull(this.fh, views, e.host, this.path));
+        if (e.kind === 'data') jobs.push(preadvFull(this.io, views, e.host, this.path));
         else if (e.kind === 'zero') fillZero(views);
         else if (e.kind === 'backing') jobs.push(readBacking(this.backing, e.guest, views));
         else {
@@ -318,7 +328,7 @@ export class Qcow2Image implements Disk, BackingImage {
       const hosts = await this.inPlaceHosts(offset, len);
       if (hosts !== null) {
         const cur = new IovCursor(bufs);
-        await Promise.all(hosts.map((e) => pwritevFull(this.fh, cur.take(e.len), e.host, this.path)));
+        await Promise.all(hosts.map((e) => pwritevFull(this.io, cur.take(e.len), e.host, this.path)));
         this.unsynced = true;
         return;
       }
@@ -389,6 +399,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (this.closed) return;
     if (!this.readOnly) await this.flush();
     this.closed = true;
+    this.io.release();
     await this.fh.close();
     await this.backing?.close();
   }
@@ -438,7 +449,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (pending) return pending;
     const p = (async () => {
       const buf = Buffer.alloc(this.cs);
-      await preadvFull(this.fh, [buf], off, this.path);
+      await preadvFull(this.io, [buf], off, this.path);
       const t: L2Table = { buf, dirty: false };
       this.l2Cache.set(off, t);
       this.evictClean();
@@ -544,7 +555,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (loc.offset < this.cs || loc.offset >= this.fileEnd) throw this.corrupt(`compressed cluster at 0x${loc.offset.toString(16)} outside the file`, guest, 'read');
     const size = Math.min(loc.size, this.fileEnd - loc.offset);
     const src = Buffer.alloc(size);
-    await preadvFull(this.fh, [src], loc.offset, this.path);
+    await preadvFull(this.io, [src], loc.offset, this.path);
     let data: Buffer;
     try {
       // Z_SYNC_FLUSH: trailing bytes after the stream are tolerated; the output is bounded to one cluster.
@@ -591,7 +602,7 @@ export class Qcow2Image implements Disk, BackingImage {
       return rb;
     }
     const rb = Buffer.alloc(this.cs);
-    await preadvFull(this.fh, [rb], off, this.path);
+    await preadvFull(this.io, [rb], off, this.path);
     this.refblocks.set(rt, rb);
     return rb;
   }
@@ -728,7 +739,7 @@ export class Qcow2Image implements Disk, BackingImage {
         const gstart = gc * cs;
         if (kind === 'normal') {
           this.checkDataCluster(old, gc, 'write', false);
-          await preadvFull(this.fh, [src], old, this.path);
+          await preadvFull(this.io, [src], old, this.path);
         } else if (kind === 'compressed') (await this.inflate(hi, lo, gstart)).copy(src);
         else if (kind === 'unallocated' && this.backing) await readBacking(this.backing, gstart, [src]);
       }
@@ -751,7 +762,7 @@ export class Qcow2Image implements Disk, BackingImage {
         last.len += l;
       } else merged.push({ host: w.host, views: [...w.views], len: l });
     }
-    await Promise.all(merged.map((m) => pwritevFull(this.fh, m.views, m.host, this.path)));
+    await Promise.all(merged.map((m) => pwritevFull(this.io, m.views, m.host, this.path)));
     this.unsynced = true;
     // Data is in the file: now point the (cached, written back on flush) L2 entries at it.
     for (const u of updates) {
@@ -807,7 +818,7 @@ export class Qcow2Image implements Disk, BackingImage {
 
   private async sync(): Promise<void> {
     try {
-      await this.fh.datasync();
+      await this.io.datasync();
     } catch (err) {
       throw new ImageError('Io', `fdatasync failed: ${(err as Error).message}`, { path: this.path, op: 'flush' }, { cause: err });
     }
@@ -818,22 +829,22 @@ export class Qcow2Image implements Disk, BackingImage {
     const jobs: Promise<void>[] = [];
     for (const rt of this.refblockDirty) {
       const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
-      jobs.push(pwritevFull(this.fh, [this.refblocks.get(rt)!], off, this.path));
+      jobs.push(pwritevFull(this.io, [this.refblocks.get(rt)!], off, this.path));
     }
     await Promise.all(jobs);
     this.refblockDirty.clear();
     if (this.reftableMoved) {
       // New table: blocks and table durable first, then the header switch (synced), then free the old table.
-      await pwritevFull(this.fh, [this.reftable], this.reftableOffset, this.path);
+      await pwritevFull(this.io, [this.reftable], this.reftableOffset, this.path);
       await this.sync();
       const hdr = Buffer.alloc(12);
       hdr.writeBigUInt64BE(BigInt(this.reftableOffset), 0);
       hdr.writeUInt32BE(this.reftable.length / this.cs, 8);
-      await pwritevFull(this.fh, [hdr], 48, this.path);
+      await pwritevFull(this.io, [hdr], 48, this.path);
       this.pendingDecrements.push({ offset: this.reftableMoved.oldOffset, len: this.reftableMoved.oldClusters * this.cs });
       this.reftableMoved = null;
     } else {
-      await Promise.all([...this.reftableDirty].map((rt) => pwritevFull(this.fh, [this.reftable.subarray(rt * 8, rt * 8 + 8)], this.reftableOffset + rt * 8, this.path)));
+      await Promise.all([...this.reftableDirty].map((rt) => pwritevFull(this.io, [this.reftable.subarray(rt * 8, rt * 8 + 8)], this.reftableOffset + rt * 8, this.path)));
     }
     this.reftableDirty.clear();
     return true;
@@ -848,13 +859,13 @@ export class Qcow2Image implements Disk, BackingImage {
     // 2. L2 tables (new ones included) before the L1 entries that point to them.
     const dirtyL2 = [...this.l2Cache].filter(([, t]) => t.dirty);
     if (dirtyL2.length > 0) {
-      await Promise.all(dirtyL2.map(([off, t]) => pwritevFull(this.fh, [t.buf], off, this.path)));
+      await Promise.all(dirtyL2.map(([off, t]) => pwritevFull(this.io, [t.buf], off, this.path)));
       for (const [, t] of dirtyL2) t.dirty = false;
       await this.sync();
     }
     if (this.l1Dirty.size > 0) {
       const off = this.header.l1TableOffset;
-      await Promise.all([...this.l1Dirty].map((i) => pwritevFull(this.fh, [this.l1.subarray(i * 8, i * 8 + 8)], off + i * 8, this.path)));
+      await Promise.all([...this.l1Dirty].map((i) => pwritevFull(this.io, [this.l1.subarray(i * 8, i * 8 + 8)], off + i * 8, this.path)));
       this.l1Dirty.clear();
       await this.sync();
     }

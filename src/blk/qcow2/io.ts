@@ -3,6 +3,7 @@
  * plus a cursor that cuts a scatter-gather list into per-extent views without copying.
  */
 import type { FileHandle } from 'node:fs/promises';
+import type { FileIo } from '../file-io.js';
 import { ImageError } from './errors.js';
 
 /** Linux IOV_MAX. */
@@ -66,14 +67,21 @@ function advance(views: Uint8Array[], n: number): Uint8Array[] {
   return out;
 }
 
+/** Where preadvFull/pwritevFull go: an engine's FileIo (the image's data path) or a plain FileHandle (open time). */
+export type PositionalFile = FileHandle | FileIo;
+
+function isFileIo(f: PositionalFile): f is FileIo {
+  return 'engine' in f;
+}
+
 /** preadv until every view is full; bytes past the end of the file read as zeros. */
-export async function preadvFull(fh: FileHandle, views: Uint8Array[], pos: number, path: string): Promise<void> {
+export async function preadvFull(fh: PositionalFile, views: Uint8Array[], pos: number, path: string): Promise<void> {
   let rest = views.filter((v) => v.length > 0);
   while (rest.length > 0) {
     const batch = rest.length > IOV_MAX ? rest.slice(0, IOV_MAX) : rest;
     let n: number;
     try {
-      n = (await fh.readv(batch, pos)).bytesRead;
+      n = isFileIo(fh) ? await fh.readv(batch, pos) : (await fh.readv(batch, pos)).bytesRead;
     } catch (err) {
       throw new ImageError('Io', `read at ${pos} failed: ${(err as Error).message}`, { path, offset: pos, op: 'read' }, { cause: err });
     }
@@ -87,13 +95,13 @@ export async function preadvFull(fh: FileHandle, views: Uint8Array[], pos: numbe
 }
 
 /** pwritev until every byte of every view is written. */
-export async function pwritevFull(fh: FileHandle, views: Uint8Array[], pos: number, path: string): Promise<void> {
+export async function pwritevFull(fh: PositionalFile, views: Uint8Array[], pos: number, path: string): Promise<void> {
   let rest = views.filter((v) => v.length > 0);
   while (rest.length > 0) {
     const batch = rest.length > IOV_MAX ? rest.slice(0, IOV_MAX) : rest;
     let n: number;
     try {
-      n = (await fh.writev(batch, pos)).bytesWritten;
+      n = isFileIo(fh) ? await fh.writev(batch, pos) : (await fh.writev(batch, pos)).bytesWritten;
     } catch (err) {
       throw new ImageError('Io', `write at ${pos} failed: ${(err as Error).message}`, { path, offset: pos, op: 'write' }, { cause: err });
     }
