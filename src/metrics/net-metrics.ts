@@ -3,9 +3,10 @@
  * port (vport, TAP) metrics (the host's view, like `ip -s link`).
  */
 import type { Registry } from 'prom-client';
+import { copyBatch } from '../memory/copy-batch.js';
 import type { NetCounters } from '../net/net-device.js';
 import type { TapCounters } from '../net/tap-port.js';
-import { counterFrom, gaugeFrom, label } from './collect.js';
+import { NO_LABELS, counterFrom, gaugeFrom, label } from './collect.js';
 import { deviceLabels, portLabels, type MetricsSource } from './source.js';
 
 type Plain = 'txFrames' | 'txBytes' | 'rxFrames' | 'rxBytes' | 'rxSoftOffload';
@@ -49,6 +50,10 @@ export function registerNetMetrics(reg: Registry, src: MetricsSource): void {
       for (const [field, reason] of drops) emit(l, p.device.counters[field], reason);
     }
   });
+  // Never moves unless vhostd has a bug: TypeScript checked every op the addon refused (docs/security.md, "Copy handles").
+  counterFrom(reg, 'vhostd_net_copy_refused_total', 'Frame copies the addon refused (a handle past its mapping, a range outside it): a vhostd bug; the frame reached the receiver incomplete', (emit) =>
+    emit(NO_LABELS, copyBatch.refused),
+  );
   gaugeFrom(reg, 'vhostd_net_mtu_bytes', 'MTU of the port (the switch MTU, or the smaller one the guest set)', (emit) => {
     for (const p of src.netPorts) emit(deviceLabels(p), p.device.mtu);
   });

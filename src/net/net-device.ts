@@ -543,20 +543,13 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
       const start = i === 0 ? hdrLen : 0;
       const take = Math.min(ch.writableBytes - start, frame.length - done);
       frameCopyTo(frame, done, ch.writable, start, take, copyBatch); // the frame as sent (VLAN tag inserted/stripped)
+      if (dirtyLog !== null) {
+        // Live migration: mark what was written, after the write (vhost-user spec, "Migration"): copies land now.
+        copyBatch.run();
+        dirtyLog.logSg(ch.writable, start + take);
+      }
       done += take;
       vq.addUsed(ch.head, start + take);
-    }
-    if (dirtyLog !== null) {
-      // Live migration: mark what was written, after the write (vhost-user spec, "Migration"): copies land now.
-      copyBatch.run();
-      done = 0;
-      for (let i = 0; i < n; i++) {
-        const ch = chains[i];
-        const start = i === 0 ? hdrLen : 0;
-        const take = Math.min(ch.writableBytes - start, frame.length - done);
-        dirtyLog.logSg(ch.writable, start + take);
-        done += take;
-      }
     }
     this.rxPending = true;
     this.counters.rxFrames++;

@@ -110,12 +110,25 @@ export class TapPort implements Port {
     this.errors = new RateLimitedLog(opts.log);
     this.mtu = this.sw.mtu;
     this.rx = mapScratch(this.native, 'vport-rx', RX_BUF_SIZE);
+    try {
+      this.tx = mapScratch(this.native, 'vport-tx', this.mtu + MAX_L2_OVERHEAD);
+    } catch (err) {
+      unmapScratch(this.native, this.rx);
+      throw err;
+    }
     this.rxBuf = this.rx.u8;
-    this.tx = mapScratch(this.native, 'vport-tx', this.mtu + MAX_L2_OVERHEAD);
     this.txBuf = this.tx.u8;
     this.txSg.push(this.txBuf, 0, this.txBuf.length, -1, this.tx.handle);
-    this.sw.addPort(this);
-    this.watcher = this.native.watch(this.fd, POLL_READABLE, (status) => this.onReadable(status));
+    try {
+      this.sw.addPort(this);
+      this.watcher = this.native.watch(this.fd, POLL_READABLE, (status) => this.onReadable(status));
+    } catch (err) {
+      // The caller closes the fd on a throw: a port left on the switch would write frames to whatever reuses it.
+      if (this.id !== NO_PORT) this.sw.removePort(this);
+      unmapScratch(this.native, this.rx);
+      unmapScratch(this.native, this.tx);
+      throw err;
+    }
   }
 
   get switchName(): string {

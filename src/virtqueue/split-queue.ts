@@ -3,9 +3,9 @@
  * translation on the hot path, docs/architecture.md §10). Used entries are batched: addUsed() many times, then one
  * publishUsed() = one used.idx store + one notification decision. All memory ordering goes through barrier.ts.
  * Kicks (VIRTIO 1.2 §2.7.10, docs/protocol.md §3): pop() never writes avail_event. enableNotification() writes it
- * (avail_event = lastAvailIdx, or NO_NOTIFY cleared), fences and re-checks; disableNotification() parks it one
- * behind lastAvailIdx, where the driver's avail.idx never crosses it, so a queue with kicks off (net RX, a busy
- * TX, poll mode) gets none. A device must therefore call enableNotification() before it sleeps on a kick.
+ * (avail_event = lastAvailIdx, or NO_NOTIFY cleared), fences and re-checks; disableNotification() parks it a
+ * queue size behind lastAvailIdx (parkedAvailEvent), out of reach of every kick decision the driver makes, so a
+ * queue with kicks off (net RX, a busy TX, poll mode) gets none. A device must therefore call enableNotification() before it sleeps on a kick.
  * Guest errors: a bad chain is a request error (chain.error); a bad avail idx or head index breaks the queue.
  * Spec: VIRTIO 1.2 §2.7 (split virtqueues), §2.7.7 / §2.7.10 (notification suppression).
  */
@@ -93,7 +93,7 @@ export class SplitQueue {
   private resubmitPos = 0;
   /** nextAvail when the last resubmitted head was popped (avail pops start there): unpop() splits on it. */
   private resubmitAvail = 0;
-  /** EVENT_IDX with kicks off: avail_event is parked one behind nextAvail (re-parked when avail.idx is reloaded). */
+  /** EVENT_IDX with kicks off: avail_event is parked a queue size behind nextAvail (re-parked when avail.idx is reloaded). */
   private parked = false;
 
   /** @throws VhostError ERR_VQ_SIZE, ERR_VQ_RING_ADDR. */
@@ -131,7 +131,7 @@ export class SplitQueue {
   set lastAvailIdx(v: number) {
     this.nextAvail = v & 0xffff;
     this.shadowAvail = this.nextAvail;
-    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
+    if (this.parked) this.used16[this.availEventIndex] = this.parkedAvailEvent();
   }
 
   private markBroken(reason: string): void {
@@ -152,7 +152,7 @@ export class SplitQueue {
     }
     this.shadowAvail = idx;
     // Once per reload, not per pop: keeps the parked avail_event behind the driver however far the ring runs.
-    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
+    if (this.parked) this.used16[this.availEventIndex] = this.parkedAvailEvent();
     return n;
   }
 
@@ -213,7 +213,7 @@ export class SplitQueue {
     if (inflight !== null) for (let i = n - 1; i >= 0; i--) inflight.untake(chains[i].head);
     this.nextAvail = (this.nextAvail - fromAvail) & 0xffff;
     this.resubmitPos -= n - fromAvail;
-    if (this.parked) this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
+    if (this.parked) this.used16[this.availEventIndex] = this.parkedAvailEvent();
   }
 
   /** Write used element {head, len} at usedIdx % size and advance the shadow (not visible until publishUsed). */
@@ -283,22 +283,32 @@ export class SplitQueue {
    * Mark the whole used ring (flags, idx, elements, avail_event: at most 2-3 pages) in the dirty log, if the
    * front-end asked for used-ring logging. Coarser than per element, and always correct.
    */
+  /**
+   * avail_event while kicks are off: a queue size behind lastAvailIdx. The driver kicks when the avail_event slot is
+   * in [old, new) of its batch (vring_need_event, VIRTIO 1.2 §2.7.10); here new - avail_event - 1 = new -
+   * lastAvailIdx + size is at least size >= new - old, so no batch kicks. One behind would not do: a driver stores
+   * avail.idx per buffer it adds (Linux virtqueue_add_split), so a device that pops the first buffers of a batch and
+   * reloads avail.idx again before the batch's kick decision re-parks inside it. Exact while that sum stays below
+   * 2^16 (every re-park; queues up to 21845 entries); past it, the worst is a spurious kick.
+   */
+  private parkedAvailEvent(): number {
+    return (this.nextAvail - 1 - this.size) & 0xffff;
+  }
+
   private logUsedRing(): void {
     if (this.logUsedGpa >= 0) this.mem.dirtyLog!.logRange(this.logUsedGpa, this.usedRingBytes);
   }
 
   /**
    * Ask the driver not to kick while we are processing (or ever: net RX, poll mode). Without EVENT_IDX: set
-   * used.flags NO_NOTIFY (§2.7.8). With EVENT_IDX (§2.7.10): park avail_event at lastAvailIdx - 1. The driver kicks
-   * when avail.idx moves past avail_event, and its avail.idx is never behind lastAvailIdx, so it crosses the parked
-   * value only after 2^16 more entries; refreshAvail() re-parks long before that. No fence: a kick that races with
-   * parking is merely spurious.
+   * used.flags NO_NOTIFY (§2.7.8). With EVENT_IDX (§2.7.10): park avail_event (parkedAvailEvent). No fence: a kick
+   * that races with parking is merely spurious.
    */
   disableNotification(): void {
     if (this.eventIdx) {
       if (this.parked) return;
       this.parked = true;
-      this.used16[this.availEventIndex] = (this.nextAvail - 1) & 0xffff;
+      this.used16[this.availEventIndex] = this.parkedAvailEvent();
     } else {
       this.used16[0] = VIRTQ_USED_F_NO_NOTIFY;
     }

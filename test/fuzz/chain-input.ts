@@ -2,8 +2,8 @@
  * Shared input layout of the descriptor-chain and virtio-blk fuzz targets: what a hostile driver controls.
  *   byte 0: log2 of the queue size (& 7: 1..128); byte 1: head (mod size); byte 2 bit 0: INDIRECT_DESC negotiated
  *   then 16 * size bytes of descriptor table, then the bytes of guest memory (zero-padded).
- * Guest memory is three small regions: two adjacent ones (buffers and indirect tables may straddle them, VIRTIO
- * 1.2 §2.7.5 allows it) and one apart, so GPAs 0x1000-0x2fff and 0x8000-0x8fff are mapped.
+ * Guest memory is three small regions: two adjacent ones (buffers and indirect tables may straddle them,
+ * VIRTIO 1.2 §2.7.5 allows it) and one apart, so GPAs 0x1000-0x2fff and 0x8000-0x8fff are mapped.
  */
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { DescriptorChain } from '../../src/virtqueue/descriptor-chain.js';

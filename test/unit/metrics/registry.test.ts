@@ -9,6 +9,7 @@ import { describe, expect, test } from 'vitest';
 import { BlkDevice } from '../../../src/blk/blk-device.js';
 import type { Disk } from '../../../src/blk/disk.js';
 import type { BlkPort, NetPort } from '../../../src/daemon.js';
+import { copyBatch } from '../../../src/memory/copy-batch.js';
 import { buildRegistry } from '../../../src/metrics/registry.js';
 import type { MetricsSource } from '../../../src/metrics/source.js';
 import type { NativeBinding } from '../../../src/native/types.js';
@@ -50,6 +51,18 @@ const dev1 = { vm: 'vm1', device: 'vm1.net0', socket: '/run/vhostd/vm1.net0.sock
 const disk1 = { vm: 'vm1', device: 'vm1.disk0', socket: '/run/vhostd/vm1.disk0.sock' };
 
 describe('metrics registry', () => {
+  test('copies the addon refused are one daemon-wide counter', async () => {
+    const { src } = fixture();
+    const before = copyBatch.refused;
+    copyBatch.refused = 3;
+    try {
+      const m = parseExposition(await buildRegistry(src, { processMetrics: false }).metrics());
+      expect(sampleValue(m, 'vhostd_net_copy_refused_total')).toBe(3);
+    } finally {
+      copyBatch.refused = before;
+    }
+  });
+
   test('device, switch and blk counters under their names and labels', async () => {
     const { src, sw } = fixture();
     const c = src.netPorts[0].device.counters;
