@@ -154,19 +154,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 
 #ifdef URING_DRIVER
-int main(int argc, char **argv) {
-  for (int i = 1; i < argc; i++) {
-    FILE *f = fopen(argv[i], "rb");
-    if (!f) {
-      perror(argv[i]);
-      return 2;
-    }
-    static uint8_t data[1 << 16];
-    size_t n = fread(data, 1, sizeof(data), f);
-    fclose(f);
-    LLVMFuzzerTestOneInput(data, n);
-  }
-  printf("uring driver: %d inputs\n", argc - 1);
-  return 0;
-}
+#define FUZZ_NAME "uring"
+#include "replay_main.h"
 #endif
