@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One slot per mapping; the index is the mapping's SIGBUS guard slot (sigbus.c has as many). */
+/* One slot per mapping; the index is the mapping's SIGBUS guard slot (sigbus.h), so the tables are the same size. */
 #define COPY_SLOTS 65536
 /* Doubles per op: dst handle, dst offset, src handle, src offset, length. */
 #define COPY_OP_FIELDS 5

@@ -11,6 +11,9 @@
 #include "copy.h"
 #include "sigbus.h"
 
+/* A mapping's guard slot is its copy handle's slot: the two tables must be the same size. */
+_Static_assert(COPY_SLOTS == SIGBUS_SLOTS, "copy.h COPY_SLOTS must equal sigbus.h SIGBUS_SLOTS");
+
 #define MAX_MAP_SIZE 4294967296.0 /* a typed array view is limited to 4 GiB on Node 20 */
 #define MAX_OFFSET 9007199254740991.0
 

@@ -21,7 +21,7 @@
 #include "common.h"
 #include "sigbus.h"
 
-#define SLOTS 65536
+#define SLOTS SIGBUS_SLOTS
 
 typedef struct {
   _Atomic uintptr_t start; /* 0: free */

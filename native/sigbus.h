@@ -4,6 +4,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Mappings the guard can hold; copy.h sizes its handle table from it (a slot index is a copy handle's slot). */
+#define SIGBUS_SLOTS 65536
+
 /* Install the process-wide handler once; 0 if sigaction failed. */
 int sigbus_guard_ready(void);
 /* Register [base, base+len); returns the slot, or -1 when the table is full or the guard is not installed. */
