@@ -24,6 +24,7 @@ import { L2Cache, type L2Table } from './l2-cache.js';
 import { Refcounts, type HostRange, type HostSpace } from './refcounts.js';
 import { Allocator } from './allocator.js';
 import { writeBack, type MetadataState } from './writeback.js';
+import { InflightClusters } from './inflight.js';
 import {
   classify,
   compressedLocation,
@@ -61,6 +62,22 @@ export { MAX_BACKING_DEPTH } from './backing.js';
 /** zlib on the libuv thread pool: a compressed cluster never inflates on the event loop. */
 const inflateRawAsync = promisify(inflateRaw);
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
+
+/** One guest cluster's share of a write, as planned under the lock. */
+interface WritePiece {
+  gc: number;
+  /** Host offset of the cluster the data goes to. */
+  cluster: number;
+  intra: number;
+  views: Uint8Array[];
+  /** Where the rest of a partly written new cluster comes from ('none': nothing to fill). */
+  fill: 'none' | 'zero' | 'old' | 'backing' | 'compressed';
+  /** The L2 entry found when planning (the source of an 'old' or 'compressed' fill). */
+  hi: number;
+  lo: number;
+  /** The L2 entry to set once the data is in the file, and what it replaces; null for in-place writes. */
+  link: { hi: number; lo: number; free: HostRange | null } | null;
+}
 
 /** One piece of a request after translation. */
 type Extent =
@@ -103,6 +120,12 @@ export class Qcow2Image implements Disk, BackingImage {
   /** Everything write-back reads and clears. */
   private readonly meta: MetadataState;
   private readonly lock = new RwLock();
+  /** Guest clusters with an allocating write, discard or write-zeroes in flight. */
+  private readonly inflight = new InflightClusters();
+  /** fallocate ZERO_RANGE works on this file (false after the first refusal: zeros are written instead). */
+  private zeroRange = true;
+  /** One cluster of zeros, the source of zero fills where ZERO_RANGE is refused (never written into). */
+  private zeroCluster: Uint8Array | null = null;
   private lastInflated: { offset: number; data: Buffer } | null = null;
   private closed = false;
 
@@ -334,12 +357,26 @@ export class Qcow2Image implements Disk, BackingImage {
     } finally {
       this.lock.releaseShared();
     }
-    await this.lock.exclusive();
+    // Allocating write: only requests on the same clusters wait; the data goes to the file outside the lock.
+    const release = await this.inflight.claim(Math.floor(offset / this.cs), Math.ceil((offset + len) / this.cs));
     try {
-      await this.writeLocked(offset, bufs);
-      await this.maybeWriteBack();
+      await this.lock.exclusive();
+      let pieces: WritePiece[];
+      try {
+        pieces = await this.planWrite(offset, bufs);
+      } finally {
+        this.lock.releaseExclusive();
+      }
+      await this.writeData(pieces);
+      await this.lock.exclusive();
+      try {
+        await this.link(pieces);
+        await this.maybeWriteBack();
+      } finally {
+        this.lock.releaseExclusive();
+      }
     } finally {
-      this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -356,14 +393,17 @@ export class Qcow2Image implements Disk, BackingImage {
   async discard(offset: number, len: number): Promise<void> {
     this.checkWritable('discard', offset);
     this.checkRange(offset, len, 'discard');
+    // Only whole clusters are deallocated; partial clusters keep their data (allowed for discard).
+    const [first, end] = this.wholeClusters(offset, len);
+    if (first >= end) return;
+    const release = await this.inflight.claim(first, end);
     await this.lock.exclusive();
     try {
-      // Only whole clusters are deallocated; partial clusters keep their data (allowed for discard).
-      const [first, end] = this.wholeClusters(offset, len);
       for (let c = first; c < end; c++) await this.unmapCluster(c, 'discard');
       await this.maybeWriteBack();
     } finally {
       this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -371,6 +411,7 @@ export class Qcow2Image implements Disk, BackingImage {
     this.checkWritable('write-zeroes', offset);
     this.checkRange(offset, len, 'write-zeroes');
     if (len === 0) return;
+    const release = await this.inflight.claim(Math.floor(offset / this.cs), Math.ceil((offset + len) / this.cs));
     await this.lock.exclusive();
     try {
       const cs = this.cs;
@@ -391,6 +432,7 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.maybeWriteBack();
     } finally {
       this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -569,14 +611,16 @@ export class Qcow2Image implements Disk, BackingImage {
 
   // ---------------------------------------------------------------- writes
 
-  private async writeLocked(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+  /**
+   * Decide where each guest cluster of a write goes (under the exclusive lock): in place, or into a new cluster
+   * (refcount 1 in memory) whose L2 entry link() sets once the data is in the file. The caller has claimed the clusters.
+   */
+  private async planWrite(offset: number, bufs: readonly Uint8Array[]): Promise<WritePiece[]> {
     const cs = this.cs;
-    const len = totalLength(bufs);
     const cur = new IovCursor(bufs);
-    const writes: Array<{ host: number; views: Uint8Array[] }> = [];
-    const updates: Array<{ t: L2Table; i: number; hi: number; lo: number; free: HostRange | null }> = [];
+    const out: WritePiece[] = [];
     let pos = offset;
-    const end = offset + len;
+    const end = offset + totalLength(bufs);
     while (pos < end) {
       const gc = Math.floor(pos / cs);
       const intra = pos - gc * cs;
@@ -588,10 +632,10 @@ export class Qcow2Image implements Disk, BackingImage {
       const lo = readLo(t.buf, i);
       const kind = classify(hi, lo, this.header.version);
       const old = entryOffset(hi, lo);
+      pos += n;
       if (kind === 'normal' && hi & COPIED_HI) {
         this.checkDataCluster(old, gc, 'write', true);
-        writes.push({ host: old + intra, views });
-        pos += n;
+        out.push({ gc, cluster: old, intra, views, fill: 'none', hi, lo, link: null });
         continue;
       }
       // Copy-on-write into a new cluster (or, for a preallocated zero cluster we own, in place).
@@ -605,25 +649,55 @@ export class Qcow2Image implements Disk, BackingImage {
         if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: cs };
         else if (kind === 'compressed') free = this.compressedRange(hi, lo);
       }
-      const tailLen = cs - intra - n;
-      let src: Buffer | null = null;
-      if (intra > 0 || tailLen > 0) {
-        src = Buffer.alloc(cs);
-        const gstart = gc * cs;
+      let fill: WritePiece['fill'] = 'none';
+      if (intra > 0 || intra + n < cs) {
         if (kind === 'normal') {
           this.checkDataCluster(old, gc, 'write', false);
-          await preadvFull(this.io, [src], old, this.path);
-        } else if (kind === 'compressed') (await this.inflate(hi, lo, gstart)).copy(src);
-        else if (kind === 'unallocated' && this.backing) await readBacking(this.backing, gstart, [src]);
+          fill = 'old';
+        } else if (kind === 'compressed') fill = 'compressed';
+        else if (kind === 'unallocated' && this.backing) fill = 'backing';
+        else fill = 'zero';
       }
-      const v: Uint8Array[] = [];
-      if (intra > 0) v.push(src!.subarray(0, intra));
-      v.push(...views);
-      if (tailLen > 0) v.push(src!.subarray(intra + n));
-      writes.push({ host, views: v });
       const [nhi, nlo] = makeEntry(host, true);
-      updates.push({ t, i, hi: nhi, lo: nlo, free });
-      pos += n;
+      out.push({ gc, cluster: host, intra, views, fill, hi, lo, link: { hi: nhi, lo: nlo, free } });
+    }
+    return out;
+  }
+
+  /**
+   * Put a planned write's data in the file (no lock needed: its clusters are claimed and not yet linked). The untouched
+   * part of a new cluster with nothing to copy is zeroed by fallocate ZERO_RANGE, or by writing zeros where refused.
+   */
+  private async writeData(pieces: WritePiece[]): Promise<void> {
+    const cs = this.cs;
+    const zeroed = new Set<WritePiece>();
+    if (this.zeroRange) {
+      const zp = pieces.filter((p) => p.fill === 'zero');
+      const ok = await Promise.all(zp.map((p) => this.io.fallocate(p.cluster, cs, true)));
+      ok.forEach((done, k) => (done ? zeroed.add(zp[k]!) : (this.zeroRange = false)));
+    }
+    const writes: Array<{ host: number; views: Uint8Array[] }> = [];
+    for (const p of pieces) {
+      if (p.fill === 'none' || zeroed.has(p)) {
+        writes.push({ host: p.cluster + p.intra, views: p.views });
+        continue;
+      }
+      let src: Uint8Array;
+      if (p.fill === 'zero') src = this.zeroCluster ??= new Uint8Array(cs);
+      else {
+        const b = Buffer.alloc(cs);
+        const old = entryOffset(p.hi, p.lo);
+        if (p.fill === 'old') await preadvFull(this.io, [b], old, this.path);
+        else if (p.fill === 'compressed') (await this.inflate(p.hi, p.lo, p.gc * cs)).copy(b);
+        else await readBacking(this.backing, p.gc * cs, [b]);
+        src = b;
+      }
+      const tail = p.intra + totalLength(p.views);
+      const v: Uint8Array[] = [];
+      if (p.intra > 0) v.push(src.subarray(0, p.intra));
+      v.push(...p.views);
+      if (tail < cs) v.push(src.subarray(tail));
+      writes.push({ host: p.cluster, views: v });
     }
     // Merge host-contiguous pieces into single pwritev calls, then write them all.
     const merged: Array<{ host: number; views: Uint8Array[]; len: number }> = [];
@@ -636,14 +710,27 @@ export class Qcow2Image implements Disk, BackingImage {
       } else merged.push({ host: w.host, views: [...w.views], len: l });
     }
     await Promise.all(merged.map((m) => pwritevFull(this.io, m.views, m.host, this.path)));
-    this.meta.unsynced = true;
-    // Data is in the file: now point the (cached, written back on flush) L2 entries at it.
-    for (const u of updates) {
-      writeEntry(u.t.buf, u.i, u.hi, u.lo);
-      u.t.dirty = true;
-      if (u.free) this.meta.pendingDecrements.push(u.free);
+  }
+
+  /** The data is in the file: point the (cached, written back on flush) L2 entries at it. Under the exclusive lock. */
+  private async link(pieces: WritePiece[]): Promise<void> {
+    this.meta.unsynced = true; // the next write-back syncs this data before any L2 table that points to it
+    for (const p of pieces) {
+      if (!p.link) continue;
+      // Looked up again: the table may have been written back and evicted while the data was being written.
+      const t = await this.writableL2(p.gc);
+      writeEntry(t.buf, p.gc % this.l2Entries, p.link.hi, p.link.lo);
+      t.dirty = true;
+      if (p.link.free) this.meta.pendingDecrements.push(p.link.free);
     }
     this.lastInflated = null;
+  }
+
+  /** A whole write under the exclusive lock (write-zeroes' partial clusters). */
+  private async writeLocked(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const pieces = await this.planWrite(offset, bufs);
+    await this.writeData(pieces);
+    await this.link(pieces);
   }
 
   /**

@@ -63,8 +63,18 @@ export async function writeBack(s: MetadataState): Promise<void> {
   // 2. L2 tables (new ones included) before the L1 entries that point to them.
   const dirtyL2 = s.l2.dirtyTables();
   if (dirtyL2.length > 0) {
-    await Promise.all(dirtyL2.map(([off, t]) => pwritevFull(s.io, [t.buf], off, s.path)));
-    for (const [, t] of dirtyL2) t.dirty = false;
+    // Each table is written from a snapshot and marked clean first: an entry linked meanwhile dirties it again and is
+    // written by the next write-back, never torn or lost by this one.
+    const snaps = dirtyL2.map(([off, t]) => {
+      t.dirty = false;
+      return { off, t, buf: Buffer.from(t.buf) };
+    });
+    try {
+      await Promise.all(snaps.map((x) => pwritevFull(s.io, [x.buf], x.off, s.path)));
+    } catch (err) {
+      for (const x of snaps) x.t.dirty = true;
+      throw err;
+    }
     await sync(s);
   }
   if (s.l1Dirty.size > 0) {
