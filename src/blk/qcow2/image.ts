@@ -6,12 +6,12 @@
  * (refcounts.ts), and an LRU cache of L2 tables (l2-cache.ts). Dirty metadata is written back on flush() (or when the
  * L2 cache overflows) in crash-safe order by writeback.ts. Allocation appends at the end of the file (allocator.ts).
  *
- * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together; anything that
- * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively. */
+ * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together. An allocating
+ * write claims its guest clusters (inflight.ts), holds the lock exclusively only to plan its clusters and later to
+ * link them, and writes its data in between without it. Discard, write-zeroes and flush hold it exclusively.
+ */
 import type { FileHandle } from 'node:fs/promises';
 import { setImmediate } from 'node:timers/promises';
-import { inflateRaw, constants as zc } from 'node:zlib';
-import { promisify } from 'node:util';
 import { fileId, type Disk, type DiskFiles } from '../disk.js';
 import { fileIo, type FileIo } from '../file-io.js';
 import type { DiskEngineName } from '../uring-engine.js';
@@ -25,6 +25,7 @@ import { Refcounts, type HostRange, type HostSpace } from './refcounts.js';
 import { Allocator } from './allocator.js';
 import { writeBack, type MetadataState } from './writeback.js';
 import { InflightClusters } from './inflight.js';
+import { Translator } from './translate.js';
 import {
   classify,
   compressedLocation,
@@ -59,8 +60,6 @@ export interface Qcow2OpenOptions {
 }
 
 export { MAX_BACKING_DEPTH } from './backing.js';
-/** zlib on the libuv thread pool: a compressed cluster never inflates on the event loop. */
-const inflateRawAsync = promisify(inflateRaw);
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 
 /** One guest cluster's share of a write, as planned under the lock. */
@@ -78,13 +77,6 @@ interface WritePiece {
   /** The L2 entry to set once the data is in the file, and what it replaces; null for in-place writes. */
   link: { hi: number; lo: number; free: HostRange | null } | null;
 }
-
-/** One piece of a request after translation. */
-type Extent =
-  | { kind: 'data'; host: number; len: number }
-  | { kind: 'zero'; len: number }
-  | { kind: 'backing'; guest: number; len: number }
-  | { kind: 'compressed'; hi: number; lo: number; intra: number; len: number };
 
 export class Qcow2Image implements Disk, BackingImage {
   readonly format = 'qcow2';
@@ -106,7 +98,6 @@ export class Qcow2Image implements Disk, BackingImage {
   private readonly io: FileIo;
   private readonly log: Qcow2OpenOptions['log'];
   private readonly cs: number;
-  private readonly cb: number;
   private readonly l2Entries: number;
   private readonly l1: Buffer;
   /** Cluster indices of header, L1, refcount table, refblocks and snapshot table: never written with data. */
@@ -126,7 +117,7 @@ export class Qcow2Image implements Disk, BackingImage {
   private zeroRange = true;
   /** One cluster of zeros, the source of zero fills where ZERO_RANGE is refused (never written into). */
   private zeroCluster: Uint8Array | null = null;
-  private lastInflated: { offset: number; data: Buffer } | null = null;
+  private readonly tr: Translator;
   private closed = false;
 
   private constructor(init: {
@@ -149,7 +140,6 @@ export class Qcow2Image implements Disk, BackingImage {
     this.size = h.size;
     this.backing = init.backing;
     this.log = init.opts.log;
-    this.cb = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
     this.l2Entries = this.cs / 8;
     this.l1 = init.l1;
@@ -169,6 +159,18 @@ export class Qcow2Image implements Disk, BackingImage {
     });
     this.alloc = new Allocator(this.refs, this.space, this.cs, corrupt);
     this.l2 = new L2Cache(this.io, this.path, this.cs, Math.max(4, Math.floor((init.opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / this.cs)));
+    this.tr = new Translator({
+      io: this.io,
+      path: this.path,
+      header: h,
+      l1: this.l1,
+      l2: this.l2,
+      backing: this.backing,
+      space: this.space,
+      fixedMeta: this.fixedMeta,
+      l2Clusters: this.l2Clusters,
+      corrupt,
+    });
     this.meta = {
       io: this.io,
       path: this.path,
@@ -318,7 +320,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (len === 0) return;
     await this.lock.shared();
     try {
-      const extents = await this.translate(offset, len);
+      const extents = await this.tr.translate(offset, len);
       const cur = new IovCursor(bufs);
       const jobs: Promise<void>[] = [];
       let guest = offset;
@@ -328,7 +330,7 @@ export class Qcow2Image implements Disk, BackingImage {
         else if (e.kind === 'zero') fillZero(views);
         else if (e.kind === 'backing') jobs.push(readBacking(this.backing, e.guest, views));
         else {
-          const data = await this.inflate(e.hi, e.lo, guest);
+          const data = await this.tr.inflate(e.hi, e.lo, guest);
           copyInto(data.subarray(e.intra, e.intra + e.len), views);
         }
         guest += e.len;
@@ -347,7 +349,7 @@ export class Qcow2Image implements Disk, BackingImage {
     // Fast path: every cluster already allocated with COPIED → in-place writes under the shared lock.
     await this.lock.shared();
     try {
-      const hosts = await this.inPlaceHosts(offset, len);
+      const hosts = await this.tr.inPlaceHosts(offset, len);
       if (hosts !== null) {
         const cur = new IovCursor(bufs);
         await Promise.all(hosts.map((e) => pwritevFull(this.io, cur.take(e.len), e.host, this.path)));
@@ -470,129 +472,13 @@ export class Qcow2Image implements Disk, BackingImage {
     return [first, Math.max(first, end)];
   }
 
-  /** L2 table for guest cluster `gc`, or null when the L1 entry is empty. */
-  private async l2For(gc: number, op: string): Promise<{ table: L2Table; l1i: number } | null> {
-    const l1i = Math.floor(gc / this.l2Entries);
-    if (l1i >= this.header.l1Size) throw this.corrupt(`guest cluster ${gc} beyond the L1 table`, gc * this.cs, op);
-    const off = entryOffset(readHi(this.l1, l1i), readLo(this.l1, l1i));
-    if (off === 0) return null;
-    return { table: await this.l2.load(off), l1i };
-  }
-
-  /** Check a data cluster's host offset before it is used. */
-  private checkDataCluster(host: number, gc: number, op: string, writing: boolean): void {
-    if (host % this.cs !== 0) throw this.corrupt(`L2 entry of guest cluster ${gc} has an unaligned offset 0x${host.toString(16)}`, gc * this.cs, op);
-    if (host + this.cs > this.space.end) throw this.corrupt(`guest cluster ${gc} maps past the end of the file (0x${host.toString(16)})`, gc * this.cs, op);
-    const hc = host / this.cs;
-    if (writing && (this.fixedMeta.has(hc) || this.l2Clusters.has(hc)))
-      throw this.corrupt(`guest cluster ${gc} maps onto image metadata (0x${host.toString(16)})`, gc * this.cs, op);
-  }
-
-  private async translate(offset: number, len: number): Promise<Extent[]> {
-    const cs = this.cs;
-    const out: Extent[] = [];
-    const push = (e: Extent): void => {
-      const last = out[out.length - 1];
-      if (last && last.kind === e.kind) {
-        if (e.kind === 'zero') return void (last.len += e.len);
-        if (e.kind === 'data' && (last as { host: number }).host + last.len === e.host) return void (last.len += e.len);
-        if (e.kind === 'backing') return void (last.len += e.len);
-      }
-      out.push(e);
-    };
-    let pos = offset;
-    const end = offset + len;
-    while (pos < end) {
-      const gc = Math.floor(pos / cs);
-      const intra = pos - gc * cs;
-      const n = Math.min(cs - intra, end - pos);
-      const t = await this.l2For(gc, 'read');
-      if (t === null) {
-        push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
-      } else {
-        const i = gc % this.l2Entries;
-        const hi = readHi(t.table.buf, i);
-        const lo = readLo(t.table.buf, i);
-        const k = classify(hi, lo, this.header.version);
-        if (k === 'normal') {
-          const host = entryOffset(hi, lo);
-          this.checkDataCluster(host, gc, 'read', false);
-          push({ kind: 'data', host: host + intra, len: n });
-        } else if (k === 'unallocated') push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
-        else if (k === 'compressed') push({ kind: 'compressed', hi, lo, intra, len: n });
-        else push({ kind: 'zero', len: n });
-      }
-      pos += n;
-    }
-    return out;
-  }
-
-  /** Host extents for an in-place write, or null if any cluster needs allocation or copy-on-write. */
-  private async inPlaceHosts(offset: number, len: number): Promise<Array<{ host: number; len: number }> | null> {
-    const cs = this.cs;
-    const out: Array<{ host: number; len: number }> = [];
-    let pos = offset;
-    const end = offset + len;
-    while (pos < end) {
-      const gc = Math.floor(pos / cs);
-      const intra = pos - gc * cs;
-      const n = Math.min(cs - intra, end - pos);
-      const l1i = Math.floor(gc / this.l2Entries);
-      if (!(readHi(this.l1, l1i) & COPIED_HI)) return null;
-      const t = await this.l2For(gc, 'write');
-      if (t === null) return null;
-      const i = gc % this.l2Entries;
-      const hi = readHi(t.table.buf, i);
-      const lo = readLo(t.table.buf, i);
-      if (!(hi & COPIED_HI) || classify(hi, lo, this.header.version) !== 'normal') return null;
-      const host = entryOffset(hi, lo);
-      this.checkDataCluster(host, gc, 'write', true);
-      const last = out[out.length - 1];
-      if (last && last.host + last.len === host + intra) last.len += n;
-      else out.push({ host: host + intra, len: n });
-      pos += n;
-    }
-    return out;
-  }
-
-  /** Decompress the compressed cluster of an L2 entry (the last one is kept for sequential reads). */
-  private async inflate(hi: number, lo: number, guest: number): Promise<Buffer> {
-    const loc = compressedLocation(hi, lo, this.cb);
-    if (this.lastInflated?.offset === loc.offset) return this.lastInflated.data;
-    if (loc.offset < this.cs || loc.offset >= this.space.end) throw this.corrupt(`compressed cluster at 0x${loc.offset.toString(16)} outside the file`, guest, 'read');
-    const size = Math.min(loc.size, this.space.end - loc.offset);
-    const src = Buffer.alloc(size);
-    await preadvFull(this.io, [src], loc.offset, this.path);
-    let data: Buffer;
-    try {
-      // Z_SYNC_FLUSH: trailing bytes after the stream are tolerated; the output is bounded to one cluster.
-      data = await inflateRawAsync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: this.cs });
-    } catch (err) {
-      // maxOutputLength overflow means the stream holds more than one cluster: keep the first cluster only.
-      if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw this.corrupt('compressed cluster inflates past the cluster size', guest, 'read');
-      throw new ImageError('CorruptImage', `compressed cluster at 0x${loc.offset.toString(16)} does not inflate: ${(err as Error).message}`, { path: this.path, offset: guest, op: 'read' }, { cause: err });
-    }
-    if (data.length !== this.cs) throw this.corrupt(`compressed cluster inflates to ${data.length} bytes, not ${this.cs}`, guest, 'read');
-    this.lastInflated = { offset: loc.offset, data };
-    return data;
-  }
-
-  // ---------------------------------------------------------------- refcounts and allocation
-
-  /** Host clusters touched by a compressed cluster (each counted once per reference). */
-  private compressedRange(hi: number, lo: number): HostRange {
-    const loc = compressedLocation(hi, lo, this.cb);
-    const start = Math.floor(loc.offset / this.cs) * this.cs;
-    return { offset: start, len: loc.offset + loc.size - start };
-  }
-
   /** L2 table of guest cluster `gc`, writable (allocated, or copied if shared with a snapshot). */
   private async writableL2(gc: number): Promise<L2Table> {
     const l1i = Math.floor(gc / this.l2Entries);
     const hi = readHi(this.l1, l1i);
     const lo = readLo(this.l1, l1i);
     const old = entryOffset(hi, lo);
-    if (old !== 0 && hi & COPIED_HI) return (await this.l2For(gc, 'write'))!.table;
+    if (old !== 0 && hi & COPIED_HI) return (await this.tr.l2For(gc, 'write'))!.table;
     const at = await this.alloc.cluster();
     const buf = Buffer.alloc(this.cs);
     if (old !== 0) {
@@ -634,7 +520,7 @@ export class Qcow2Image implements Disk, BackingImage {
       const old = entryOffset(hi, lo);
       pos += n;
       if (kind === 'normal' && hi & COPIED_HI) {
-        this.checkDataCluster(old, gc, 'write', true);
+        this.tr.checkDataCluster(old, gc, 'write', true);
         out.push({ gc, cluster: old, intra, views, fill: 'none', hi, lo, link: null });
         continue;
       }
@@ -642,17 +528,17 @@ export class Qcow2Image implements Disk, BackingImage {
       let host: number;
       let free: HostRange | null = null;
       if (kind === 'zero-alloc' && hi & COPIED_HI) {
-        this.checkDataCluster(old, gc, 'write', true);
+        this.tr.checkDataCluster(old, gc, 'write', true);
         host = old;
       } else {
         host = await this.alloc.cluster();
         if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: cs };
-        else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+        else if (kind === 'compressed') free = this.tr.compressedRange(hi, lo);
       }
       let fill: WritePiece['fill'] = 'none';
       if (intra > 0 || intra + n < cs) {
         if (kind === 'normal') {
-          this.checkDataCluster(old, gc, 'write', false);
+          this.tr.checkDataCluster(old, gc, 'write', false);
           fill = 'old';
         } else if (kind === 'compressed') fill = 'compressed';
         else if (kind === 'unallocated' && this.backing) fill = 'backing';
@@ -688,7 +574,7 @@ export class Qcow2Image implements Disk, BackingImage {
         const b = Buffer.alloc(cs);
         const old = entryOffset(p.hi, p.lo);
         if (p.fill === 'old') await preadvFull(this.io, [b], old, this.path);
-        else if (p.fill === 'compressed') (await this.inflate(p.hi, p.lo, p.gc * cs)).copy(b);
+        else if (p.fill === 'compressed') (await this.tr.inflate(p.hi, p.lo, p.gc * cs)).copy(b);
         else await readBacking(this.backing, p.gc * cs, [b]);
         src = b;
       }
@@ -723,7 +609,7 @@ export class Qcow2Image implements Disk, BackingImage {
       t.dirty = true;
       if (p.link.free) this.meta.pendingDecrements.push(p.link.free);
     }
-    this.lastInflated = null;
+    this.tr.forgetInflated();
   }
 
   /** A whole write under the exclusive lock (write-zeroes' partial clusters). */
@@ -757,13 +643,13 @@ export class Qcow2Image implements Disk, BackingImage {
     if (mode === 'zero' && (kind === 'normal' || kind === 'zero-alloc') && hi & COPIED_HI) {
       [nhi, nlo] = makeEntry(old, true, true); // keep the allocation, read as zeros
     } else if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: this.cs };
-    else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+    else if (kind === 'compressed') free = this.tr.compressedRange(hi, lo);
     if (mode !== 'discard' && v3) nlo |= ZERO_LO;
     if (nhi === hi && nlo === lo) return true;
     writeEntry(t.buf, i, nhi, nlo);
     t.dirty = true;
     if (free) this.meta.pendingDecrements.push(free);
-    this.lastInflated = null;
+    this.tr.forgetInflated();
     return true;
   }
 
