@@ -348,3 +348,43 @@ describe.skipIf(!hasQemuImg)('Qcow2Image concurrent allocation', () => {
     await verify(dir, f, mirror);
   });
 });
+
+describe.skipIf(!hasQemuImg)('Qcow2Image allocating writes over a backing file', () => {
+  test('a read racing an allocating write into a backed cluster sees the backing data, never the cluster before its data is in the file', async () => {
+    const dir = tmp();
+    const base = join(dir, 'base.raw');
+    const size = 4 * MiB;
+    const content = Buffer.alloc(size);
+    for (let i = 0; i < size; i += 512) content.fill((i >> 9) & 0xff || 1, i, i + 512);
+    writeFileSync(base, content);
+    const top = join(dir, 'top.qcow2');
+    qemuImg('create', '-q', '-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', top, String(size));
+    const img = await Qcow2Image.open(top, { readOnly: false });
+    const mirror = Buffer.from(content);
+    const jobs: Promise<void>[] = [];
+    const reads: Array<{ off: number; buf: Buffer }> = [];
+    for (let c = 0; c < 32; c++) {
+      const off = c * 65536;
+      const data = Buffer.alloc(4096, 0xee);
+      data.copy(mirror, off + 32768);
+      jobs.push(img.write(off + 32768, [data]));
+      // Reads of the head of the cluster issued right behind the write and a few turns of the event loop later (while
+      // its copy-on-write and data writes run): whichever runs first, the head is backing data.
+      for (let turns = 0; turns < 16; turns++) {
+        const r = { off, buf: Buffer.alloc(4096) };
+        reads.push(r);
+        jobs.push(
+          (async () => {
+            for (let t = 0; t < turns; t++) await new Promise<void>((res) => setImmediate(res));
+            await img.read(off, [r.buf]);
+          })(),
+        );
+      }
+      if (c % 8 === 7) jobs.push(img.flush());
+    }
+    await Promise.all(jobs);
+    for (const r of reads) expect(r.buf.equals(content.subarray(r.off, r.off + 4096)), `read at ${r.off}`).toBe(true);
+    await img.close();
+    await verify(dir, top, mirror);
+  });
+});
