@@ -16,8 +16,8 @@ const SIZE = 16 * 1024 * 1024;
 
 const tmp = tempDirsPerTest();
 
-async function runAndKill(file: string, seed: number, killAfterMs: number): Promise<{ lastWrite: number; lastFlush: number }> {
-  const child = spawn(process.execPath, [CHILD, file, String(seed)], { stdio: ['ignore', 'pipe', 'inherit'] });
+async function runAndKill(file: string, seed: number, killAfterMs: number, qd: number): Promise<{ lastWrite: number; lastFlush: number }> {
+  const child = spawn(process.execPath, [CHILD, file, String(seed), String(qd)], { stdio: ['ignore', 'pipe', 'inherit'] });
   let lastWrite = -1;
   let lastFlush = -1;
   let buf = '';
@@ -27,7 +27,7 @@ async function runAndKill(file: string, seed: number, killAfterMs: number): Prom
     buf = lines.pop()!;
     for (const l of lines) {
       const [k, n] = l.split(' ');
-      if (k === 'w') lastWrite = Number(n);
+      if (k === 'w') lastWrite = Math.max(lastWrite, Number(n));
       if (k === 'f') lastFlush = Number(n);
     }
   });
@@ -47,26 +47,35 @@ describe.skipIf(!hasQemuImg)('qcow2 crash safety', () => {
   }, 300_000);
 
   const r = prng(2024);
-  for (let run = 0; run < 6; run++) {
+  for (let run = 0; run < 10; run++) {
     const killAfter = Math.floor(r() * 400);
     const opts = run % 2 === 0 ? [] : ['-o', 'cluster_size=4096'];
-    test(`run ${run}: kill -9 after ${killAfter} ms ${opts.join(' ')}: no corruption, flushed writes present`, async () => {
+    // Runs 6..9 keep 16 allocating writes in flight at once, so every kill lands among many.
+    const qd = run < 6 ? 1 : 16;
+    test(`run ${run}: kill -9 after ${killAfter} ms ${opts.join(' ')}, ${qd} writes in flight: no corruption, flushed writes present`, async () => {
       const dir = tmp();
       const f = join(dir, 'crash.qcow2');
       qemuImg('create', '-q', '-f', 'qcow2', ...opts, f, String(SIZE));
       const seed = 100 + run;
-      const { lastWrite, lastFlush } = await runAndKill(f, seed, killAfter);
+      const { lastWrite, lastFlush } = await runAndKill(f, seed, killAfter, qd);
       expect(lastFlush).toBeGreaterThanOrEqual(0);
       const chk = qemuCheck(f);
       expect([0, 3], chk.text).toContain(chk.status);
-      // Expected: writes 0..lastFlush applied in order; bytes touched by later (maybe partial) writes are unknown.
+      // Expected: batches of qd writes up to lastFlush applied in order (bytes two writes of one batch both touched are
+      // unknown: they ran concurrently); bytes touched by later (maybe partial) writes are unknown.
       const mirror = Buffer.alloc(SIZE);
       const known = Buffer.alloc(SIZE, 1);
+      const batchOwner = new Int32Array(SIZE).fill(-1);
       for (let i = 0; i <= lastFlush; i++) {
         const w = crashWrite(seed, i, SIZE);
+        const batch = Math.floor(i / qd);
         w.data.copy(mirror, w.offset);
+        for (let b = w.offset; b < w.offset + w.data.length; b++) {
+          known[b] = batchOwner[b] === batch && qd > 1 ? 0 : 1;
+          batchOwner[b] = batch;
+        }
       }
-      for (let i = lastFlush + 1; i <= lastWrite + 1; i++) {
+      for (let i = lastFlush + 1; i <= lastWrite + 2 * qd; i++) {
         const w = crashWrite(seed, i, SIZE);
         known.fill(0, w.offset, w.offset + w.data.length);
       }

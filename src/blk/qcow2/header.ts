@@ -20,6 +20,11 @@ export const INCOMPAT_COMPRESSION = 1n << 3n;
 export const INCOMPAT_EXTL2 = 1n << 4n;
 
 /** QEMU limits (qcow2.h): L1 ≤ 32 MiB, refcount table ≤ 8 MiB, 65536 snapshots. */
+/** Byte offsets of the header fields that are rewritten in place after open (big-endian, see docs/qcow2.md). */
+export const HDR_REFTABLE_OFFSET = 48; // u64 refcount_table_offset, then u32 refcount_table_clusters at 56
+export const HDR_INCOMPAT_FEATURES = 72;
+export const HDR_AUTOCLEAR_FEATURES = 88;
+
 export const MAX_L1_BYTES = 32 * 1024 * 1024;
 export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
 export const MAX_SNAPSHOTS = 65536;

@@ -1,24 +1,17 @@
 /**
- * Qcow2Image: a qcow2 (v2/v3) image as a Disk (docs/qcow2.md).
+ * Qcow2Image: a qcow2 (v2/v3) image as a Disk (docs/qcow2.md): open, translation, reads, writes, discard.
  *
  * Data goes straight between the file and the caller's buffers; only copy-on-write fills of partial clusters and
- * compressed clusters go through temporary buffers. Metadata lives in memory: the whole active L1, the refcount
- * table, loaded refblocks, and an LRU cache of L2 tables. Dirty metadata is written back on flush() (or when the L2
- * cache overflows) in QEMU's crash-safe order:
- *   refblocks (+ refcount table) → fdatasync → L2 tables → fdatasync → L1 entries → fdatasync
- *   → refcount decrements of replaced clusters → fdatasync.
- * Data of allocating writes is written before any of that, so a crash leaves at most leaked clusters.
+ * compressed clusters go through temporary buffers. Metadata lives in memory: the whole active L1, the refcounts
+ * (refcounts.ts), and an LRU cache of L2 tables (l2-cache.ts). Dirty metadata is written back on flush() (or when the
+ * L2 cache overflows) in crash-safe order by writeback.ts. Allocation appends at the end of the file (allocator.ts).
  *
- * Allocation appends at the end of the file; clusters freed in this session are not reused (spec-legal: they stay
- * free, refcount 0, and qemu-img check reports nothing).
- *
- * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together; anything that
- * changes metadata (allocating writes, discard, write-zeroes, flush) holds the lock exclusively.
+ * Concurrency: reads and in-place writes (to COPIED clusters) hold a shared lock and run together. An allocating
+ * write claims its guest clusters (inflight.ts), holds the lock exclusively only to plan its clusters and later to
+ * link them, and writes its data in between without it. Discard, write-zeroes and flush hold it exclusively.
  */
 import type { FileHandle } from 'node:fs/promises';
 import { setImmediate } from 'node:timers/promises';
-import { inflateRaw, constants as zc } from 'node:zlib';
-import { promisify } from 'node:util';
 import { fileId, type Disk, type DiskFiles } from '../disk.js';
 import { fileIo, type FileIo } from '../file-io.js';
 import type { DiskEngineName } from '../uring-engine.js';
@@ -26,19 +19,22 @@ import { ImageFileError, openImageFile, type OpenedImageFile } from '../image-fi
 import { newChain, openBacking, setAllowedDirs, type ChainState, type ImagePolicy } from './backing.js';
 import { ImageError } from './errors.js';
 import { rebuildRefcounts as rebuildFromMetadata } from './rebuild.js';
-import { parseHeader, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import { parseHeader, HDR_AUTOCLEAR_FEATURES, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, type Qcow2Header } from './header.js';
+import { L2Cache, type L2Table } from './l2-cache.js';
+import { Refcounts, type HostRange, type HostSpace } from './refcounts.js';
+import { Allocator } from './allocator.js';
+import { writeBack, type MetadataState } from './writeback.js';
+import { InflightClusters } from './inflight.js';
+import { Translator } from './translate.js';
 import {
   classify,
   compressedLocation,
   COPIED_HI,
   entryOffset,
-  getRefcount,
   makeEntry,
-  maxRefcount,
   readHi,
   readLo,
   reftableOffset,
-  setRefcount,
   writeEntry,
   ZERO_LO,
 } from './entries.js';
@@ -64,21 +60,23 @@ export interface Qcow2OpenOptions {
 }
 
 export { MAX_BACKING_DEPTH } from './backing.js';
-/** zlib on the libuv thread pool: a compressed cluster never inflates on the event loop. */
-const inflateRawAsync = promisify(inflateRaw);
 const DEFAULT_L2_CACHE_BYTES = 32 * 1024 * 1024;
 
-interface L2Table {
-  buf: Buffer;
-  dirty: boolean;
+/** One guest cluster's share of a write, as planned under the lock. */
+interface WritePiece {
+  gc: number;
+  /** Host offset of the cluster the data goes to. */
+  cluster: number;
+  intra: number;
+  views: Uint8Array[];
+  /** Where the rest of a partly written new cluster comes from ('none': nothing to fill). */
+  fill: 'none' | 'zero' | 'old' | 'backing' | 'compressed';
+  /** The L2 entry found when planning (the source of an 'old' or 'compressed' fill). */
+  hi: number;
+  lo: number;
+  /** The L2 entry to set once the data is in the file, and what it replaces; null for in-place writes. */
+  link: { hi: number; lo: number; free: HostRange | null } | null;
 }
-
-/** One piece of a request after translation. */
-type Extent =
-  | { kind: 'data'; host: number; len: number }
-  | { kind: 'zero'; len: number }
-  | { kind: 'backing'; guest: number; len: number }
-  | { kind: 'compressed'; hi: number; lo: number; intra: number; len: number };
 
 export class Qcow2Image implements Disk, BackingImage {
   readonly format = 'qcow2';
@@ -100,31 +98,26 @@ export class Qcow2Image implements Disk, BackingImage {
   private readonly io: FileIo;
   private readonly log: Qcow2OpenOptions['log'];
   private readonly cs: number;
-  private readonly cb: number;
   private readonly l2Entries: number;
-  private readonly refBits: number;
-  private readonly rbEntries: number;
   private readonly l1: Buffer;
-  private readonly l1Dirty = new Set<number>();
-  private reftable: Buffer;
-  private readonly reftableDirty = new Set<number>();
-  /** Set when the refcount table moved (grew): flush writes it whole and then switches the header. */
-  private reftableMoved: { oldOffset: number; oldClusters: number } | null = null;
-  private reftableOffset: number;
-  private readonly refblocks = new Map<number, Buffer>();
-  private readonly refblockDirty = new Set<number>();
-  private readonly l2Cache = new Map<number, L2Table>();
-  private readonly l2Loading = new Map<number, Promise<L2Table>>();
-  private readonly l2CacheMax: number;
   /** Cluster indices of header, L1, refcount table, refblocks and snapshot table: never written with data. */
   private readonly fixedMeta = new Set<number>();
   /** Cluster indices of L2 tables reachable from the active L1. */
   private readonly l2Clusters = new Set<number>();
-  private fileEnd: number;
-  private pendingDecrements: Array<{ offset: number; len: number }> = [];
-  private unsynced = false;
+  private readonly space: HostSpace;
+  private readonly refs: Refcounts;
+  private readonly alloc: Allocator;
+  private readonly l2: L2Cache;
+  /** Everything write-back reads and clears. */
+  private readonly meta: MetadataState;
   private readonly lock = new RwLock();
-  private lastInflated: { offset: number; data: Buffer } | null = null;
+  /** Guest clusters with an allocating write, discard or write-zeroes in flight. */
+  private readonly inflight = new InflightClusters();
+  /** fallocate ZERO_RANGE works on this file (false after the first refusal: zeros are written instead). */
+  private zeroRange = true;
+  /** One cluster of zeros, the source of zero fills where ZERO_RANGE is refused (never written into). */
+  private zeroCluster: Uint8Array | null = null;
+  private readonly tr: Translator;
   private closed = false;
 
   private constructor(init: {
@@ -147,16 +140,50 @@ export class Qcow2Image implements Disk, BackingImage {
     this.size = h.size;
     this.backing = init.backing;
     this.log = init.opts.log;
-    this.cb = h.clusterBits;
     this.cs = 2 ** h.clusterBits;
     this.l2Entries = this.cs / 8;
-    this.refBits = 2 ** h.refcountOrder;
-    this.rbEntries = (this.cs * 8) / this.refBits;
     this.l1 = init.l1;
-    this.reftable = init.reftable;
-    this.reftableOffset = h.refcountTableOffset;
-    this.fileEnd = Math.ceil(init.fileSize / this.cs) * this.cs;
-    this.l2CacheMax = Math.max(4, Math.floor((init.opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / this.cs));
+    this.space = { end: Math.ceil(init.fileSize / this.cs) * this.cs };
+    const corrupt = (m: string, offset: number, op: string): ImageError => this.corrupt(m, offset, op);
+    this.refs = new Refcounts({
+      io: this.io,
+      path: this.path,
+      clusterBits: h.clusterBits,
+      refcountOrder: h.refcountOrder,
+      table: init.reftable,
+      tableOffset: h.refcountTableOffset,
+      space: this.space,
+      fixedMeta: this.fixedMeta,
+      freeLater: (r) => this.meta.pendingDecrements.push(r),
+      corrupt,
+    });
+    this.alloc = new Allocator(this.refs, this.space, this.cs, corrupt);
+    this.l2 = new L2Cache(this.io, this.path, this.cs, Math.max(4, Math.floor((init.opts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / this.cs)));
+    this.tr = new Translator({
+      io: this.io,
+      path: this.path,
+      header: h,
+      l1: this.l1,
+      l2: this.l2,
+      backing: this.backing,
+      space: this.space,
+      fixedMeta: this.fixedMeta,
+      l2Clusters: this.l2Clusters,
+      corrupt,
+    });
+    this.meta = {
+      io: this.io,
+      path: this.path,
+      cs: this.cs,
+      refs: this.refs,
+      l2: this.l2,
+      l1: this.l1,
+      l1Offset: h.l1TableOffset,
+      l1Dirty: new Set(),
+      unsynced: false,
+      pendingDecrements: [],
+      log: this.log,
+    };
   }
 
   /** Open a qcow2 image; its backing chain is opened read-only. */
@@ -211,7 +238,7 @@ export class Qcow2Image implements Disk, BackingImage {
         if (!opts.readOnly && h.version === 3 && h.autoclearFeatures !== 0n) {
           // A writer that does not maintain what autoclear bits describe must clear them before writing.
           const z = Buffer.alloc(8);
-          await pwritevFull(fh, [z], 88, path);
+          await pwritevFull(fh, [z], HDR_AUTOCLEAR_FEATURES, path);
           await fh.datasync();
           h.autoclearFeatures = 0n;
         }
@@ -243,12 +270,13 @@ export class Qcow2Image implements Disk, BackingImage {
     const corrupt = (m: string): never => {
       throw new ImageError('CorruptImage', m, { path: this.path, op: 'open' });
     };
-    const rtEntries = this.reftable.length / 8;
+    const reftable = this.refs.table;
+    const rtEntries = reftable.length / 8;
     for (let i = 0; i < rtEntries; i++) {
-      const off = reftableOffset(readHi(this.reftable, i), readLo(this.reftable, i));
+      const off = reftableOffset(readHi(reftable, i), readLo(reftable, i));
       if (off === 0) continue;
       if (off % cs !== 0) corrupt(`refcount block ${i} offset 0x${off.toString(16)} is not cluster-aligned`);
-      if (off + cs > this.fileEnd) corrupt(`refcount block ${i} (0x${off.toString(16)}) lies past the end of the file`);
+      if (off + cs > this.space.end) corrupt(`refcount block ${i} (0x${off.toString(16)}) lies past the end of the file`);
       if (this.fixedMeta.has(off / cs)) corrupt(`refcount block ${i} overlaps the header or another table`);
       this.fixedMeta.add(off / cs);
     }
@@ -260,7 +288,7 @@ export class Qcow2Image implements Disk, BackingImage {
       if (off === 0) continue;
       if (hi & 0x7f00_0000) corrupt(`L1 entry ${i} has reserved bits set`);
       if (off % cs !== 0) corrupt(`L2 table ${i} offset 0x${off.toString(16)} is not cluster-aligned`);
-      if (off + cs > this.fileEnd) corrupt(`L2 table ${i} (0x${off.toString(16)}) lies past the end of the file`);
+      if (off + cs > this.space.end) corrupt(`L2 table ${i} (0x${off.toString(16)}) lies past the end of the file`);
       if (this.fixedMeta.has(off / cs)) corrupt(`L2 table ${i} overlaps the header, L1, refcount table or a refcount block`);
       this.l2Clusters.add(off / cs);
     }
@@ -270,18 +298,14 @@ export class Qcow2Image implements Disk, BackingImage {
   private async rebuildRefcounts(): Promise<void> {
     const cs = this.cs;
     const h = this.header;
-    const r = await rebuildFromMetadata({ fh: this.fh, path: this.path, header: h, l1: this.l1, reftable: this.reftable, reftableOffset: this.reftableOffset, fileEnd: this.fileEnd });
+    const r = await rebuildFromMetadata({ fh: this.fh, path: this.path, header: h, l1: this.l1, reftable: this.refs.table, reftableOffset: this.refs.tableOffset, fileEnd: this.space.end });
     h.incompatibleFeatures &= ~INCOMPAT_DIRTY;
     h.refcountTableOffset = r.tableOffset;
     h.refcountTableClusters = r.table.length / cs;
-    this.reftable = r.table;
-    this.reftableOffset = r.tableOffset;
-    this.refblocks.clear();
-    this.refblockDirty.clear();
-    this.reftableDirty.clear();
+    this.refs.replaceTable(r.table, r.tableOffset);
     for (let c = 0; c < r.table.length / cs; c++) this.fixedMeta.add(r.tableOffset / cs + c);
     for (const off of r.blockOffsets) this.fixedMeta.add(off / cs);
-    this.fileEnd = Math.max(this.fileEnd, r.fileEnd);
+    this.space.end = Math.max(this.space.end, r.fileEnd);
     this.log?.warn(
       { path: this.path, refcountBlocks: r.blockOffsets.length, newRefcountBlocks: r.newBlocks, refcountTableMoved: r.moved },
       'qcow2: image was dirty (lazy refcounts); refcounts rebuilt from metadata and the dirty bit cleared (image repaired)',
@@ -296,7 +320,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (len === 0) return;
     await this.lock.shared();
     try {
-      const extents = await this.translate(offset, len);
+      const extents = await this.tr.translate(offset, len);
       const cur = new IovCursor(bufs);
       const jobs: Promise<void>[] = [];
       let guest = offset;
@@ -306,7 +330,7 @@ export class Qcow2Image implements Disk, BackingImage {
         else if (e.kind === 'zero') fillZero(views);
         else if (e.kind === 'backing') jobs.push(readBacking(this.backing, e.guest, views));
         else {
-          const data = await this.inflate(e.hi, e.lo, guest);
+          const data = await this.tr.inflate(e.hi, e.lo, guest);
           copyInto(data.subarray(e.intra, e.intra + e.len), views);
         }
         guest += e.len;
@@ -325,22 +349,36 @@ export class Qcow2Image implements Disk, BackingImage {
     // Fast path: every cluster already allocated with COPIED → in-place writes under the shared lock.
     await this.lock.shared();
     try {
-      const hosts = await this.inPlaceHosts(offset, len);
+      const hosts = await this.tr.inPlaceHosts(offset, len);
       if (hosts !== null) {
         const cur = new IovCursor(bufs);
         await Promise.all(hosts.map((e) => pwritevFull(this.io, cur.take(e.len), e.host, this.path)));
-        this.unsynced = true;
+        this.meta.unsynced = true;
         return;
       }
     } finally {
       this.lock.releaseShared();
     }
-    await this.lock.exclusive();
+    // Allocating write: only requests on the same clusters wait; the data goes to the file outside the lock.
+    const release = await this.inflight.claim(Math.floor(offset / this.cs), Math.ceil((offset + len) / this.cs));
     try {
-      await this.writeLocked(offset, bufs);
-      await this.maybeWriteBack();
+      await this.lock.exclusive();
+      let pieces: WritePiece[];
+      try {
+        pieces = await this.planWrite(offset, bufs);
+      } finally {
+        this.lock.releaseExclusive();
+      }
+      await this.writeData(pieces);
+      await this.lock.exclusive();
+      try {
+        await this.link(pieces);
+        await this.maybeWriteBack();
+      } finally {
+        this.lock.releaseExclusive();
+      }
     } finally {
-      this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -348,7 +386,7 @@ export class Qcow2Image implements Disk, BackingImage {
     if (this.readOnly) return;
     await this.lock.exclusive();
     try {
-      await this.writeBack();
+      await writeBack(this.meta);
     } finally {
       this.lock.releaseExclusive();
     }
@@ -357,14 +395,17 @@ export class Qcow2Image implements Disk, BackingImage {
   async discard(offset: number, len: number): Promise<void> {
     this.checkWritable('discard', offset);
     this.checkRange(offset, len, 'discard');
+    // Only whole clusters are deallocated; partial clusters keep their data (allowed for discard).
+    const [first, end] = this.wholeClusters(offset, len);
+    if (first >= end) return;
+    const release = await this.inflight.claim(first, end);
     await this.lock.exclusive();
     try {
-      // Only whole clusters are deallocated; partial clusters keep their data (allowed for discard).
-      const [first, end] = this.wholeClusters(offset, len);
       for (let c = first; c < end; c++) await this.unmapCluster(c, 'discard');
       await this.maybeWriteBack();
     } finally {
       this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -372,6 +413,7 @@ export class Qcow2Image implements Disk, BackingImage {
     this.checkWritable('write-zeroes', offset);
     this.checkRange(offset, len, 'write-zeroes');
     if (len === 0) return;
+    const release = await this.inflight.claim(Math.floor(offset / this.cs), Math.ceil((offset + len) / this.cs));
     await this.lock.exclusive();
     try {
       const cs = this.cs;
@@ -392,6 +434,7 @@ export class Qcow2Image implements Disk, BackingImage {
       await this.maybeWriteBack();
     } finally {
       this.lock.releaseExclusive();
+      release();
     }
   }
 
@@ -429,281 +472,41 @@ export class Qcow2Image implements Disk, BackingImage {
     return [first, Math.max(first, end)];
   }
 
-  /** L2 table for guest cluster `gc`, or null when the L1 entry is empty. */
-  private async l2For(gc: number, op: string): Promise<{ table: L2Table; l1i: number } | null> {
-    const l1i = Math.floor(gc / this.l2Entries);
-    if (l1i >= this.header.l1Size) throw this.corrupt(`guest cluster ${gc} beyond the L1 table`, gc * this.cs, op);
-    const off = entryOffset(readHi(this.l1, l1i), readLo(this.l1, l1i));
-    if (off === 0) return null;
-    return { table: await this.loadL2(off), l1i };
-  }
-
-  private async loadL2(off: number): Promise<L2Table> {
-    const hit = this.l2Cache.get(off);
-    if (hit) {
-      this.l2Cache.delete(off); // LRU: move to the back
-      this.l2Cache.set(off, hit);
-      return hit;
-    }
-    const pending = this.l2Loading.get(off);
-    if (pending) return pending;
-    const p = (async () => {
-      const buf = Buffer.alloc(this.cs);
-      await preadvFull(this.io, [buf], off, this.path);
-      const t: L2Table = { buf, dirty: false };
-      this.l2Cache.set(off, t);
-      this.evictClean();
-      return t;
-    })();
-    this.l2Loading.set(off, p);
-    try {
-      return await p;
-    } finally {
-      this.l2Loading.delete(off);
-    }
-  }
-
-  /** Drop least-recently-used clean tables above the cache size (dirty ones wait for write-back). */
-  private evictClean(): void {
-    if (this.l2Cache.size <= this.l2CacheMax) return;
-    for (const [off, t] of this.l2Cache) {
-      if (this.l2Cache.size <= this.l2CacheMax) break;
-      if (!t.dirty) this.l2Cache.delete(off);
-    }
-  }
-
-  /** Check a data cluster's host offset before it is used. */
-  private checkDataCluster(host: number, gc: number, op: string, writing: boolean): void {
-    if (host % this.cs !== 0) throw this.corrupt(`L2 entry of guest cluster ${gc} has an unaligned offset 0x${host.toString(16)}`, gc * this.cs, op);
-    if (host + this.cs > this.fileEnd) throw this.corrupt(`guest cluster ${gc} maps past the end of the file (0x${host.toString(16)})`, gc * this.cs, op);
-    const hc = host / this.cs;
-    if (writing && (this.fixedMeta.has(hc) || this.l2Clusters.has(hc)))
-      throw this.corrupt(`guest cluster ${gc} maps onto image metadata (0x${host.toString(16)})`, gc * this.cs, op);
-  }
-
-  private async translate(offset: number, len: number): Promise<Extent[]> {
-    const cs = this.cs;
-    const out: Extent[] = [];
-    const push = (e: Extent): void => {
-      const last = out[out.length - 1];
-      if (last && last.kind === e.kind) {
-        if (e.kind === 'zero') return void (last.len += e.len);
-        if (e.kind === 'data' && (last as { host: number }).host + last.len === e.host) return void (last.len += e.len);
-        if (e.kind === 'backing') return void (last.len += e.len);
-      }
-      out.push(e);
-    };
-    let pos = offset;
-    const end = offset + len;
-    while (pos < end) {
-      const gc = Math.floor(pos / cs);
-      const intra = pos - gc * cs;
-      const n = Math.min(cs - intra, end - pos);
-      const t = await this.l2For(gc, 'read');
-      if (t === null) {
-        push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
-      } else {
-        const i = gc % this.l2Entries;
-        const hi = readHi(t.table.buf, i);
-        const lo = readLo(t.table.buf, i);
-        const k = classify(hi, lo, this.header.version);
-        if (k === 'normal') {
-          const host = entryOffset(hi, lo);
-          this.checkDataCluster(host, gc, 'read', false);
-          push({ kind: 'data', host: host + intra, len: n });
-        } else if (k === 'unallocated') push(this.backing ? { kind: 'backing', guest: pos, len: n } : { kind: 'zero', len: n });
-        else if (k === 'compressed') push({ kind: 'compressed', hi, lo, intra, len: n });
-        else push({ kind: 'zero', len: n });
-      }
-      pos += n;
-    }
-    return out;
-  }
-
-  /** Host extents for an in-place write, or null if any cluster needs allocation or copy-on-write. */
-  private async inPlaceHosts(offset: number, len: number): Promise<Array<{ host: number; len: number }> | null> {
-    const cs = this.cs;
-    const out: Array<{ host: number; len: number }> = [];
-    let pos = offset;
-    const end = offset + len;
-    while (pos < end) {
-      const gc = Math.floor(pos / cs);
-      const intra = pos - gc * cs;
-      const n = Math.min(cs - intra, end - pos);
-      const l1i = Math.floor(gc / this.l2Entries);
-      if (!(readHi(this.l1, l1i) & COPIED_HI)) return null;
-      const t = await this.l2For(gc, 'write');
-      if (t === null) return null;
-      const i = gc % this.l2Entries;
-      const hi = readHi(t.table.buf, i);
-      const lo = readLo(t.table.buf, i);
-      if (!(hi & COPIED_HI) || classify(hi, lo, this.header.version) !== 'normal') return null;
-      const host = entryOffset(hi, lo);
-      this.checkDataCluster(host, gc, 'write', true);
-      const last = out[out.length - 1];
-      if (last && last.host + last.len === host + intra) last.len += n;
-      else out.push({ host: host + intra, len: n });
-      pos += n;
-    }
-    return out;
-  }
-
-  /** Decompress the compressed cluster of an L2 entry (the last one is kept for sequential reads). */
-  private async inflate(hi: number, lo: number, guest: number): Promise<Buffer> {
-    const loc = compressedLocation(hi, lo, this.cb);
-    if (this.lastInflated?.offset === loc.offset) return this.lastInflated.data;
-    if (loc.offset < this.cs || loc.offset >= this.fileEnd) throw this.corrupt(`compressed cluster at 0x${loc.offset.toString(16)} outside the file`, guest, 'read');
-    const size = Math.min(loc.size, this.fileEnd - loc.offset);
-    const src = Buffer.alloc(size);
-    await preadvFull(this.io, [src], loc.offset, this.path);
-    let data: Buffer;
-    try {
-      // Z_SYNC_FLUSH: trailing bytes after the stream are tolerated; the output is bounded to one cluster.
-      data = await inflateRawAsync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: this.cs });
-    } catch (err) {
-      // maxOutputLength overflow means the stream holds more than one cluster: keep the first cluster only.
-      if ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE') throw this.corrupt('compressed cluster inflates past the cluster size', guest, 'read');
-      throw new ImageError('CorruptImage', `compressed cluster at 0x${loc.offset.toString(16)} does not inflate: ${(err as Error).message}`, { path: this.path, offset: guest, op: 'read' }, { cause: err });
-    }
-    if (data.length !== this.cs) throw this.corrupt(`compressed cluster inflates to ${data.length} bytes, not ${this.cs}`, guest, 'read');
-    this.lastInflated = { offset: loc.offset, data };
-    return data;
-  }
-
-  // ---------------------------------------------------------------- refcounts and allocation
-
-  private rtEntries(): number {
-    return this.reftable.length / 8;
-  }
-
-  private async refblock(rt: number, create: boolean): Promise<Buffer | null> {
-    const hit = this.refblocks.get(rt);
-    if (hit) return hit;
-    if (rt >= this.rtEntries()) {
-      if (!create) return null;
-      await this.growReftable(rt);
-      const made = this.refblocks.get(rt); // growing may already have created this very block
-      if (made) return made;
-    }
-    const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
-    if (off === 0) {
-      if (!create) return null;
-      // New refblock placed at the end of the file; it is counted by itself or by an existing refblock.
-      const at = this.fileEnd;
-      this.fileEnd += this.cs;
-      const rb = Buffer.alloc(this.cs);
-      this.refblocks.set(rt, rb);
-      this.refblockDirty.add(rt);
-      const [hi, lo] = makeEntry(at, false);
-      writeEntry(this.reftable, rt, hi, lo);
-      this.reftableDirty.add(rt);
-      this.fixedMeta.add(at / this.cs);
-      await this.adjustRefcount(at, 1);
-      return rb;
-    }
-    const rb = Buffer.alloc(this.cs);
-    await preadvFull(this.io, [rb], off, this.path);
-    this.refblocks.set(rt, rb);
-    return rb;
-  }
-
-  /** Grow the refcount table so that index `rt` exists: new table at the end of the file, header switched on flush. */
-  private async growReftable(rt: number): Promise<void> {
-    const cs = this.cs;
-    const oldEntries = this.rtEntries();
-    const wantEntries = Math.max(oldEntries * 2, rt + 1 + 64);
-    const clusters = Math.ceil((wantEntries * 8) / cs);
-    if (clusters * cs > 8 * 1024 * 1024) throw new ImageError('CorruptImage', 'refcount table would exceed 8 MiB', { path: this.path, op: 'allocate' });
-    const at = this.fileEnd;
-    this.fileEnd += clusters * cs;
-    const table = Buffer.alloc(clusters * cs);
-    this.reftable.copy(table);
-    if (!this.reftableMoved) this.reftableMoved = { oldOffset: this.reftableOffset, oldClusters: oldEntries / (cs / 8) };
-    else this.pendingDecrements.push({ offset: this.reftableOffset, len: this.reftable.length });
-    this.reftable = table;
-    this.reftableOffset = at;
-    for (let c = 0; c < clusters; c++) {
-      this.fixedMeta.add(at / cs + c);
-      await this.adjustRefcount(at + c * cs, 1);
-    }
-  }
-
-  private async adjustRefcount(host: number, delta: number): Promise<number> {
-    const hc = Math.floor(host / this.cs);
-    const rt = Math.floor(hc / this.rbEntries);
-    const rb = await this.refblock(rt, true);
-    const i = hc % this.rbEntries;
-    const v = getRefcount(rb!, i, this.refBits) + delta;
-    if (v < 0) throw this.corrupt(`refcount of host cluster ${hc} would drop below 0`, host, 'refcount');
-    if (v > maxRefcount(this.refBits)) throw this.corrupt(`refcount of host cluster ${hc} overflows ${this.refBits} bits`, host, 'refcount');
-    setRefcount(rb!, i, this.refBits, v);
-    this.refblockDirty.add(rt);
-    return v;
-  }
-
-  private async refcountOf(host: number): Promise<number> {
-    const hc = Math.floor(host / this.cs);
-    const rt = Math.floor(hc / this.rbEntries);
-    const rb = await this.refblock(rt, false);
-    return rb === null ? 0 : getRefcount(rb, hc % this.rbEntries, this.refBits);
-  }
-
-  /** Allocate one cluster at the end of the file with refcount 1. */
-  private async allocCluster(): Promise<number> {
-    for (let tries = 0; tries < 1 << 20; tries++) {
-      const at = this.fileEnd;
-      // Make sure the refblock exists first (it may itself take the cluster at the end).
-      await this.refblock(Math.floor(at / this.cs / this.rbEntries), true);
-      if (at !== this.fileEnd) continue;
-      this.fileEnd += this.cs;
-      if ((await this.refcountOf(at)) !== 0) continue; // counted but beyond EOF: leave it alone
-      await this.adjustRefcount(at, 1);
-      return at;
-    }
-    throw this.corrupt('no free cluster found at the end of the file', this.fileEnd, 'allocate');
-  }
-
-  /** Host clusters touched by a compressed cluster (each counted once per reference). */
-  private compressedRange(hi: number, lo: number): { offset: number; len: number } {
-    const loc = compressedLocation(hi, lo, this.cb);
-    const start = Math.floor(loc.offset / this.cs) * this.cs;
-    return { offset: start, len: loc.offset + loc.size - start };
-  }
-
   /** L2 table of guest cluster `gc`, writable (allocated, or copied if shared with a snapshot). */
   private async writableL2(gc: number): Promise<L2Table> {
     const l1i = Math.floor(gc / this.l2Entries);
     const hi = readHi(this.l1, l1i);
     const lo = readLo(this.l1, l1i);
     const old = entryOffset(hi, lo);
-    if (old !== 0 && hi & COPIED_HI) return (await this.l2For(gc, 'write'))!.table;
-    const at = await this.allocCluster();
+    if (old !== 0 && hi & COPIED_HI) return (await this.tr.l2For(gc, 'write'))!.table;
+    const at = await this.alloc.cluster();
     const buf = Buffer.alloc(this.cs);
     if (old !== 0) {
       // Shared with a snapshot: copy it; the data clusters it points to keep their (shared) refcounts.
-      const src = await this.loadL2(old);
+      const src = await this.l2.load(old);
       src.buf.copy(buf);
-      this.pendingDecrements.push({ offset: old, len: this.cs });
+      this.meta.pendingDecrements.push({ offset: old, len: this.cs });
     }
-    const t: L2Table = { buf, dirty: true };
-    this.l2Cache.set(at, t);
+    const t = this.l2.add(at, buf);
     this.l2Clusters.add(at / this.cs);
     const [nhi, nlo] = makeEntry(at, true);
     writeEntry(this.l1, l1i, nhi, nlo);
-    this.l1Dirty.add(l1i);
+    this.meta.l1Dirty.add(l1i);
     return t;
   }
 
   // ---------------------------------------------------------------- writes
 
-  private async writeLocked(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+  /**
+   * Decide where each guest cluster of a write goes (under the exclusive lock): in place, or into a new cluster
+   * (refcount 1 in memory) whose L2 entry link() sets once the data is in the file. The caller has claimed the clusters.
+   */
+  private async planWrite(offset: number, bufs: readonly Uint8Array[]): Promise<WritePiece[]> {
     const cs = this.cs;
-    const len = totalLength(bufs);
     const cur = new IovCursor(bufs);
-    const writes: Array<{ host: number; views: Uint8Array[] }> = [];
-    const updates: Array<{ t: L2Table; i: number; hi: number; lo: number; free: { offset: number; len: number } | null }> = [];
+    const out: WritePiece[] = [];
     let pos = offset;
-    const end = offset + len;
+    const end = offset + totalLength(bufs);
     while (pos < end) {
       const gc = Math.floor(pos / cs);
       const intra = pos - gc * cs;
@@ -715,42 +518,72 @@ export class Qcow2Image implements Disk, BackingImage {
       const lo = readLo(t.buf, i);
       const kind = classify(hi, lo, this.header.version);
       const old = entryOffset(hi, lo);
+      pos += n;
       if (kind === 'normal' && hi & COPIED_HI) {
-        this.checkDataCluster(old, gc, 'write', true);
-        writes.push({ host: old + intra, views });
-        pos += n;
+        this.tr.checkDataCluster(old, gc, 'write', true);
+        out.push({ gc, cluster: old, intra, views, fill: 'none', hi, lo, link: null });
         continue;
       }
       // Copy-on-write into a new cluster (or, for a preallocated zero cluster we own, in place).
       let host: number;
-      let free: { offset: number; len: number } | null = null;
+      let free: HostRange | null = null;
       if (kind === 'zero-alloc' && hi & COPIED_HI) {
-        this.checkDataCluster(old, gc, 'write', true);
+        this.tr.checkDataCluster(old, gc, 'write', true);
         host = old;
       } else {
-        host = await this.allocCluster();
+        host = await this.alloc.cluster();
         if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: cs };
-        else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+        else if (kind === 'compressed') free = this.tr.compressedRange(hi, lo);
       }
-      const tailLen = cs - intra - n;
-      let src: Buffer | null = null;
-      if (intra > 0 || tailLen > 0) {
-        src = Buffer.alloc(cs);
-        const gstart = gc * cs;
+      let fill: WritePiece['fill'] = 'none';
+      if (intra > 0 || intra + n < cs) {
         if (kind === 'normal') {
-          this.checkDataCluster(old, gc, 'write', false);
-          await preadvFull(this.io, [src], old, this.path);
-        } else if (kind === 'compressed') (await this.inflate(hi, lo, gstart)).copy(src);
-        else if (kind === 'unallocated' && this.backing) await readBacking(this.backing, gstart, [src]);
+          this.tr.checkDataCluster(old, gc, 'write', false);
+          fill = 'old';
+        } else if (kind === 'compressed') fill = 'compressed';
+        else if (kind === 'unallocated' && this.backing) fill = 'backing';
+        else fill = 'zero';
       }
-      const v: Uint8Array[] = [];
-      if (intra > 0) v.push(src!.subarray(0, intra));
-      v.push(...views);
-      if (tailLen > 0) v.push(src!.subarray(intra + n));
-      writes.push({ host, views: v });
       const [nhi, nlo] = makeEntry(host, true);
-      updates.push({ t, i, hi: nhi, lo: nlo, free });
-      pos += n;
+      out.push({ gc, cluster: host, intra, views, fill, hi, lo, link: { hi: nhi, lo: nlo, free } });
+    }
+    return out;
+  }
+
+  /**
+   * Put a planned write's data in the file (no lock needed: its clusters are claimed and not yet linked). The untouched
+   * part of a new cluster with nothing to copy is zeroed by fallocate ZERO_RANGE, or by writing zeros where refused.
+   */
+  private async writeData(pieces: WritePiece[]): Promise<void> {
+    const cs = this.cs;
+    const zeroed = new Set<WritePiece>();
+    if (this.zeroRange) {
+      const zp = pieces.filter((p) => p.fill === 'zero');
+      const ok = await Promise.all(zp.map((p) => this.io.fallocate(p.cluster, cs, true)));
+      ok.forEach((done, k) => (done ? zeroed.add(zp[k]!) : (this.zeroRange = false)));
+    }
+    const writes: Array<{ host: number; views: Uint8Array[] }> = [];
+    for (const p of pieces) {
+      if (p.fill === 'none' || zeroed.has(p)) {
+        writes.push({ host: p.cluster + p.intra, views: p.views });
+        continue;
+      }
+      let src: Uint8Array;
+      if (p.fill === 'zero') src = this.zeroCluster ??= new Uint8Array(cs);
+      else {
+        const b = Buffer.alloc(cs);
+        const old = entryOffset(p.hi, p.lo);
+        if (p.fill === 'old') await preadvFull(this.io, [b], old, this.path);
+        else if (p.fill === 'compressed') (await this.tr.inflate(p.hi, p.lo, p.gc * cs)).copy(b);
+        else await readBacking(this.backing, p.gc * cs, [b]);
+        src = b;
+      }
+      const tail = p.intra + totalLength(p.views);
+      const v: Uint8Array[] = [];
+      if (p.intra > 0) v.push(src.subarray(0, p.intra));
+      v.push(...p.views);
+      if (tail < cs) v.push(src.subarray(tail));
+      writes.push({ host: p.cluster, views: v });
     }
     // Merge host-contiguous pieces into single pwritev calls, then write them all.
     const merged: Array<{ host: number; views: Uint8Array[]; len: number }> = [];
@@ -763,14 +596,27 @@ export class Qcow2Image implements Disk, BackingImage {
       } else merged.push({ host: w.host, views: [...w.views], len: l });
     }
     await Promise.all(merged.map((m) => pwritevFull(this.io, m.views, m.host, this.path)));
-    this.unsynced = true;
-    // Data is in the file: now point the (cached, written back on flush) L2 entries at it.
-    for (const u of updates) {
-      writeEntry(u.t.buf, u.i, u.hi, u.lo);
-      u.t.dirty = true;
-      if (u.free) this.pendingDecrements.push(u.free);
+  }
+
+  /** The data is in the file: point the (cached, written back on flush) L2 entries at it. Under the exclusive lock. */
+  private async link(pieces: WritePiece[]): Promise<void> {
+    this.meta.unsynced = true; // the next write-back syncs this data before any L2 table that points to it
+    for (const p of pieces) {
+      if (!p.link) continue;
+      // Looked up again: the table may have been written back and evicted while the data was being written.
+      const t = await this.writableL2(p.gc);
+      writeEntry(t.buf, p.gc % this.l2Entries, p.link.hi, p.link.lo);
+      t.dirty = true;
+      if (p.link.free) this.meta.pendingDecrements.push(p.link.free);
     }
-    this.lastInflated = null;
+    this.tr.forgetInflated();
+  }
+
+  /** A whole write under the exclusive lock (write-zeroes' partial clusters). */
+  private async writeLocked(offset: number, bufs: readonly Uint8Array[]): Promise<void> {
+    const pieces = await this.planWrite(offset, bufs);
+    await this.writeData(pieces);
+    await this.link(pieces);
   }
 
   /**
@@ -793,97 +639,26 @@ export class Qcow2Image implements Disk, BackingImage {
     const old = entryOffset(hi, lo);
     let nhi = 0;
     let nlo = hasBacking ? ZERO_LO : 0;
-    let free: { offset: number; len: number } | null = null;
+    let free: HostRange | null = null;
     if (mode === 'zero' && (kind === 'normal' || kind === 'zero-alloc') && hi & COPIED_HI) {
       [nhi, nlo] = makeEntry(old, true, true); // keep the allocation, read as zeros
     } else if (kind === 'normal' || kind === 'zero-alloc') free = { offset: old, len: this.cs };
-    else if (kind === 'compressed') free = this.compressedRange(hi, lo);
+    else if (kind === 'compressed') free = this.tr.compressedRange(hi, lo);
     if (mode !== 'discard' && v3) nlo |= ZERO_LO;
     if (nhi === hi && nlo === lo) return true;
     writeEntry(t.buf, i, nhi, nlo);
     t.dirty = true;
-    if (free) this.pendingDecrements.push(free);
-    this.lastInflated = null;
+    if (free) this.meta.pendingDecrements.push(free);
+    this.tr.forgetInflated();
     return true;
   }
 
   // ---------------------------------------------------------------- write-back
 
   private async maybeWriteBack(): Promise<void> {
-    if (this.l2Cache.size > this.l2CacheMax || this.pendingDecrements.length > 4096) {
-      await this.writeBack();
-      this.evictClean();
-    }
-  }
-
-  private async sync(): Promise<void> {
-    try {
-      await this.io.datasync();
-    } catch (err) {
-      throw new ImageError('Io', `fdatasync failed: ${(err as Error).message}`, { path: this.path, op: 'flush' }, { cause: err });
-    }
-  }
-
-  private async writeRefcounts(): Promise<boolean> {
-    if (this.refblockDirty.size === 0 && this.reftableDirty.size === 0 && !this.reftableMoved) return false;
-    const jobs: Promise<void>[] = [];
-    for (const rt of this.refblockDirty) {
-      const off = reftableOffset(readHi(this.reftable, rt), readLo(this.reftable, rt));
-      jobs.push(pwritevFull(this.io, [this.refblocks.get(rt)!], off, this.path));
-    }
-    await Promise.all(jobs);
-    this.refblockDirty.clear();
-    if (this.reftableMoved) {
-      // New table: blocks and table durable first, then the header switch (synced), then free the old table.
-      await pwritevFull(this.io, [this.reftable], this.reftableOffset, this.path);
-      await this.sync();
-      const hdr = Buffer.alloc(12);
-      hdr.writeBigUInt64BE(BigInt(this.reftableOffset), 0);
-      hdr.writeUInt32BE(this.reftable.length / this.cs, 8);
-      await pwritevFull(this.io, [hdr], 48, this.path);
-      this.pendingDecrements.push({ offset: this.reftableMoved.oldOffset, len: this.reftableMoved.oldClusters * this.cs });
-      this.reftableMoved = null;
-    } else {
-      await Promise.all([...this.reftableDirty].map((rt) => pwritevFull(this.io, [this.reftable.subarray(rt * 8, rt * 8 + 8)], this.reftableOffset + rt * 8, this.path)));
-    }
-    this.reftableDirty.clear();
-    return true;
-  }
-
-  /** Write back all dirty metadata in crash-safe order and make it durable. Holds the exclusive lock. */
-  private async writeBack(): Promise<void> {
-    // 1. refcount increments (new clusters, new refblocks) together with the data written so far.
-    const wroteRef = await this.writeRefcounts();
-    if (wroteRef || this.unsynced) await this.sync();
-    this.unsynced = false;
-    // 2. L2 tables (new ones included) before the L1 entries that point to them.
-    const dirtyL2 = [...this.l2Cache].filter(([, t]) => t.dirty);
-    if (dirtyL2.length > 0) {
-      await Promise.all(dirtyL2.map(([off, t]) => pwritevFull(this.io, [t.buf], off, this.path)));
-      for (const [, t] of dirtyL2) t.dirty = false;
-      await this.sync();
-    }
-    if (this.l1Dirty.size > 0) {
-      const off = this.header.l1TableOffset;
-      await Promise.all([...this.l1Dirty].map((i) => pwritevFull(this.io, [this.l1.subarray(i * 8, i * 8 + 8)], off + i * 8, this.path)));
-      this.l1Dirty.clear();
-      await this.sync();
-    }
-    // 3. Decrements of replaced clusters only once nothing on disk points to them any more.
-    if (this.pendingDecrements.length > 0) {
-      const list = this.pendingDecrements;
-      this.pendingDecrements = [];
-      for (const d of list) {
-        for (let c = Math.floor(d.offset / this.cs); c * this.cs < d.offset + d.len; c++) {
-          if ((await this.refcountOf(c * this.cs)) === 0) {
-            this.log?.warn({ path: this.path, cluster: c }, 'qcow2: freeing a cluster whose refcount is already 0');
-            continue;
-          }
-          await this.adjustRefcount(c * this.cs, -1);
-        }
-      }
-      await this.writeRefcounts();
-      await this.sync();
+    if (this.l2.size > this.l2.maxTables || this.meta.pendingDecrements.length > 4096) {
+      await writeBack(this.meta);
+      this.l2.evictClean();
     }
   }
 }

@@ -11,7 +11,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { setImmediate } from 'node:timers/promises';
 import { ImageError } from './errors.js';
-import { INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
+import { HDR_INCOMPAT_FEATURES, HDR_REFTABLE_OFFSET, INCOMPAT_DIRTY, MAX_REFTABLE_BYTES, type Qcow2Header } from './header.js';
 import { classify, compressedLocation, entryOffset, makeEntry, maxRefcount, readHi, readLo, reftableOffset, setRefcount, writeEntry } from './entries.js';
 import { preadvFull, pwritevFull } from './io.js';
 import { readSnapshotL1s } from './snapshots.js';
@@ -208,7 +208,7 @@ export async function rebuildRefcounts(img: RebuildInput): Promise<RebuildResult
     const hdr = Buffer.alloc(12);
     hdr.writeBigUInt64BE(BigInt(tableOff), 0);
     hdr.writeUInt32BE(table.length / cs, 8);
-    await pwritevFull(img.fh, [hdr], 48, path);
+    await pwritevFull(img.fh, [hdr], HDR_REFTABLE_OFFSET, path);
   } else {
     await sync();
     await pwritevFull(img.fh, [table], tableOff, path);
@@ -216,7 +216,7 @@ export async function rebuildRefcounts(img: RebuildInput): Promise<RebuildResult
   await sync();
   const incompat = Buffer.alloc(8);
   incompat.writeBigUInt64BE(h.incompatibleFeatures & ~INCOMPAT_DIRTY, 0);
-  await pwritevFull(img.fh, [incompat], 72, path);
+  await pwritevFull(img.fh, [incompat], HDR_INCOMPAT_FEATURES, path);
   await sync();
 
   return { table, tableOffset: tableOff, blockOffsets: [...blockAt.values()], fileEnd: end, newBlocks: blocks.filter(([off]) => off >= origEnd).length, moved };
