@@ -2,25 +2,18 @@
  * NetDevice: a virtio-net device (VIRTIO 1.2 §5.1) that is also a switch Port.
  *
  * TX (guest → switch): pop a chain, skip the virtio-net header, hand the Frame (a window on the guest's own TX
- * buffers) to the switch, return the chain with used len 0. RX (switch → guest): deliver() pops RX chains and
- * copies the frame once, straight from the sender's TX buffers into them (MRG_RXBUF: as many chains as needed,
- * num_buffers in the first header); guest-to-guest bytes are queued on the copy batch (memory/copy-batch.ts) and
- * land in one native call per burst, before any publish. flush() publishes the batch with one used.idx store and
- * at most one interrupt.
- * A receiver without RX buffers drops the frame and counts it: the sender's queue never waits on a receiver.
+ * buffers) to the switch, return the chain with used len 0. RX (switch → guest): deliver() and flush() are NetRx's
+ * (net-rx.ts): one copy from the sender's buffers into RX chains, one publish per batch.
  *
  * Queue pairs: RX = 2q, TX = 2q+1 (§5.1.2). One pair is served today; the arrays are per pair for multiqueue.
  *
  * Offloads (VIRTIO 1.2 §5.1.6.2): CSUM/HOST_TSO4/6 let the guest send partial checksums and TCP frames up to 64 KiB;
- * processTx parses the TX header once into the Frame. deliver() passes the header on to a port that negotiated
- * the same offload (GUEST_CSUM, GUEST_TSO4/6); for one that did not, the slow path (SoftOffload, offload.ts)
- * completes the checksum or segments the frame in a preallocated scratch, and each result is filled into RX
- * chains as a plain frame (DATA_VALID when the port has GUEST_CSUM). Frames without offloads take the old path.
+ * processTx parses the TX header once into the Frame. The receiving port passes the header on when it negotiated
+ * the same offload (GUEST_CSUM, GUEST_TSO4/6), or completes it in software (net-rx.ts, offload.ts).
  */
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
-import { SgList, sgCopyIn, sgCopyOut } from '../memory/sg-list.js';
-import { copyBatch } from '../memory/copy-batch.js';
+import { SgList, sgCopyOut } from '../memory/sg-list.js';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_NET_F_CSUM,
@@ -40,16 +33,15 @@ import {
 } from '../virtio/features.js';
 import type { Logger } from '../util/log.js';
 import { RateLimitedLog } from '../util/log.js';
-import { Frame, frameCopyTo } from './frame.js';
+import { Frame } from './frame.js';
 import { formatMac, parseMac } from './mac.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
 import type { Pollable } from './poller.js';
 import type { Switch } from './switch.js';
-import { OFFLOAD_DROP, SoftOffload, gsoHeaderEnd } from './offload.js';
+import { gsoHeaderEnd } from './offload.js';
+import { NetRx } from './net-rx.js';
 import {
-  NUM_BUFFERS_OFFSET,
   VIRTIO_NET_CONFIG_LEN,
-  VIRTIO_NET_HDR_F_DATA_VALID,
   VIRTIO_NET_HDR_F_NEEDS_CSUM,
   VIRTIO_NET_HDR_GSO_ECN,
   VIRTIO_NET_HDR_GSO_NONE,
@@ -73,8 +65,6 @@ const TX_PUBLISH_EVERY = 32;
  * (switch `poll`) kicks are never re-armed.
  */
 const TX_IDLE_POLLS = 16;
-/** Most RX chains one frame may span with MRG_RXBUF (a 64 KiB frame in 1.5 KiB buffers needs 44). */
-const MAX_RX_CHAINS = 64;
 
 /** Device counters (guest's view: tx = frames the guest sent, rx = frames the guest received). */
 export interface NetCounters {
@@ -126,35 +116,25 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
   /** Called with true when the guest starts its TX queue (before any frame is forwarded), false on reset(). */
   onLinkChange?: (up: boolean) => void;
   private hdrLen = 12;
-  private mrg = false;
   private readonly sw: Switch;
   private readonly log: Logger;
   private readonly guestErrors: RateLimitedLog;
-  private rxQ: DeviceQueue | null = null;
   private txQ: DeviceQueue | null = null;
-  private rxPending = false;
   /** In the switch poller's list (written by the poller only). */
   pollActive = false;
   private txIdlePolls = 0;
   /** Reusable chains, sized for the queue when it starts (control path), so nothing is allocated per frame. */
   private txChain = new DescriptorChain(256);
-  private rxChains: DescriptorChain[] = [];
-  private rxChainSize = 0;
   private txChainSize = 256;
-  private readonly rxHdr = new Uint8Array(12);
   private readonly txFrame = new Frame(new SgList(1));
   /** TX: the sender's header bytes (10: num_buffers is not read). */
   private readonly txHdr = new Uint8Array(10);
-  /** Offloads the guest negotiated: it sends partial checksums / TSO frames (TX), takes them (RX). */
+  /** Offloads the guest negotiated: it sends partial checksums / TSO frames (TX; RX ones: NetRx). */
   private txCsum = false;
   private txTso4 = false;
   private txTso6 = false;
-  private rxCsum = false;
-  private rxTso4 = false;
-  private rxTso6 = false;
-  /** Software offload scratch, made on first use (64 KiB × 2, only for ports that ever need it). */
-  private soft: SoftOffload | null = null;
-  private readonly softFrame = new Frame(new SgList(1));
+  /** The RX side: chains, header, software offload (net-rx.ts). */
+  private readonly rx: NetRx;
 
   constructor(opts: NetDeviceOptions) {
     this.name = opts.name;
@@ -163,6 +143,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
     this.mac = opts.mac;
     parseMac(opts.mac); // validated by the config; throws on garbage
     this.guestErrors = new RateLimitedLog(opts.log);
+    this.rx = new NetRx(this.counters, this.guestErrors);
     this.mtu = this.sw.mtu;
     this.sw.addPort(this);
   }
@@ -191,16 +172,15 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
 
   setFeatures(acked: bigint): void {
     this.acked = acked;
-    this.mrg = hasBit(acked, VIRTIO_NET_F_MRG_RXBUF);
-    this.hdrLen = netHdrLen(hasBit(acked, VIRTIO_F_VERSION_1), this.mrg);
+    const mrg = hasBit(acked, VIRTIO_NET_F_MRG_RXBUF);
+    this.hdrLen = netHdrLen(hasBit(acked, VIRTIO_F_VERSION_1), mrg);
     // TSO needs the matching checksum offload (VIRTIO 1.2 §5.1.3.1); a driver that acks one without the other
     // gets the TSO bit ignored.
     this.txCsum = hasBit(acked, VIRTIO_NET_F_CSUM);
     this.txTso4 = this.txCsum && hasBit(acked, VIRTIO_NET_F_HOST_TSO4);
     this.txTso6 = this.txCsum && hasBit(acked, VIRTIO_NET_F_HOST_TSO6);
-    this.rxCsum = hasBit(acked, VIRTIO_NET_F_GUEST_CSUM);
-    this.rxTso4 = this.rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO4);
-    this.rxTso6 = this.rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO6);
+    const rxCsum = hasBit(acked, VIRTIO_NET_F_GUEST_CSUM);
+    this.rx.configure(this.hdrLen, mrg, rxCsum, rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO4), rxCsum && hasBit(acked, VIRTIO_NET_F_GUEST_TSO6));
     const f = this.txFrame; // a guest without CSUM sends plain frames: no stale offload fields
     f.vnetFlags = f.gsoType = f.gsoSize = f.hdrLen = f.csumStart = f.csumOffset = f.gsoHdrEnd = 0;
     // QEMU sends NET_SET_MTU just before SET_FEATURES when the guest accepted F_MTU (docs/protocol.md §2); a
@@ -210,14 +190,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
 
   queueStart(q: DeviceQueue): void {
     if (q.index % 2 === 0) {
-      const size = q.queue.size;
-      if (this.rxChains.length === 0 || this.rxChainSize !== size) {
-        this.rxChains = Array.from({ length: MAX_RX_CHAINS }, () => new DescriptorChain(size));
-        this.rxChainSize = size;
-      }
-      this.rxQ = q;
-      // RX buffers are consumed when frames arrive, not on kicks: keep the guest from kicking RX.
-      q.queue.disableNotification();
+      this.rx.start(q);
     } else {
       if (this.txChainSize !== q.queue.size) {
         this.txChain = new DescriptorChain(q.queue.size);
@@ -232,10 +205,7 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
 
   queueStop(index: number): void {
     if (index % 2 === 0) {
-      copyBatch.run(); // queued copies into this ring land before its last publish
-      if (this.rxQ && this.rxPending) this.rxQ.publish();
-      this.rxPending = false;
-      this.rxQ = null;
+      this.rx.stop();
     } else {
       this.txQ = null;
     }
@@ -270,11 +240,10 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
 
   reset(): void {
     this.mtu = this.sw.mtu;
-    this.rxQ = null;
+    this.rx.reset();
     this.txQ = null;
-    this.rxPending = false;
     this.acked = 0n;
-    this.txCsum = this.txTso4 = this.txTso6 = this.rxCsum = this.rxTso4 = this.rxTso6 = false;
+    this.txCsum = this.txTso4 = this.txTso6 = false;
     // The guest is gone: forget where its MACs were.
     this.sw.macTable.remove(this.id);
     this.onLinkChange?.(false);
@@ -399,168 +368,13 @@ export class NetDevice implements VirtioDevice, Port, Pollable {
     return true;
   }
 
-  // ---------------------------------------------------------------- RX: switch → guest
+  // ---------------------------------------------------------------- RX: switch → guest (net-rx.ts)
 
   deliver(frame: Frame): boolean {
-    if ((frame.vnetFlags | frame.gsoType) === 0) return this.fill(frame);
-    const shift = SoftOffload.shift(frame);
-    const gso = frame.gsoType & ~VIRTIO_NET_HDR_GSO_ECN;
-    const pass =
-      gso === VIRTIO_NET_HDR_GSO_NONE ? this.rxCsum : gso === VIRTIO_NET_HDR_GSO_TCPV4 ? this.rxTso4 : gso === VIRTIO_NET_HDR_GSO_TCPV6 && this.rxTso6;
-    if (pass) {
-      // The receiver takes the offload: the sender's header travels with the frame (a 64 KiB TSO frame is one frame).
-      const h = this.rxHdr;
-      const hdrLen = frame.hdrLen === 0 ? 0 : frame.hdrLen + shift;
-      const csumStart = frame.csumStart + shift;
-      h[0] = frame.vnetFlags;
-      h[1] = frame.gsoType;
-      h[2] = hdrLen & 0xff;
-      h[3] = (hdrLen >> 8) & 0xff;
-      h[4] = frame.gsoSize & 0xff;
-      h[5] = frame.gsoSize >> 8;
-      h[6] = csumStart & 0xff;
-      h[7] = (csumStart >> 8) & 0xff;
-      h[8] = frame.csumOffset & 0xff;
-      h[9] = frame.csumOffset >> 8;
-      const ok = this.fill(frame);
-      h.fill(0, 0, 10);
-      return ok;
-    }
-    return this.deliverSoft(frame);
-  }
-
-  /** Slow path: complete the checksum / segment in the scratch, then fill each result as a plain frame. */
-  private deliverSoft(frame: Frame): boolean {
-    const soft = (this.soft ??= new SoftOffload());
-    const n = soft.prepare(frame);
-    if (n === OFFLOAD_DROP) {
-      this.counters.rxBadOffload++;
-      this.guestErrors.warn('rx-offload', { flags: frame.vnetFlags, gsoType: frame.gsoType, csumStart: frame.csumStart, len: frame.length }, 'frame with malformed offload headers dropped');
-      return false;
-    }
-    this.counters.rxSoftOffload++;
-    const sf = this.softFrame;
-    const h = this.rxHdr;
-    if (this.rxCsum) h[0] = VIRTIO_NET_HDR_F_DATA_VALID; // vhostd computed every checksum itself
-    let all = true;
-    for (let i = 0; i < n; i++) {
-      const len = soft.output(i);
-      sf.sg.reset();
-      sf.sg.push(soft.out, 0, len);
-      sf.offset = 0;
-      sf.length = len;
-      if (!this.fill(sf)) all = false;
-    }
-    h[0] = 0;
-    return all;
-  }
-
-  /** Pop RX chains for `frame`, write this.rxHdr (num_buffers set here) and copy the frame once. */
-  private fill(frame: Frame): boolean {
-    const q = this.rxQ;
-    if (!q) {
-      this.counters.rxNoBuffer++;
-      return false;
-    }
-    const vq = q.queue;
-    const hdrLen = this.hdrLen;
-    const need = hdrLen + frame.length;
-    const chains = this.rxChains;
-    let n = 0;
-    let room = 0;
-    let skipped = 0;
-    while (room < need) {
-      if (n === (this.mrg ? MAX_RX_CHAINS : 1)) break;
-      const ch = chains[n];
-      if (!vq.pop(ch)) break;
-      if (ch.error !== null || ch.writableBytes < (n === 0 ? hdrLen : 1)) {
-        // Return a bad chain at once with len 0 (before this frame's entries, so num_buffers stays contiguous).
-        this.counters.rxBadChain++;
-        this.guestErrors.warn('rx-chain', { vq: q.index, head: ch.head, reason: ch.error ?? 'no writable space' }, 'bad RX descriptor chain returned unused');
-        vq.addUsed(ch.head, 0);
-        this.rxPending = true;
-        skipped++;
-        continue;
-      }
-      room += ch.writableBytes;
-      n++;
-    }
-    if (vq.broken) {
-      // The guest broke its RX ring (avail idx jump, head out of range): publish reports it (log, err eventfd)
-      // and stops the queue; the frame is dropped.
-      this.counters.rxNoBuffer++;
-      copyBatch.run(); // earlier frames' copies into this ring land before the publish
-      q.publish();
-      return false;
-    }
-    if (room < need) {
-      const tooSmall = n === (this.mrg ? MAX_RX_CHAINS : 1);
-      if (tooSmall) this.counters.rxBufferTooSmall++;
-      else this.counters.rxNoBuffer++;
-      if (n > 0 && skipped === 0 && this.mrg) {
-        // Give the chains back untouched (libvhost-user vu_queue_rewind): they serve the next frames.
-        vq.unpop(chains, n);
-      } else {
-        // A buffer the frame cannot fit (no MRG_RXBUF), or chains around a bad one: return them unused.
-        for (let i = 0; i < n; i++) vq.addUsed(chains[i].head, 0);
-        if (n > 0) this.rxPending = true;
-      }
-      return false;
-    }
-    // Header: all zero but num_buffers, unless deliver() set the offload fields for this frame.
-    const hdr = this.rxHdr;
-    hdr[NUM_BUFFERS_OFFSET] = n & 0xff;
-    hdr[NUM_BUFFERS_OFFSET + 1] = n >> 8;
-    const first = chains[0].writable;
-    const at = first.offs[0];
-    if (first.lens[0] >= hdrLen && at <= 0x7fff_0000) {
-      // Usual case, the header inside the first entry: unrolled stores (a byte loop costs a bounds check per byte).
-      const b = first.bufs[0];
-      const o = at | 0;
-      b[o] = hdr[0];
-      b[o + 1] = hdr[1];
-      b[o + 2] = hdr[2];
-      b[o + 3] = hdr[3];
-      b[o + 4] = hdr[4];
-      b[o + 5] = hdr[5];
-      b[o + 6] = hdr[6];
-      b[o + 7] = hdr[7];
-      b[o + 8] = hdr[8];
-      b[o + 9] = hdr[9];
-      if (hdrLen === 12) {
-        b[o + 10] = hdr[10];
-        b[o + 11] = hdr[11];
-      }
-    } else {
-      sgCopyIn(first, 0, hdr, 0, hdrLen);
-    }
-    // Guest-to-guest bytes past the snapshot are queued on copyBatch and land, one native call per burst, before
-    // any publish of these chains or of the sender's (Switch.endBatch, flush, queueStop).
-    let done = 0;
-    const dirtyLog = vq.mem.dirtyLog;
-    for (let i = 0; i < n; i++) {
-      const ch = chains[i];
-      const start = i === 0 ? hdrLen : 0;
-      const take = Math.min(ch.writableBytes - start, frame.length - done);
-      frameCopyTo(frame, done, ch.writable, start, take, copyBatch); // the frame as sent (VLAN tag inserted/stripped)
-      if (dirtyLog !== null) {
-        // Live migration: mark what was written, after the write (vhost-user spec, "Migration"): copies land now.
-        copyBatch.run();
-        dirtyLog.logSg(ch.writable, start + take);
-      }
-      done += take;
-      vq.addUsed(ch.head, start + take);
-    }
-    this.rxPending = true;
-    this.counters.rxFrames++;
-    this.counters.rxBytes += frame.length;
-    return true;
+    return this.rx.deliver(frame);
   }
 
   flush(): void {
-    if (!this.rxPending) return;
-    this.rxPending = false;
-    copyBatch.run(); // a no-op after Switch.endBatch; here for a flush from anywhere else
-    this.rxQ?.publish();
+    this.rx.flush();
   }
 }

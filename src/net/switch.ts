@@ -1,6 +1,7 @@
 /**
  * Switch: a learning L2 switch over Ports, virtio-agnostic (never imports virtqueue/device/vhost-user code).
- * Owns port membership and ids, the forwarding pipeline, per-port counters and the per-batch flush set.
+ * The forwarding pipeline and the per-batch flush set; port membership, options and counters are the control path's
+ * (switch-control.ts, a base class over the same fields).
  * Design: forward() is a fixed pipeline of small steps in veb order (OpenBSD if_veb.c): membership → input
  * counters → header snapshot → runt → parse MACs → span-port input → reserved 01:80:c2:00:00:0X → VLAN classification
  * (double-tagged, tagged-in, untagged) → locked → span copy → blocknonip-in → svlan → rules-in → learn →
@@ -22,212 +23,25 @@
  * Egress is deliver() per frame plus flush() once per touched port in endBatch() (docs/architecture.md §4
  * step 6). Hot path: no allocation, no clock read per frame; aging and damping run from tick() on a coarse timer.
  */
-import { VhostError } from '../util/errors.js';
 import { copyBatch } from '../memory/copy-batch.js';
-import { FlowCache } from './flow-cache.js';
 import { NO_VLAN_TAG, SNAP_HDR, frameSnapshot, type Frame } from './frame.js';
 import { ETHER_HDR_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_RARP, ETHERTYPE_VLAN } from './ethernet.js';
-import { formatMac, isMulticast, isZero, macKeyAt, parseMac, type MacKey } from './mac.js';
-import { HALF as MAC_HALF } from './mac-map.js';
-import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW, MacTable, type MacTableOptions } from './mac-table.js';
+import { macKeyAt } from './mac.js';
+import { LEARN_DAMPED, LEARN_EVICTED, LEARN_FULL, LEARN_KNOWN, LEARN_MOVED, LEARN_NEW } from './mac-table.js';
 import { NO_PORT, type Port, type PortId } from './port.js';
-import { Poller } from './poller.js';
+import { SwitchControl } from './switch-control.js';
+import type { PortRecord } from './switch-ports.js';
+import type { RuleRec } from './switch-rules.js';
+
+// Re-exported: callers and tests import the switch's types and tables from here.
+export { DEFAULT_MTU, type SwitchEntry, type SwitchOptions } from './switch-control.js';
+export { DROP_REASONS, PORT_COUNTER_NAMES, newPortCounters, type DropCounterName, type PortCounterName, type PortCounters, type SwitchTotals } from './switch-counters.js';
+export { DEFAULT_PVID, type PortOptions } from './switch-ports.js';
+export { parseIpv4, type FilterRule } from './switch-rules.js';
 
 /** Ethernet header length (re-exported: callers and tests import it from the switch). */
 export { ETHER_HDR_LEN };
 
-/** Default switch MTU (IP MTU, Ethernet header not included), advertised later as VIRTIO_NET_F_MTU. */
-export const DEFAULT_MTU = 1500;
-
-/**
- * Per-port counter names, in display/export order. To add a counter (e.g. `dropMtu`, `dropNoRxBuffer`,
- * `dropBlocked`), append its name here: the record type, zeroing, totals and export follow from this list.
- * Direction is from the switch's view: rx = frames the port sent into the switch, tx = frames delivered to it.
- */
-export const PORT_COUNTER_NAMES = [
-  'rxFrames', // frames offered by this port (ingress), including those dropped afterwards
-  'rxBytes',
-  'txFrames', // frames this port accepted on egress (deliver() returned true)
-  'txBytes',
-  'floodFrames', // ingress frames that were flooded (broadcast, multicast, unknown unicast)
-  'macLearned', // new source MACs learned on this port
-  'macMoves', // source MACs that moved to this port from another one
-  'learnTableFull', // source MACs not learned because the table was full (frame still forwarded)
-  'dropRunt', // ingress: shorter than 14 bytes
-  'dropHairpin', // ingress: known unicast destination lives on the ingress port (veb "hairpin")
-  'dropMtu', // egress: longer than the egress port's MTU + Ethernet header (+ VLAN tag)
-  'dropEgress', // egress: deliver() returned false (the port counts its own reason)
-  'macMoveDamped', // source MAC moves to this port refused by damping (too many moves in the window)
-  'macEvicted', // dynamic entries of this port evicted to make room (fair eviction)
-  'dropSpanIn', // ingress: frames sent by a span port (span ports only receive copies)
-  'dropReserved', // ingress: destination 01:80:c2:00:00:0X (802.1 reserved group, never forwarded)
-  'dropDoubleTagged', // ingress: 802.1Q inside 802.1Q (VLAN hopping)
-  'dropTaggedIn', // ingress: tagged with a VID not in the port's tagged set
-  'dropUntagged', // ingress: untagged on a port without PVID (`untagged none`)
-  'dropLocked', // ingress: locked port, source MAC is not a static entry of this port
-  'dropBlockNonIpIn', // ingress: blocknonip port, not IPv4/IPv6/ARP/RARP
-  'dropSvlan', // ingress: 802.1ad (0x88a8) frame on a VLAN-aware switch
-  'dropRulesIn', // ingress: blocked by an `in` rule of this port
-  'dropProtected', // ingress: known unicast to a port sharing a protected domain
-  'dropTaggedOut', // egress: known unicast in a VLAN this port is not a member of
-  'dropRulesOut', // egress: blocked by an `out` rule of this port
-  'dropBlockNonIpOut', // egress: blocknonip port, not IPv4/IPv6/ARP/RARP
-] as const;
-
-/** Name of one per-port counter. */
-export type PortCounterName = (typeof PORT_COUNTER_NAMES)[number];
-/** Name of a drop counter (by convention `drop<Reason>`). */
-export type DropCounterName = Extract<PortCounterName, `drop${string}`>;
-/** Per-port counters: plain numeric fields, one object per port, updated in place. */
-export type PortCounters = { [K in PortCounterName]: number };
-
-/**
- * Drop counter → reason label (veb kstat spelling where veb has one, OpenBSD if_veb.c), for metrics such as
- * `vhostd_switch_port_drops_total{port="vm1",reason="hairpin"}`. The type forces a label for every `drop*` name.
- */
-export const DROP_REASONS: Readonly<Record<DropCounterName, string>> = {
-  dropRunt: 'runt',
-  dropHairpin: 'hairpin',
-  dropMtu: 'mtu',
-  dropEgress: 'egress',
-  dropSpanIn: 'span-in',
-  dropReserved: 'reserved',
-  dropDoubleTagged: 'double-tagged',
-  dropTaggedIn: 'tagged-in',
-  dropUntagged: 'untagged',
-  dropLocked: 'locked',
-  dropBlockNonIpIn: 'blocknonip-in',
-  dropSvlan: 'svlan',
-  dropRulesIn: 'rules-in',
-  dropProtected: 'protected',
-  dropTaggedOut: 'tagged-out',
-  dropRulesOut: 'rules-out',
-  dropBlockNonIpOut: 'blocknonip-out',
-};
-
-/** Switch-wide totals: sums of every port's counters (including removed ports) plus table and switch figures. */
-export type SwitchTotals = PortCounters & {
-  /** Attached ports. */
-  ports: number;
-  /** Entries in the MAC table. */
-  macEntries: number;
-  /** MAC table generation rotations. */
-  macRotations: number;
-  /** forward() calls whose ingress port is not attached to this switch. */
-  dropNotMember: number;
-};
-
-/** New zeroed counter record. Built in PORT_COUNTER_NAMES order, so every record has the same hidden class. */
-export function newPortCounters(): PortCounters {
-  // Object.fromEntries, not keyed stores in a loop: with this many properties the loop leaves the object in V8's
-  // dictionary mode, and every `counters.x++` on the hot path becomes a hash lookup (and a double an allocation).
-  return Object.fromEntries(PORT_COUNTER_NAMES.map((n) => [n, 0])) as PortCounters;
-}
-
-/** Switch options. */
-export interface SwitchOptions extends MacTableOptions {
-  /** Switch MTU, 68..65535 (VIRTIO 1.2 §5.1.4.1 lower bound): ports start with it; egress frames are checked. */
-  mtu?: number;
-  /** Poll mode (config `poll`): the poller spins with kicks off instead of re-arming them (default false). */
-  poll?: boolean;
-}
-
-/** Per-port options (veb knobs, ifconfig(8)). Omitted fields keep their current value. */
-export interface PortOptions {
-  /** Learn source MACs (default true). */
-  learn?: boolean;
-  /** Receive floods of unknown unicast (default true). */
-  discover?: boolean;
-  /** Only IPv4, IPv6, ARP and RARP in and out (default false). */
-  blockNonIp?: boolean;
-  /** Source MAC must be a static entry of this port (default false). */
-  locked?: boolean;
-  /** Protected domain ids, 1..31 (default none). */
-  protected?: readonly number[];
-  /** PVID of untagged frames, 1..4094, or 'none' (drop untagged). Makes the switch VLAN-aware. Default 1. */
-  untagged?: number | 'none';
-  /** VIDs accepted and sent tagged, 1..4094 (replaces the set). Makes the switch VLAN-aware. Default none. */
-  tagged?: readonly number[];
-  /** Span port: receives a copy of every frame accepted on any port's ingress, sends nothing (default false). */
-  span?: boolean;
-  /** Learn limit of this port (default: the switch's portMaxAddr). */
-  maxAddr?: number;
-}
-
-/** A filter rule (veb `rule`, ifconfig(8)). Unset fields match anything. */
-export interface FilterRule {
-  action: 'block' | 'pass';
-  /** Direction; default both. */
-  dir?: 'in' | 'out' | 'in/out';
-  src?: MacKey;
-  dst?: MacKey;
-  /** ARP (0x0806) or RARP (0x8035) match: Ethernet/IPv4 only; IPv4 addresses as 32-bit unsigned numbers. */
-  arp?: { rarp?: boolean; op?: 'request' | 'reply'; sha?: MacKey; spa?: number; tha?: MacKey; tpa?: number };
-}
-
-/** One MAC table row for display and the control socket. */
-export interface SwitchEntry {
-  mac: string;
-  port: string;
-  portId: PortId;
-  ageSec: number;
-  static: boolean;
-}
-
-/** `a.b.c.d` → 32-bit unsigned number; throws VhostError ERR_CONFIG on bad syntax. */
-export function parseIpv4(text: string): number {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
-  if (m === null || m.slice(1).some((o) => Number(o) > 255)) throw new VhostError('ERR_CONFIG', `invalid IPv4 address ${JSON.stringify(text)}`);
-  return ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
-}
-
-/** Compiled rule: numbers only, -1 = any. Source and destination MACs as 24-bit halves, as Frame keeps them. */
-class RuleRec {
-  constructor(
-    readonly block: boolean,
-    readonly srcHi: number,
-    readonly srcLo: number,
-    readonly dstHi: number,
-    readonly dstLo: number,
-    /** 0 (no ARP match), ETHERTYPE_ARP or ETHERTYPE_RARP. */
-    readonly arpType: number,
-    /** 0 any, 1 request, 2 reply (ARP op; RARP 3/4 matched as request/reply). */
-    readonly op: number,
-    readonly sha: number,
-    readonly spa: number,
-    readonly tha: number,
-    readonly tpa: number,
-  ) {}
-}
-
-const NO_RULES: readonly RuleRec[] = [];
-
-/** Everything the switch keeps per port: flags and settings as plain fields read by the pipeline steps. */
-class PortRecord {
-  readonly counters: PortCounters = newPortCounters();
-  learn = true;
-  discover = true;
-  blockNonIp = false;
-  locked = false;
-  span = false;
-  /** Protected domains as a bit mask (bit N = domain N). */
-  protMask = 0;
-  /** PVID (0 = untagged frames dropped). */
-  pvid = DEFAULT_PVID;
-  /** Tagged VLAN membership, indexed by VID (null = none). */
-  tagged: Uint8Array | null = null;
-  rulesIn: readonly RuleRec[] = NO_RULES;
-  rulesOut: readonly RuleRec[] = NO_RULES;
-  /** Flow cache of this ingress port: destination lookups (NO_PORT for unknown or group addresses) per MAC pair. */
-  readonly flows = new FlowCache();
-  constructor(
-    readonly port: Port,
-    readonly id: PortId,
-  ) {}
-}
-
-/** Default PVID (veb `vnetid` default). */
-export const DEFAULT_PVID = 1;
 /** 01:80:c2:00:00:00 .. 01:80:c2:00:00:0f: IEEE 802.1 reserved group addresses, as upper half and lower halves. */
 const RESERVED_HI24 = 0x01_80_c2;
 const RESERVED_LO24_MAX = 0x00_00_0f;
@@ -251,38 +65,7 @@ function u32At(frame: Frame, pos: number): number {
 }
 
 /** Learning L2 switch with veb(4) semantics. */
-export class Switch {
-  readonly name: string;
-  /** Switch MTU: what ports get when they (re)negotiate; reconfigure() changes it. */
-  get mtu(): number {
-    return this.mtuValue;
-  }
-  private mtuValue: number;
-  /** Forwarding database; exposed for display (`entries()`), `flush()` and static entries. */
-  readonly macTable: MacTable;
-  /** The one poller that runs this switch's ports' TX work each event-loop turn (poller.ts). */
-  readonly poller = new Poller();
-
-  /** Port records indexed by PortId; holes where ports were removed. */
-  private recs: (PortRecord | undefined)[] = [];
-  /** Attached ports, dense, in id order. Replaced (never mutated) on add/remove/configure. */
-  private members: readonly PortRecord[] = [];
-  /** Forwarding ports (not span), the flood list; and span ports. */
-  private fwd: readonly PortRecord[] = [];
-  private spans: readonly PortRecord[] = [];
-  /** True once any port has a VLAN setting (802.1Q-aware mode). */
-  private vlanAware = false;
-  /** Per-batch touched set: flag per PortId plus the list of touched ids (preallocated, grown on addPort). */
-  private touched = new Uint8Array(8);
-  private touchedIds = new Int32Array(8);
-  private touchedCount = 0;
-  /** Counters of removed ports, so totals never go backwards. */
-  private readonly retired: PortCounters = newPortCounters();
-  /** forward() calls from a port that is not attached (e.g. a device still running after removePort). */
-  private dropNotMember = 0;
-  /** Coarse clock (last tick), for entries() ages. */
-  private nowSec: number | undefined;
-
+export class Switch extends SwitchControl {
   // Per-frame classification, plain fields (no allocation): VID, whether the frame arrived 802.1Q-tagged, PCP/DEI
   // bits of its tag, its (inner) ethertype (-1 = not read yet) and the offset of its payload.
   private fVid = 0;
@@ -291,254 +74,6 @@ export class Switch {
   private fPcp = 0;
   private fEtype = -1;
   private fL3 = 14;
-
-  constructor(name: string, opts: SwitchOptions = {}) {
-    const mtu = opts.mtu ?? DEFAULT_MTU;
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
-      throw new VhostError('ERR_CONFIG', `switch ${name}: mtu must be an integer in 68..65535, got ${mtu}`);
-    }
-    this.name = name;
-    this.mtuValue = mtu;
-    this.poller.spin = opts.poll ?? false;
-    try {
-      this.macTable = new MacTable({
-        maxAddr: opts.maxAddr,
-        timeoutSec: opts.timeoutSec,
-        portMaxAddr: opts.portMaxAddr,
-        evict: opts.evict,
-        moveDampCount: opts.moveDampCount,
-        moveDampSec: opts.moveDampSec,
-      });
-    } catch (err) {
-      throw new VhostError('ERR_CONFIG', `switch ${name}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-
-  // ---------------------------------------------------------------- control path
-
-  /**
-   * Configuration reload: a new MTU (ports keep theirs until the guest renegotiates: NetDevice.reset/setFeatures
-   * read it), MAC table size and timeout. Throws VhostError ERR_CONFIG on bad values, before changing anything.
-   */
-  reconfigure(opts: { mtu?: number; maxAddr?: number; timeoutSec?: number; poll?: boolean }): void {
-    const mtu = opts.mtu ?? this.mtuValue;
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) {
-      throw new VhostError('ERR_CONFIG', `switch ${this.name}: mtu must be an integer in 68..65535, got ${mtu}`);
-    }
-    try {
-      this.macTable.setLimits({ maxAddr: opts.maxAddr, timeoutSec: opts.timeoutSec });
-    } catch (err) {
-      throw new VhostError('ERR_CONFIG', `switch ${this.name}: ${(err as Error).message}`, { cause: err });
-    }
-    this.mtuValue = mtu;
-    // Poll mode on: ports now asleep join at their next kick. Off: polling ports re-arm after their idle polls.
-    if (opts.poll !== undefined) this.poller.spin = opts.poll;
-  }
-
-  /** Attach `port`; assigns and returns the smallest free PortId. Throws if the port is attached anywhere. */
-  addPort(port: Port): PortId {
-    if (port.id !== NO_PORT) {
-      throw new VhostError('ERR_CONFIG', `switch ${this.name}: port ${port.name} is already attached (id ${port.id})`);
-    }
-    let id = 0;
-    while (id < this.recs.length && this.recs[id] !== undefined) id++;
-    if (id >= this.touched.length) this.growTouched(Math.max(id + 1, this.touched.length * 2));
-    const rec = new PortRecord(port, id);
-    this.recs[id] = rec;
-    (port as { id: PortId }).id = id; // the one place Port.id is written (port.ts)
-    this.macTable.setPortLimit(id);
-    this.members = [...this.members, rec].sort((a, b) => a.id - b.id);
-    this.rebuildLists();
-    this.macTable.bump(); // flow caches: the port set changed
-    return id;
-  }
-
-  /**
-   * Detach `port`: forget its MACs, stop flooding to it, drop it from the pending flush set (the caller tears the
-   * port down). Its counters are folded into the totals. Returns false if it was not attached here.
-   */
-  removePort(port: Port): boolean {
-    const id = port.id;
-    const rec = id >= 0 ? this.recs[id] : undefined;
-    if (rec === undefined || rec.port !== port) return false;
-    this.recs[id] = undefined;
-    while (this.recs.length > 0 && this.recs[this.recs.length - 1] === undefined) this.recs.length--;
-    this.members = this.members.filter((r) => r !== rec);
-    this.rebuildLists();
-    this.macTable.remove(id);
-    if (this.touched[id] !== 0) {
-      this.touched[id] = 0;
-      let j = 0;
-      for (let i = 0; i < this.touchedCount; i++) if (this.touchedIds[i] !== id) this.touchedIds[j++] = this.touchedIds[i];
-      this.touchedCount = j;
-    }
-    for (const n of PORT_COUNTER_NAMES) this.retired[n] += rec.counters[n];
-    (port as { id: PortId }).id = NO_PORT;
-    this.macTable.bump(); // flow caches: the port set changed (remove() above changed the version too)
-    return true;
-  }
-
-  /** Attached ports in id order. */
-  ports(): Port[] {
-    return this.members.map((r) => r.port);
-  }
-
-  /** The attached port called `name`, or undefined. */
-  portByName(name: string): Port | undefined {
-    return this.members.find((r) => r.port.name === name)?.port;
-  }
-
-  /** Apply per-port options (veb knobs, ifconfig(8)). Throws VhostError ERR_CONFIG on bad values. Control path. */
-  configurePort(port: Port | string, opts: PortOptions): void {
-    const rec = this.rec(port);
-    const where = `switch ${this.name}: port ${rec.port.name}`;
-    const vidOk = (v: number): boolean => Number.isInteger(v) && v >= 1 && v <= 4094;
-    let mask = rec.protMask;
-    if (opts.protected !== undefined) {
-      mask = 0;
-      for (const d of opts.protected) {
-        if (!Number.isInteger(d) || d < 1 || d > 31) throw new VhostError('ERR_CONFIG', `${where}: protected domain must be 1..31, got ${d}`);
-        mask |= 1 << d;
-      }
-    }
-    let pvid = rec.pvid;
-    if (opts.untagged !== undefined) {
-      if (opts.untagged === 'none') pvid = 0;
-      else if (vidOk(opts.untagged)) pvid = opts.untagged;
-      else throw new VhostError('ERR_CONFIG', `${where}: untagged VID must be 1..4094 or none, got ${opts.untagged}`);
-    }
-    let tagged = rec.tagged;
-    if (opts.tagged !== undefined) {
-      tagged = null;
-      for (const v of opts.tagged) {
-        if (!vidOk(v)) throw new VhostError('ERR_CONFIG', `${where}: tagged VID must be 1..4094, got ${v}`);
-        tagged ??= new Uint8Array(4096);
-        tagged[v] = 1;
-      }
-    }
-    if (opts.maxAddr !== undefined) {
-      try {
-        this.macTable.setPortLimit(rec.id, opts.maxAddr);
-      } catch (err) {
-        throw new VhostError('ERR_CONFIG', `${where}: ${(err as Error).message}`, { cause: err });
-      }
-    }
-    if (opts.learn !== undefined) rec.learn = opts.learn;
-    if (opts.discover !== undefined) rec.discover = opts.discover;
-    if (opts.blockNonIp !== undefined) rec.blockNonIp = opts.blockNonIp;
-    if (opts.locked !== undefined) rec.locked = opts.locked;
-    rec.protMask = mask;
-    rec.pvid = pvid;
-    rec.tagged = tagged;
-    if (opts.untagged !== undefined || opts.tagged !== undefined) this.vlanAware = true;
-    if (opts.span !== undefined && opts.span !== rec.span) {
-      rec.span = opts.span;
-      if (rec.span) this.macTable.remove(rec.id, true);
-      this.rebuildLists();
-    }
-    this.macTable.bump(); // flow caches: a knob they depend on (locked, learn) may have changed
-  }
-
-  /** Append a filter rule to `port` (evaluated in insertion order, first match wins). Control path. */
-  addRule(port: Port | string, rule: FilterRule): void {
-    const rec = this.rec(port);
-    const any = (v: number | undefined): number => (v === undefined ? -1 : v);
-    const a = rule.arp;
-    const op = a?.op === 'request' ? 1 : a?.op === 'reply' ? 2 : 0;
-    const r = new RuleRec(
-      rule.action === 'block',
-      rule.src === undefined ? -1 : Math.floor(rule.src / MAC_HALF),
-      rule.src === undefined ? -1 : rule.src % MAC_HALF,
-      rule.dst === undefined ? -1 : Math.floor(rule.dst / MAC_HALF),
-      rule.dst === undefined ? -1 : rule.dst % MAC_HALF,
-      a === undefined ? 0 : a.rarp ? ETHERTYPE_RARP : ETHERTYPE_ARP,
-      op,
-      any(a?.sha),
-      any(a?.spa),
-      any(a?.tha),
-      any(a?.tpa),
-    );
-    const dir = rule.dir ?? 'in/out';
-    if (dir !== 'out') rec.rulesIn = [...rec.rulesIn, r];
-    if (dir !== 'in') rec.rulesOut = [...rec.rulesOut, r];
-  }
-
-  /** Remove every rule of `port` (veb `flushrule`). */
-  flushRules(port: Port | string): void {
-    const rec = this.rec(port);
-    rec.rulesIn = NO_RULES;
-    rec.rulesOut = NO_RULES;
-  }
-
-  /** Drop all dynamic MAC entries (veb `flush`); static entries stay. Control socket. */
-  flushDynamic(): void {
-    this.macTable.flush();
-  }
-
-  /**
-   * Add a static entry `mac` → `port` (veb `static`); replaces a dynamic entry or re-points a static one. Throws
-   * VhostError ERR_CONFIG for an unknown port, a multicast/zero MAC, or a table full of static entries.
-   */
-  addStatic(mac: MacKey | string, port: Port | PortId | string): void {
-    const key = typeof mac === 'string' ? parseMac(mac) : mac;
-    const rec = typeof port === 'number' ? this.recs[port] : this.rec(port);
-    if (rec === undefined) throw new VhostError('ERR_CONFIG', `switch ${this.name}: no port ${String(port)}`);
-    if (isMulticast(key) || isZero(key)) throw new VhostError('ERR_CONFIG', `switch ${this.name}: static entry ${formatMac(key)} must be a unicast address`);
-    if (!this.macTable.addStatic(key, rec.id)) {
-      throw new VhostError('ERR_CONFIG', `switch ${this.name}: MAC table full of static entries (maxaddr ${this.macTable.maxAddr})`);
-    }
-  }
-
-  /** Delete the entry for `mac`, static or dynamic (veb `deladdr`). Returns false if there was none. */
-  delAddr(mac: MacKey | string): boolean {
-    return this.macTable.delete(typeof mac === 'string' ? parseMac(mac) : mac);
-  }
-
-  /** The MAC table for display (veb `addr`): static entries first, ports by name. Control path. */
-  entries(): SwitchEntry[] {
-    return this.macTable.entries(this.nowSec).map((e) => ({
-      mac: formatMac(e.mac),
-      port: this.recs[e.port]?.port.name ?? `#${e.port}`,
-      portId: e.port,
-      ageSec: e.ageSec,
-      static: e.static,
-    }));
-  }
-
-  /** Live counters of one port (read-only view, updated in place; spread it for a snapshot), or undefined. */
-  counters(portId: PortId): Readonly<PortCounters> | undefined {
-    return portId >= 0 ? this.recs[portId]?.counters : undefined;
-  }
-
-  /** Switch-wide totals (a fresh object). Control path. */
-  totals(): Readonly<SwitchTotals> {
-    const t = { ...this.retired } as SwitchTotals;
-    for (const r of this.members) for (const n of PORT_COUNTER_NAMES) t[n] += r.counters[n];
-    t.ports = this.members.length;
-    t.macEntries = this.macTable.size;
-    t.macRotations = this.macTable.rotations;
-    t.dropNotMember = this.dropNotMember;
-    return t;
-  }
-
-  /** Aging and move damping, from a coarse timer (util clock), never per frame. `nowSec` is monotonic seconds. */
-  tick(nowSec: number): void {
-    this.nowSec = nowSec;
-    this.macTable.tick(nowSec);
-  }
-
-  private rec(port: Port | string): PortRecord {
-    const rec = typeof port === 'string' ? this.members.find((r) => r.port.name === port) : port.id >= 0 ? this.recs[port.id] : undefined;
-    if (rec === undefined || (typeof port !== 'string' && rec.port !== port)) {
-      throw new VhostError('ERR_CONFIG', `switch ${this.name}: no port ${typeof port === 'string' ? JSON.stringify(port) : port.name}`);
-    }
-    return rec;
-  }
-
-  private rebuildLists(): void {
-    this.fwd = this.members.filter((r) => !r.span);
-    this.spans = this.members.filter((r) => r.span);
-  }
 
   // ---------------------------------------------------------------- data path
 
@@ -862,18 +397,7 @@ export class Switch {
       this.touchedIds[this.touchedCount++] = id;
     }
   }
-
-  /** Grow the touched-set arrays (control path, addPort). */
-  private growTouched(cap: number): void {
-    const flags = new Uint8Array(cap);
-    flags.set(this.touched);
-    const ids = new Int32Array(cap);
-    ids.set(this.touchedIds);
-    this.touched = flags;
-    this.touchedIds = ids;
-  }
 }
-
 
 /** 4 if the frame carries an 802.1Q tag, else 0 (slow path: only for frames over MTU + header). */
 function vlanTagLen(frame: Frame): number {

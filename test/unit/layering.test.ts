@@ -42,7 +42,7 @@ const LAYERS: Readonly<Record<string, number>> = {
 };
 
 /** Files that must not know virtio exists, and the folders they may therefore not import. */
-const VIRTIO_AGNOSTIC = ['net/switch.ts', 'net/mac-table.ts', 'net/mac.ts', 'net/port.ts', 'net/frame.ts', 'blk/qcow2/'];
+const VIRTIO_AGNOSTIC = ['net/switch.ts', 'net/switch-control.ts', 'net/switch-counters.ts', 'net/switch-ports.ts', 'net/switch-rules.ts', 'net/mac-table.ts', 'net/mac.ts', 'net/port.ts', 'net/frame.ts', 'blk/qcow2/'];
 const VIRTIO_FOLDERS = ['virtqueue', 'vhost-user', 'device', 'virtio'];
 
 /** Folders config/ may import (besides itself). */
