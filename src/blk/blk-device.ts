@@ -371,7 +371,9 @@ export class BlkDevice implements VirtioDevice {
 
   private submit(st: QueueState, slot: BlkSlot<QueueState>, now: number): void {
     const chain = slot.chain;
-    if (this.fast !== null && parseRw(chain, this.limits, this.hdrScratch, slot, this.viewCache) && !(slot.write && this.writeThrough)) {
+    // Write-through mode takes the promise path (a write needs its flush); deciding before the parse keeps the header
+    // read once.
+    if (this.fast !== null && !this.writeThrough && parseRw(chain, this.limits, this.hdrScratch, slot, this.viewCache)) {
       if (slot.write) this.counters.writes++;
       else this.counters.reads++;
       this.taken(st);
