@@ -2,11 +2,15 @@
  * BlkDevice: a virtio-blk device (VIRTIO 1.2 §5.2) over a Disk.
  *
  * Each started queue is drained of available chains on start and on every kick; each chain becomes a request
- * that runs on its own (the disk's I/O goes to the libuv thread pool), so requests on a queue run concurrently
- * and complete out of order. A completion writes the status byte and a used entry; completions are published in
- * batches (one setImmediate per batch: everything the thread pool finished in one event-loop turn) with one
- * used.idx store and at most one interrupt. Chains are pooled per queue (no allocation per chain beyond the
- * request's own views and promise).
+ * that runs on its own, so requests on a queue run concurrently and complete out of order. A completion writes the
+ * status byte and a used entry; completions are published in batches with one used.idx store and at most one
+ * interrupt. Request slots (BlkSlot: the chain, plain header fields, data views) are pooled per queue.
+ *
+ * Reads and writes on a disk with FastIo (a raw disk on io_uring) take the allocation-free path: parseRw() into the
+ * slot, FastIo.submit() with the slot as the request, one kick() per drained batch (one io_uring_enter), the
+ * completion a method call on the slot, and the publish at the engine's end of a completion batch; one clock read
+ * per batch each way for the latency histograms. Everything else (and every request on other disks) goes through
+ * the Disk promises and is published from one setImmediate per batch.
  *
  * Stop and drain: queueStop() stops taking chains and returns a promise that settles once every request taken
  * has completed and been published; the vhost-user layer answers GET_VRING_BASE only then.
@@ -22,7 +26,6 @@
  */
 import type { DeviceQueue, VirtioDevice } from '../device/device.js';
 import type { SplitQueue } from '../virtqueue/split-queue.js';
-import { DescriptorChain } from '../virtqueue/descriptor-chain.js';
 import {
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
@@ -35,7 +38,9 @@ import { RateLimitedLog } from '../util/log.js';
 import type { Disk } from './disk.js';
 import { ImageError } from './qcow2/errors.js';
 import { newBlkLatency, type BlkLatency } from './latency.js';
-import { parseBlkRequest, writeStatus, type BlkLimits, type BlkRequest } from './request.js';
+import { VIEW_CACHE_SIZE, parseBlkRequest, parseRw, writeStatus, type BlkLimits, type BlkRequest } from './request.js';
+import { BlkSlot } from './blk-slot.js';
+import { fastIoOf, type FastIo } from './fast-io.js';
 import { BulkQueue } from './bulk.js';
 import {
   BLK_REQ_HDR_SIZE,
@@ -111,7 +116,9 @@ interface QueueState {
   /** Completions go to the ring (false after reset: the front-end is gone). */
   attached: boolean;
   inflight: number;
-  free: DescriptorChain[];
+  /** Free slots: a stack over free[0..freeLen) (pop() would trim the array's backing store and push regrow it). */
+  free: BlkSlot<QueueState>[];
+  freeLen: number;
   publishScheduled: boolean;
   drainWaiters: (() => void)[];
   /** A kick or start arrived while the device was paused: process the ring at resume(). */
@@ -127,7 +134,7 @@ export class BlkDevice implements VirtioDevice {
     reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, getIds: 0, readBytes: 0, writtenBytes: 0,
     badChain: 0, badRequest: 0, unsupported: 0, ioErrors: 0, refused: 0, inflight: 0,
   };
-  /** Request latency (submit to completion) per I/O kind, for metrics: one clock read per request, never per chain. */
+  /** Request latency (submit to completion) per I/O kind, for metrics: one clock read per batch on the FastIo path, per request otherwise. */
   readonly latency: BlkLatency = newBlkLatency();
   /** Negotiated virtio features (status output). */
   acked = 0n;
@@ -142,18 +149,31 @@ export class BlkDevice implements VirtioDevice {
   /** Every state with requests in flight (current and detached), for drainAll(). */
   private readonly busy = new Set<QueueState>();
   private readonly hdrScratch = new Uint8Array(BLK_REQ_HDR_SIZE);
+  /** Data views of recent guest ranges, for the FastIo path (request.ts, sgViewsInto). */
+  private readonly viewCache: (Uint8Array | null)[] = new Array<Uint8Array | null>(VIEW_CACHE_SIZE).fill(null);
   /** pause() is in effect: no chain is taken from any queue. */
   private paused = false;
   /** Waiting for counters.inflight to reach 0 (pause, whenIdle). */
   private idleWaiters: (() => void)[] = [];
   /** Discard and write-zeroes run one at a time per device, one chunk per event-loop turn. */
   private readonly bulk: BulkQueue;
+  /** The disk's allocation-free read/write path, or null (promises only). */
+  private readonly fast: FastIo | null;
+  /** Queues with FastIo completions to publish at the engine's end of batch (reused array). */
+  private readonly toPublish: (QueueState | null)[] = [];
+  private toPublishLen = 0;
+  /** performance.now() of the current completion batch (-1: not read yet in this batch). */
+  private batchClock = -1;
+  private readonly slotDone = (slot: BlkSlot<QueueState>, err: Error | null): void => this.fastDone(slot, err);
+  private readonly batchEnd = (): void => this.endBatch();
 
   constructor(opts: BlkDeviceOptions) {
     this.name = opts.name;
     this.disk = opts.disk;
     this.log = opts.log;
     this.bulk = new BulkQueue(opts.disk);
+    this.fast = fastIoOf(opts.disk);
+    this.fast?.onBatchEnd(this.batchEnd);
     this.guestErrors = new RateLimitedLog(opts.log);
     const id = Buffer.from(opts.serial ?? opts.name, 'latin1').subarray(0, VIRTIO_BLK_ID_BYTES);
     this.serial = new Uint8Array(VIRTIO_BLK_ID_BYTES);
@@ -209,7 +229,7 @@ export class BlkDevice implements VirtioDevice {
 
   queueStart(q: DeviceQueue): void {
     const st: QueueState = {
-      dq: q, vq: q.queue, active: true, attached: true, inflight: 0, free: [], publishScheduled: false, drainWaiters: [], deferred: false,
+      dq: q, vq: q.queue, active: true, attached: true, inflight: 0, free: [], freeLen: 0, publishScheduled: false, drainWaiters: [], deferred: false,
     };
     this.queues.set(q.index, st);
     this.process(st);
@@ -222,7 +242,10 @@ export class BlkDevice implements VirtioDevice {
     this.queues.delete(index);
     st.active = false;
     if (st.publishScheduled && st.attached) this.publishNow(st);
-    if (st.inflight === 0) return;
+    if (st.inflight === 0) {
+      this.busy.delete(st);
+      return;
+    }
     return new Promise<void>((resolve) => st.drainWaiters.push(resolve));
   }
 
@@ -275,7 +298,10 @@ export class BlkDevice implements VirtioDevice {
       st.active = false;
       st.attached = false;
     }
-    for (const st of this.busy) st.attached = false;
+    for (const st of this.busy) {
+      st.attached = false;
+      if (st.inflight === 0) this.busy.delete(st);
+    }
     this.queues.clear();
     this.acked = 0n;
     this.writeback = 1;
@@ -322,37 +348,91 @@ export class BlkDevice implements VirtioDevice {
       st.deferred = true;
       return;
     }
+    const now = performance.now(); // one clock read per batch
     for (;;) {
       if (!st.active || vq.broken) break;
       vq.disableNotification();
       for (;;) {
-        const chain = st.free.pop() ?? new DescriptorChain(vq.size);
-        if (!vq.pop(chain)) {
-          st.free.push(chain);
+        const slot = st.freeLen > 0 ? st.free[--st.freeLen]! : new BlkSlot(st, vq.size, this.slotDone);
+        if (!vq.pop(slot.chain)) {
+          this.release(st, slot);
           break;
         }
-        this.submit(st, chain);
+        this.submit(st, slot, now);
         if (!st.active) break;
       }
       if (!st.active || !vq.enableNotification()) break;
     }
+    // The batch goes to the kernel in one crossing; completions it finished at once are published below.
+    if (this.fast !== null) this.fast.kick();
     if (st.publishScheduled) this.publishNow(st);
     else if (vq.broken && st.attached) st.dq.publish(); // reports the broken ring
   }
 
-  private submit(st: QueueState, chain: DescriptorChain): void {
+  private submit(st: QueueState, slot: BlkSlot<QueueState>, now: number): void {
+    const chain = slot.chain;
+    // Write-through mode takes the promise path (a write needs its flush); deciding before the parse keeps the header
+    // read once.
+    if (this.fast !== null && !this.writeThrough && parseRw(chain, this.limits, this.hdrScratch, slot, this.viewCache)) {
+      if (slot.write) this.counters.writes++;
+      else this.counters.reads++;
+      this.taken(st);
+      slot.t0 = now;
+      this.fast.submit(slot);
+      return;
+    }
+    this.submitSlow(st, slot);
+  }
+
+  private taken(st: QueueState): void {
+    st.inflight++;
+    this.counters.inflight++;
+    if (st.inflight === 1) this.busy.add(st);
+  }
+
+  /** A FastIo read or write completed (slot.ioDone). */
+  private fastDone(slot: BlkSlot<QueueState>, err: Error | null): void {
+    const st = slot.queue;
+    if (this.batchClock < 0) this.batchClock = performance.now();
+    (slot.write ? this.latency.write : this.latency.read).observe((this.batchClock - slot.t0) / 1000);
+    if (err === null) {
+      if (slot.write) this.counters.writtenBytes += slot.len;
+      else this.counters.readBytes += slot.len;
+      this.finish(st, slot, VIRTIO_BLK_S_OK, slot.write ? 1 : slot.len + 1, true);
+      return;
+    }
+    this.counters.ioErrors++;
+    this.guestErrors.warn('io-error', { vq: st.dq.index, request: slot.write ? 'write' : 'read', reason: err.message }, 'virtio-blk I/O failed (IOERR to the guest)');
+    this.finish(st, slot, VIRTIO_BLK_S_IOERR, 1, true);
+  }
+
+  /** The engine's end of a completion batch: publish what FastIo completions added, once per queue. */
+  private endBatch(): void {
+    this.batchClock = -1;
+    const l = this.toPublish;
+    const n = this.toPublishLen;
+    this.toPublishLen = 0; // not l.length = 0: that drops the backing store and the next push allocates one
+    for (let i = 0; i < n; i++) {
+      const st = l[i]!;
+      l[i] = null;
+      if (st.publishScheduled && st.attached) this.publishNow(st);
+    }
+  }
+
+  private submitSlow(st: QueueState, slot: BlkSlot<QueueState>): void {
+    const chain = slot.chain;
     const req = parseBlkRequest(chain, this.limits, this.hdrScratch);
     switch (req.kind) {
       case 'drop':
         this.counters.badChain++;
         this.guestErrors.warn(`drop-${req.error}`, { vq: st.dq.index, head: chain.head, error: req.error, reason: req.detail }, 'bad virtio-blk descriptor chain returned unused');
-        this.complete(st, chain, -1, 0);
+        this.complete(st, slot, -1, 0, false);
         return;
       case 'fail':
         if (req.status === VIRTIO_BLK_S_UNSUPP) this.counters.unsupported++;
         else this.counters.badRequest++;
         this.guestErrors.warn(`fail-${req.error}`, { vq: st.dq.index, type: req.type, error: req.error, reason: req.detail }, req.status === VIRTIO_BLK_S_UNSUPP ? 'unsupported virtio-blk request' : 'bad virtio-blk request failed with IOERR');
-        this.complete(st, chain, req.status, 1);
+        this.complete(st, slot, req.status, 1, false);
         return;
       case 'get-id': {
         this.counters.getIds++;
@@ -361,33 +441,31 @@ export class BlkDevice implements VirtioDevice {
           b.set(this.serial.subarray(o, o + b.length));
           o += b.length;
         }
-        this.complete(st, chain, VIRTIO_BLK_S_OK, req.len + 1);
+        this.complete(st, slot, VIRTIO_BLK_S_OK, req.len + 1, false);
         return;
       }
       default:
         break;
     }
-    st.inflight++;
-    this.counters.inflight++;
-    this.busy.add(st);
+    this.taken(st);
     const hist = this.latency[req.kind];
     const t0 = performance.now(); // a double, no BigInt (hrtime.bigint) per request
     this.execute(req).then(
       (written) => {
         hist.observe((performance.now() - t0) / 1000);
-        this.finish(st, chain, VIRTIO_BLK_S_OK, written + 1);
+        this.finish(st, slot, VIRTIO_BLK_S_OK, written + 1, false);
       },
       (err: unknown) => {
         hist.observe((performance.now() - t0) / 1000);
         // The policy's refusal is logged by whoever refused (ProbedRawGuard); counted apart from failed I/O.
         if (err instanceof ImageError && err.kind === 'Refused') {
           this.counters.refused++;
-          this.finish(st, chain, VIRTIO_BLK_S_IOERR, 1);
+          this.finish(st, slot, VIRTIO_BLK_S_IOERR, 1, false);
           return;
         }
         this.counters.ioErrors++;
         this.guestErrors.warn('io-error', { vq: st.dq.index, request: req.kind, reason: (err as Error).message ?? String(err) }, 'virtio-blk I/O failed (IOERR to the guest)');
-        this.finish(st, chain, VIRTIO_BLK_S_IOERR, 1);
+        this.finish(st, slot, VIRTIO_BLK_S_IOERR, 1, false);
       },
     );
   }
@@ -424,13 +502,13 @@ export class BlkDevice implements VirtioDevice {
     }
   }
 
-  private finish(st: QueueState, chain: DescriptorChain, status: number, usedLen: number): void {
+  private finish(st: QueueState, slot: BlkSlot<QueueState>, status: number, usedLen: number, batched: boolean): void {
     st.inflight--;
     this.counters.inflight--;
-    this.complete(st, chain, status, usedLen);
+    this.complete(st, slot, status, usedLen, batched);
     if (st.inflight === 0) {
-      this.busy.delete(st);
       if (!st.active || !st.attached) {
+        this.busy.delete(st);
         if (st.publishScheduled && st.attached) this.publishNow(st);
         this.wakeDrain(st);
       }
@@ -444,8 +522,12 @@ export class BlkDevice implements VirtioDevice {
     }
   }
 
-  /** Status byte (status < 0: none), used entry, and a publish at the end of this batch. */
-  private complete(st: QueueState, chain: DescriptorChain, status: number, usedLen: number): void {
+  /**
+   * Status byte (status < 0: none), used entry, and a publish at the end of this batch: the engine's (batched: a
+   * FastIo completion) or one setImmediate's.
+   */
+  private complete(st: QueueState, slot: BlkSlot<QueueState>, status: number, usedLen: number, batched: boolean): void {
+    const chain = slot.chain;
     if (st.attached && st.dq.hasQueue) {
       if (status >= 0) {
         writeStatus(chain, status);
@@ -453,14 +535,31 @@ export class BlkDevice implements VirtioDevice {
         if (log !== null) log.logSg(chain.writable, chain.writableBytes);
       }
       st.dq.queue.addUsed(chain.head, usedLen);
-      this.schedulePublish(st);
+      this.schedulePublish(st, batched);
     }
-    st.free.push(chain);
+    this.release(st, slot);
   }
 
-  private schedulePublish(st: QueueState): void {
+  private release(st: QueueState, slot: BlkSlot<QueueState>): void {
+    if (st.freeLen < st.free.length) st.free[st.freeLen] = slot;
+    else st.free.push(slot);
+    st.freeLen++;
+  }
+
+  private schedulePublish(st: QueueState, batched: boolean): void {
     if (st.publishScheduled) return;
     st.publishScheduled = true;
+    if (batched) {
+      if (this.toPublishLen < this.toPublish.length) this.toPublish[this.toPublishLen] = st;
+      else this.toPublish.push(st);
+      this.toPublishLen++;
+      return;
+    }
+    this.publishNextTurn(st);
+  }
+
+  /** Apart from schedulePublish: a closure capturing st would allocate its context on every call there. */
+  private publishNextTurn(st: QueueState): void {
     setImmediate(() => {
       if (st.publishScheduled && st.attached) this.publishNow(st);
       st.publishScheduled = false;

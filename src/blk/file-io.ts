@@ -18,6 +18,9 @@ export interface FileIo {
    * file system cannot (the caller then writes zeroes or keeps the data).
    */
   fallocate(offset: number, len: number, zeroRange: boolean): Promise<boolean>;
+  /** The io_uring engine and the file's fd, for the callback path (UringEngine.submitCb); null on node:fs. */
+  readonly uring: UringEngine | null;
+  readonly fd: number;
   /** Stop using the engine (the FileHandle is closed by its owner). */
   release(): void;
 }
@@ -32,10 +35,13 @@ class UringFileIo implements FileIo {
   readonly engine = 'io_uring';
   private released = false;
   constructor(
-    private readonly fd: number,
+    readonly fd: number,
     private readonly eng: UringEngine,
     readonly reason: string,
   ) {}
+  get uring(): UringEngine {
+    return this.eng;
+  }
   readv(views: readonly Uint8Array[], pos: number): Promise<number> {
     return this.eng.readv(this.fd, views, pos);
   }
@@ -64,10 +70,14 @@ class UringFileIo implements FileIo {
 
 class ThreadsFileIo implements FileIo {
   readonly engine = 'threads';
+  readonly uring = null;
   constructor(
     private readonly fh: FileHandle,
     readonly reason: string,
   ) {}
+  get fd(): number {
+    return this.fh.fd;
+  }
   async readv(views: readonly Uint8Array[], pos: number): Promise<number> {
     return (await this.fh.readv(views as Uint8Array[], pos)).bytesRead;
   }

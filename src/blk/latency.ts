@@ -1,7 +1,8 @@
 /**
  * Fixed-bucket latency histograms for virtio-blk requests (exported as Prometheus histograms by src/metrics/).
- * One clock read per request is cheap next to the I/O it measures (tens of µs or more); nothing is allocated per
- * observation: the buckets are a preallocated Float64Array and the bounds are shared.
+ * The device reads the clock once per batch on its allocation-free path (the submit time of a drained batch, the
+ * completion time of a reaped batch) and once per request elsewhere; nothing is allocated per observation: the
+ * buckets are a preallocated Float64Array and the bounds are shared.
  */
 
 /**

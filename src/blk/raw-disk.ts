@@ -6,12 +6,18 @@
  * fallocate (PUNCH_HOLE when unmapping is allowed, ZERO_RANGE otherwise); where fallocate is not available (the
  * thread-pool engine, or a file system without it) discard keeps the old data (allowed: reads of a discarded range
  * return old data or zeroes) and write-zeroes writes zeroes.
+ *
+ * On io_uring the disk also offers FastIo (src/blk/fast-io.ts): the virtio-blk device's reads and writes go to the
+ * engine's callback path with the device's own request objects, no promise per request. A short transfer there is
+ * continued on the promise path (rare: end of file, or a signal).
  */
 import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { fileId, type Disk, type DiskFiles } from './disk.js';
 import { fileIo, type FileIo } from './file-io.js';
 import { openImageFile } from './image-file.js';
+import type { FastIo, FastRequest } from './fast-io.js';
+import { uringError, type UringEngine } from './uring-engine.js';
 
 /** Zero buffer for write-zeroes, written repeatedly (never modified). */
 const ZERO_CHUNK = 1 << 20;
@@ -21,6 +27,8 @@ export class RawDisk implements Disk {
   readonly format = 'raw';
   private closed = false;
   private readonly io: FileIo;
+  /** The callback path (io_uring only). */
+  readonly fastIo: RawFastIo | null;
 
   private constructor(
     private readonly fh: FileHandle,
@@ -30,6 +38,7 @@ export class RawDisk implements Disk {
     readonly files: DiskFiles,
   ) {
     this.io = fileIo(fh);
+    this.fastIo = this.io.uring !== null ? new RawFastIo(this, this.io.uring, this.io.fd) : null;
   }
 
   /** The disk I/O engine moving this disk's bytes. */
@@ -95,9 +104,15 @@ export class RawDisk implements Disk {
     try {
       await this.flush();
     } finally {
+      this.fastIo?.release();
       this.io.release();
       await this.fh.close();
     }
+  }
+
+  /** The rest of a fast request after a short transfer of n > 0 bytes, on the promise path. */
+  continueShort(req: FastRequest, n: number): Promise<void> {
+    return this.transfer(req.offset + n, skip(req.bufs.slice(0, req.nbufs), n), req.write);
   }
 
   private checkRange(offset: number, len: number): void {
@@ -119,6 +134,68 @@ export class RawDisk implements Disk {
       pos += n;
       list = skip(list, n);
     }
+  }
+}
+
+/** FastIo on the shared io_uring engine: one long-lived completion callback, the request object as its context. */
+class RawFastIo implements FastIo {
+  private readonly listeners: (() => void)[] = [];
+  private readonly done = (ctx: object, res: number): void => {
+    const req = ctx as FastRequest;
+    if (res === req.len) req.ioDone(null);
+    else if (res < 0) req.ioDone(uringError(req.write ? 'writev' : 'readv', res));
+    else if (res === 0) req.ioDone(new Error(`${req.write ? 'write' : 'read'} at ${req.offset} of ${this.disk.path} made no progress (file shrunk?)`));
+    else this.continueShort(req, res);
+  };
+
+  /** Apart from done(): closures capturing req there would allocate their context on every completion. */
+  private continueShort(req: FastRequest, n: number): void {
+    this.disk.continueShort(req, n).then(
+      () => this.outside(req, null),
+      (err: unknown) => this.outside(req, err as Error),
+    );
+  }
+
+  /** A completion outside an engine batch (a continued short transfer, a refused submit): its own batch end. */
+  private outside(req: FastRequest, err: Error | null): void {
+    req.ioDone(err);
+    for (const fn of this.listeners) fn();
+  }
+
+  constructor(
+    private readonly disk: RawDisk,
+    private readonly eng: UringEngine,
+    private readonly fd: number,
+  ) {}
+
+  /** The caller checked the range (the virtio-blk parser does) and that the disk is writable for a write. */
+  submit(req: FastRequest): void {
+    if (req.offset < 0 || req.offset + req.len > this.disk.size || (req.write && this.disk.readOnly)) {
+      this.outside(req, new Error(`bad fast request at ${req.offset} (${req.len} bytes) on ${this.disk.path}`));
+      return;
+    }
+    this.eng.submitCb(req.write, this.fd, req.bufs, req.nbufs, req.offset, this.done, req);
+  }
+
+  kick(): void {
+    this.eng.kick();
+  }
+
+  onBatchEnd(fn: () => void): void {
+    this.listeners.push(fn);
+    this.eng.onBatchEnd(fn);
+  }
+
+  removeBatchEnd(fn: () => void): void {
+    const i = this.listeners.indexOf(fn);
+    if (i >= 0) this.listeners.splice(i, 1);
+    this.eng.removeBatchEnd(fn);
+  }
+
+  /** The disk closed: its listeners leave the shared engine. */
+  release(): void {
+    for (const fn of this.listeners) this.eng.removeBatchEnd(fn);
+    this.listeners.length = 0;
   }
 }
 

@@ -123,6 +123,91 @@ export function writeStatus(chain: ChainView, status: number): void {
   w.bufs[i][w.offs[i] + w.lens[i] - 1] = status;
 }
 
+/** The plain fields parseRw() fills (BlkSlot in the device: reused, never reallocated). */
+export interface RwTarget {
+  write: boolean;
+  offset: number;
+  len: number;
+  readonly bufs: Uint8Array[];
+  nbufs: number;
+}
+
+const u32le = (b: Uint8Array, o: number): number => (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+
+/**
+ * The allocation-free parse of the common request: a well-formed IN or OUT with data, into `out` (header read into
+ * plain fields, the data views into out.bufs, a view reused when it is the same guest range as last time). Returns
+ * false for anything else, which the caller hands to parseBlkRequest() (same checks, named failures). `scratch` is
+ * a 16-byte buffer for a header split across descriptors.
+ */
+export function parseRw(chain: ChainView, limits: BlkLimits, scratch: Uint8Array, out: RwTarget, cache: (Uint8Array | null)[]): boolean {
+  if (chain.error !== null || chain.writableBytes === 0 || chain.readableBytes < BLK_REQ_HDR_SIZE) return false;
+  const r = chain.readable;
+  let h: Uint8Array;
+  let ho: number;
+  if (r.lens[0]! >= BLK_REQ_HDR_SIZE) {
+    h = r.bufs[0]!;
+    ho = r.offs[0]!;
+  } else {
+    sgCopyOut(r, 0, scratch, 0, BLK_REQ_HDR_SIZE);
+    h = scratch;
+    ho = 0;
+  }
+  const type = (u32le(h, ho) & ~VIRTIO_BLK_T_BARRIER) >>> 0;
+  if (type !== VIRTIO_BLK_T_IN && type !== VIRTIO_BLK_T_OUT) return false;
+  const hi = u32le(h, ho + 12);
+  if (hi >= 0x200000) return false;
+  const sector = hi * TWO_32 + u32le(h, ho + 8);
+  const write = type === VIRTIO_BLK_T_OUT;
+  const len = write ? chain.readableBytes - BLK_REQ_HDR_SIZE : chain.writableBytes - 1;
+  if (len === 0 || (write && limits.readOnly) || len % SECTOR_SIZE !== 0 || !rangeOk(sector, len / SECTOR_SIZE, limits)) return false;
+  out.write = write;
+  out.offset = sector * SECTOR_SIZE;
+  out.len = len;
+  out.nbufs = sgViewsInto(write ? r : chain.writable, write ? BLK_REQ_HDR_SIZE : 0, len, out.bufs, cache);
+  return true;
+}
+
+/**
+ * Entries of the view cache (a power of two): a direct-mapped table of data views by guest page. Drivers that reuse
+ * their buffers (a guest doing direct I/O from fixed buffers) then get their views back instead of a new
+ * Uint8Array per segment; others pay one subarray per segment, as before.
+ */
+export const VIEW_CACHE_SIZE = 512;
+
+const sameView = (v: Uint8Array | null, buf: Uint8Array, start: number, n: number): v is Uint8Array =>
+  v !== null && v.buffer === buf.buffer && v.byteOffset === buf.byteOffset + start && v.length === n;
+
+/** sgViews into a reused array, through the view cache. Returns the count. */
+function sgViewsInto(sg: SgList, pos: number, len: number, out: Uint8Array[], cache: (Uint8Array | null)[]): number {
+  let k = 0;
+  for (let i = 0; i < sg.count && len > 0; i++) {
+    const segLen = sg.lens[i]!;
+    if (pos >= segLen) {
+      pos -= segLen;
+      continue;
+    }
+    const n = Math.min(segLen - pos, len);
+    const buf = sg.bufs[i]!;
+    const start = sg.offs[i]! + pos;
+    const old = k < out.length ? out[k]! : null;
+    if (!sameView(old, buf, start, n)) {
+      const at = (start / 4096) & (VIEW_CACHE_SIZE - 1);
+      let v = cache[at]!;
+      if (!sameView(v, buf, start, n)) {
+        v = buf.subarray(start, start + n);
+        cache[at] = v;
+      }
+      if (k < out.length) out[k] = v;
+      else out.push(v);
+    }
+    k++;
+    len -= n;
+    pos = 0;
+  }
+  return k;
+}
+
 const fail = (type: number, status: number, error: BlkRequestErrorName, detail: string): BlkRequest => ({ kind: 'fail', type, status, error, detail });
 
 /** Parse one chain. `scratch` is a reusable 16-byte buffer for the header. */

@@ -5,8 +5,11 @@
  * the ring's eventfd, watched on the event loop, says more arrived (docs/architecture.md "Disk I/O"). Each reap
  * drains the eventfd first, so completions reaped right after a submit do not wake the loop again.
  *
- * Request state lives in preallocated slots (typed arrays and slot-indexed arrays); a slot's tag is its index. Each
- * request still returns a promise (the Disk contract is promise-based). Policy is here, not in C: a result of
+ * Request state lives in preallocated slots (typed arrays and slot-indexed arrays); a slot's tag is its index. The
+ * promise calls (readv, writev, ...) serve the Disk contract; submitCb() is the allocation-free path for the
+ * virtio-blk hot path: a completion calls a long-lived callback with the caller's own request object, the burst
+ * goes to the kernel when the caller says its batch is done (kick()), and the listeners given to onBatchEnd() run
+ * after each batch of completions (the device publishes its used entries there, once per batch). Policy is here, not in C: a result of
  * -EINTR or -EAGAIN is resubmitted (a few times), any other negative result rejects with a Node-style error
  * ({ code, errno, syscall }); short transfers are returned as they are and the caller continues them.
  * A slot holds its views until the completion is reaped: the kernel writes into them (guest memory) until then.
@@ -45,6 +48,8 @@ const EAGAIN = osConstants.errno.EAGAIN;
 const OP_NAMES = ['readv', 'writev', 'fdatasync', 'fallocate'];
 
 type Resolve = (n: number) => void;
+/** submitCb's completion: the request object it was given and the result (bytes, or a negative errno). */
+export type UringCallback = (ctx: object, res: number) => void;
 type Reject = (err: Error) => void;
 
 /** fallocate(2) modes the addon accepts. */
@@ -58,8 +63,10 @@ interface Waiting {
   views: readonly Uint8Array[] | null;
   a: number;
   b: number;
-  resolve: Resolve;
-  reject: Reject;
+  resolve: Resolve | null;
+  reject: Reject | null;
+  cb: UringCallback | null;
+  ctx: object | null;
 }
 
 export class UringEngine {
@@ -70,6 +77,12 @@ export class UringEngine {
   private readonly slotViews: (readonly Uint8Array[] | null)[];
   private readonly resolves: (Resolve | null)[];
   private readonly rejects: (Reject | null)[];
+  /** submitCb slots: the callback and its request object (null on promise slots). */
+  private readonly cbs: (UringCallback | null)[];
+  private readonly ctxs: (object | null)[];
+  /** Views used of slotViews[s] (submitCb passes a reused array longer than the request). */
+  private readonly viewCounts: Int32Array;
+  private readonly batchEnd: (() => void)[] = [];
   private readonly retries: Uint8Array;
   private readonly freeSlots: Int32Array;
   private freeTop: number;
@@ -79,7 +92,9 @@ export class UringEngine {
   private qLen = 0;
   /** The burst handed to uringSubmit, rebuilt from the queue on each flush (reused). */
   private readonly ops: Float64Array;
-  private readonly viewTable: Uint8Array[] = [];
+  /** The views of a burst, indexed by its records. Never truncated (length = 0 would drop the backing store, a new
+   * one per burst); entries are cleared after each submit. */
+  private readonly viewTable: (Uint8Array | null)[] = [];
   private readonly cqe: Float64Array;
   /** Requests that found no free slot (beyond RING_ENTRIES in flight). */
   private readonly backlog: Waiting[] = [];
@@ -91,8 +106,8 @@ export class UringEngine {
   private refs = 0;
   private closed = false;
   private readonly watcher: FdWatcher;
-  /** Requests submitted, completions reaped, io_uring_enter calls: for tests and `vhostctl status`. */
-  readonly stats = { submitted: 0, completed: 0, bursts: 0, retried: 0 };
+  /** Requests submitted, completions reaped, io_uring_enter calls, eventfd wakeups: for tests and `vhostctl status`. */
+  readonly stats = { submitted: 0, completed: 0, bursts: 0, retried: 0, wakeups: 0 };
 
   private constructor(
     private readonly native: NativeBinding & NativeUring,
@@ -105,13 +120,19 @@ export class UringEngine {
     this.slotViews = new Array<readonly Uint8Array[] | null>(this.slots).fill(null);
     this.resolves = new Array<Resolve | null>(this.slots).fill(null);
     this.rejects = new Array<Reject | null>(this.slots).fill(null);
+    this.cbs = new Array<UringCallback | null>(this.slots).fill(null);
+    this.ctxs = new Array<object | null>(this.slots).fill(null);
+    this.viewCounts = new Int32Array(this.slots);
     this.retries = new Uint8Array(this.slots);
     this.freeSlots = new Int32Array(this.slots);
     for (let i = 0; i < this.slots; i++) this.freeSlots[i] = this.slots - 1 - i;
     this.freeTop = this.slots;
     this.queue = new Int32Array(this.slots);
     this.cqe = new Float64Array(2 * ring.cqEntries);
-    this.watcher = native.watch(efd, POLL_READABLE, () => this.reap());
+    this.watcher = native.watch(efd, POLL_READABLE, () => {
+      this.stats.wakeups++;
+      this.reap();
+    });
   }
 
   /** Set up a ring; throws where io_uring_setup is refused (the caller falls back). */
@@ -132,6 +153,11 @@ export class UringEngine {
   /** Requests submitted and not yet completed (tests). */
   get inFlight(): number {
     return this.inflight + this.qLen + this.backlog.length;
+  }
+
+  /** The engine a FastIo disk runs on (tests read its stats). */
+  static shared(): UringEngine | null {
+    return shared;
   }
 
   /** preadv: bytes read (short at end of file, 0 past it), or a rejection with the errno. */
@@ -155,6 +181,39 @@ export class UringEngine {
   /** fallocate(fd, mode, offset, len) with mode FALLOC_PUNCH_HOLE or FALLOC_ZERO_RANGE. */
   fallocate(fd: number, mode: number, offset: number, len: number): Promise<number> {
     return this.request(URING_OP_FALLOCATE, fd, offset, null, len, mode);
+  }
+
+  /**
+   * readv (write false) or writev of views[0..nviews) with no promise: cb(ctx, res) runs on completion (res: bytes,
+   * possibly short, or a negative errno after the retries). Queued until kick(). The views stay referenced until then.
+   */
+  submitCb(write: boolean, fd: number, views: readonly Uint8Array[], nviews: number, offset: number, cb: UringCallback, ctx: object): void {
+    if (nviews > IOV_MAX) nviews = IOV_MAX;
+    const op = write ? URING_OP_WRITEV : URING_OP_READV;
+    if (this.closed) {
+      cb(ctx, -osConstants.errno.EBADF);
+      return;
+    }
+    if (this.freeTop === 0) {
+      this.backlog.push({ op, fd, offset, views, a: 0, b: nviews, resolve: null, reject: null, cb, ctx });
+      return;
+    }
+    this.fill(this.freeSlots[--this.freeTop]!, op, fd, offset, views, 0, nviews, null, null, cb, ctx, false);
+  }
+
+  /** Submit what submitCb() queued now (the end of the caller's batch: one io_uring_enter for all of it). */
+  kick(): void {
+    if (this.qLen > 0 && !this.stalled) this.flush();
+  }
+
+  /** fn runs after every batch of completions (a reap); removeBatchEnd() takes it off. */
+  onBatchEnd(fn: () => void): void {
+    this.batchEnd.push(fn);
+  }
+
+  removeBatchEnd(fn: () => void): void {
+    const i = this.batchEnd.indexOf(fn);
+    if (i >= 0) this.batchEnd.splice(i, 1);
   }
 
   acquire(): this {
@@ -184,14 +243,17 @@ export class UringEngine {
         return;
       }
       if (this.freeTop === 0) {
-        this.backlog.push({ op, fd, offset, views, a, b, resolve, reject });
+        this.backlog.push({ op, fd, offset, views, a, b, resolve, reject, cb: null, ctx: null });
         return;
       }
-      this.fill(this.freeSlots[--this.freeTop]!, op, fd, offset, views, a, b, resolve, reject);
+      this.fill(this.freeSlots[--this.freeTop]!, op, fd, offset, views, a, b, resolve, reject, null, null, true);
     });
   }
 
-  private fill(s: number, op: number, fd: number, offset: number, views: readonly Uint8Array[] | null, a: number, b: number, resolve: Resolve, reject: Reject): void {
+  private fill(
+    s: number, op: number, fd: number, offset: number, views: readonly Uint8Array[] | null, a: number, b: number,
+    resolve: Resolve | null, reject: Reject | null, cb: UringCallback | null, ctx: object | null, schedule: boolean,
+  ): void {
     const r = s * URING_OP_STRIDE;
     this.rec[r] = op;
     this.rec[r + 1] = s;
@@ -200,16 +262,20 @@ export class UringEngine {
     this.rec[r + 4] = a;
     this.rec[r + 5] = b;
     this.slotViews[s] = views;
+    this.viewCounts[s] = views === null ? 0 : b;
     this.resolves[s] = resolve;
     this.rejects[s] = reject;
+    this.cbs[s] = cb;
+    this.ctxs[s] = ctx;
     this.retries[s] = 0;
-    this.enqueue(s);
+    this.enqueue(s, schedule);
   }
 
-  private enqueue(s: number): void {
+  /** Queue slot s; `schedule`: submit from a microtask (promise calls), else at the caller's kick(). */
+  private enqueue(s: number, schedule: boolean): void {
     this.queue[(this.qHead + this.qLen) % this.slots] = s;
     this.qLen++;
-    if (!this.flushQueued) {
+    if (schedule && !this.flushQueued) {
       this.flushQueued = true;
       queueMicrotask(this.flushFn);
     }
@@ -220,6 +286,7 @@ export class UringEngine {
     this.flushQueued = false;
     if (this.qLen === 0 || this.closed) return;
     const vt = this.viewTable;
+    let nvt = 0;
     for (let i = 0; i < this.qLen; i++) {
       const s = this.queue[(this.qHead + i) % this.slots]!;
       const src = s * URING_OP_STRIDE;
@@ -227,19 +294,24 @@ export class UringEngine {
       for (let k = 0; k < URING_OP_STRIDE; k++) this.ops[dst + k] = this.rec[src + k]!;
       const views = this.slotViews[s];
       if (views !== null) {
-        this.ops[dst + 4] = vt.length;
-        for (let k = 0; k < views.length; k++) vt.push(views[k]!);
+        this.ops[dst + 4] = nvt;
+        const nv = this.viewCounts[s]!;
+        for (let k = 0; k < nv; k++) {
+          if (nvt < vt.length) vt[nvt] = views[k]!;
+          else vt.push(views[k]!);
+          nvt++;
+        }
       }
     }
     let n: number;
     try {
-      n = this.native.uringSubmit(this.ring, this.ops, this.qLen, vt);
+      n = this.native.uringSubmit(this.ring, this.ops, this.qLen, vt as Uint8Array[]); // entries past the burst are null, never referenced
     } catch (err) {
-      vt.length = 0;
+      vt.fill(null, 0, nvt);
       this.failQueued(err as Error);
       return;
     }
-    vt.length = 0;
+    vt.fill(null, 0, nvt);
     this.stats.bursts++;
     this.stats.submitted += n;
     this.stalled = n === 0;
@@ -258,6 +330,12 @@ export class UringEngine {
       this.inflight++; // settle() counts it out
       this.settle(s, err);
     }
+    this.endBatch();
+  }
+
+  private endBatch(): void {
+    const l = this.batchEnd;
+    for (let i = 0; i < l.length; i++) l[i]!();
   }
 
   private reap(): void {
@@ -270,6 +348,7 @@ export class UringEngine {
       reaped += k;
       if (k < max) break;
     }
+    if (reaped > 0) this.endBatch();
     // Queued requests go in the next microtask, unless the kernel refused the last burst: then only once a
     // completion made room (retrying from a microtask at once would spin without ever reaching the event loop).
     if (this.qLen > 0 && !this.flushQueued && (reaped > 0 || !this.stalled)) {
@@ -285,25 +364,31 @@ export class UringEngine {
       this.retries[s]!++;
       this.stats.retried++;
       this.inflight--;
-      this.enqueue(s);
+      this.enqueue(s, true);
       return;
     }
-    this.settle(s, res >= 0 ? res : uringError(OP_NAMES[this.rec[s * URING_OP_STRIDE]!] ?? 'io_uring', res));
+    if (this.cbs[s] !== null) this.settle(s, res);
+    else this.settle(s, res >= 0 ? res : uringError(OP_NAMES[this.rec[s * URING_OP_STRIDE]!] ?? 'io_uring', res));
   }
 
   /** Resolve or reject slot s and hand it to the next waiting request. */
   private settle(s: number, outcome: number | Error): void {
-    const resolve = this.resolves[s]!;
-    const reject = this.rejects[s]!;
+    const resolve = this.resolves[s];
+    const reject = this.rejects[s];
+    const cb = this.cbs[s];
+    const ctx = this.ctxs[s];
     this.resolves[s] = null;
     this.rejects[s] = null;
+    this.cbs[s] = null;
+    this.ctxs[s] = null;
     this.slotViews[s] = null;
     this.inflight--;
-    const w = this.backlog.shift();
-    if (w !== undefined) this.fill(s, w.op, w.fd, w.offset, w.views, w.a, w.b, w.resolve, w.reject);
+    const w = this.backlog.length > 0 ? this.backlog.shift() : undefined;
+    if (w !== undefined) this.fill(s, w.op, w.fd, w.offset, w.views, w.a, w.b, w.resolve, w.reject, w.cb, w.ctx, true);
     else this.freeSlots[this.freeTop++] = s;
-    if (typeof outcome === 'number') resolve(outcome);
-    else reject(outcome);
+    if (cb !== null) cb(ctx!, typeof outcome === 'number' ? outcome : -osConstants.errno.EIO);
+    else if (typeof outcome === 'number') resolve!(outcome);
+    else reject!(outcome);
   }
 }
 
