@@ -28,8 +28,12 @@ import { cpuNs } from './support/cpu-time.js';
 
 /** Seconds measured per run after the first frames flowed (quick 6, --full 20). */
 const SECONDS = Number(process.env.BENCH_SECONDS ?? (FULL ? 20 : 6));
-/** Stats periods counted from the first one in which both ports received frames: that one and the next are ramp-up. */
-const RAMP_PERIODS = 2;
+/**
+ * Seconds after the first frames before the window opens (frames and CPU are not counted). A backend's first pass
+ * over the driver's mbuf pool is ramp-up, not steady state: with testpmd on 4 KiB pages (--no-huge) vhostd took
+ * about 320,000 minor faults (first touch of each page, once per port mapping) in the first 2-3 s, none after.
+ */
+const WARMUP_S = Number(process.env.BENCH_WARMUP ?? 4);
 /** Runs per frame size, each running every backend once (quick 3, --full 5). */
 const RUNS = Number(process.env.BENCH_RUNS ?? (FULL ? 5 : 3));
 /** Frame sizes (bytes, without FCS); BENCH_FRAMES=64 runs one size. */
@@ -58,11 +62,14 @@ function driver(prefix: string, sockA: string, sockB: string, frame: number): Te
   });
 }
 
-/** Mean Rx-pps per port over the periods after ramp-up; periods before the first frames (connecting) do not count. */
-function steadyMeans(samples: Sample[]): { mpps: number[]; periods: number } {
+/**
+ * Mean Rx-pps per port over the periods that started inside the window: `opened` is the number of periods
+ * printed when it opened (the one running then is skipped, it began during the warm-up).
+ */
+function steadyMeans(samples: Sample[], opened: number): { mpps: number[]; periods: number } {
   const first = samples.findIndex((s) => s.ports.length === 2 && s.ports.every((p) => p.rxPackets > 0));
   if (first < 0) throw new Error('no stats period with frames on both ports');
-  const skip = first + RAMP_PERIODS;
+  const skip = Math.max(first, opened) + 1;
   const periods = samples.length - skip;
   if (periods < 1) throw new Error(`only ${samples.length - first} stats periods after the first frames`);
   return { mpps: [0, 1].map((port) => meanPps(samples, port, 'rxPps', skip) / 1e6), periods };
@@ -79,18 +86,20 @@ interface Measured {
 }
 
 /**
- * Waits for frames on both ports, measures SECONDS (and the CPU time of the backend process `pid`), runs `check`
+ * Waits for frames on both ports and WARMUP_S more, measures SECONDS (and the CPU time of the backend process `pid`), runs `check`
  * while the driver is still connected, stops.
  */
 async function measure(tp: Testpmd, pid: number, check: () => Promise<void> = async () => {}): Promise<Measured> {
   let m: Measured;
   try {
     await tp.waitForSample((s) => s.ports.length === 2 && s.ports.every((p) => p.rxPackets > 0), 60_000);
+    await new Promise((r) => setTimeout(r, WARMUP_S * 1000));
+    const opened = tp.samples().length;
     const c0 = cpuNs(pid);
     const t0 = performance.now();
     await new Promise((r) => setTimeout(r, SECONDS * 1000));
     const cpu = (cpuNs(pid) - c0) / 1e6 / (performance.now() - t0);
-    m = { ...steadyMeans(tp.samples()), cpu };
+    m = { ...steadyMeans(tp.samples(), opened), cpu };
     await check();
   } catch (e) {
     await tp.stop();
