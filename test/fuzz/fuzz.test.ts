@@ -72,91 +72,46 @@ function buildNative(): string {
   return bin;
 }
 
-describe('C addon: cmsg parser (native/cmsg.c) under libFuzzer and valgrind', () => {
-  let bin: string;
-  let corpus: string;
-  beforeAll(() => {
-    bin = buildNative();
-    corpus = join(out, 'cmsg-corpus');
-    cpSync(join(root, 'native', 'fuzz', 'corpus'), corpus, { recursive: true });
-  });
+/**
+ * One C target under libFuzzer (ASan + UBSan, `runs` executions, fixed seed) and valgrind (its plain driver over the
+ * seed corpus, and 2000 executions of its sanitizer-free libFuzzer build).
+ */
+function cTarget(name: string, what: string, corpusDir: string, runs: number): void {
+  describe(`C addon: ${what} under libFuzzer and valgrind`, () => {
+    let bin: string;
+    let corpus: string;
+    const seedDir = join(root, 'native', 'fuzz', corpusDir);
+    beforeAll(() => {
+      bin = buildNative();
+      corpus = join(out, `${name}-corpus`);
+      cpSync(seedDir, corpus, { recursive: true });
+    });
 
-  test('libFuzzer + ASan/UBSan: 200000 executions, no finding', () => {
-    const r = spawnSync(join(bin, 'cmsg_fuzz'), ['-seed=1', '-runs=200000', `-artifact_prefix=${out}/cmsg-`, corpus], { encoding: 'utf8' });
-    expect(r.stderr).toMatch(/Done 200000 runs/);
-    expect(r.status).toBe(0);
-  });
+    test(`libFuzzer + ASan/UBSan: ${runs} executions, no finding`, () => {
+      const r = spawnSync(join(bin, `${name}_fuzz`), ['-seed=1', `-runs=${runs}`, `-artifact_prefix=${out}/${name}-`, corpus], { encoding: 'utf8' });
+      expect(r.stderr).toMatch(new RegExp(`Done ${runs} runs`));
+      expect(r.status).toBe(0);
+    });
 
-  test('valgrind: the driver over the corpus (seeds and regression inputs) and 2000 libFuzzer executions', () => {
-    const seeds = readdirSync(join(root, 'native', 'fuzz', 'corpus')).map((f) => join(root, 'native', 'fuzz', 'corpus', f));
-    const d = spawnSync('valgrind', ['-q', '--error-exitcode=1', '--leak-check=full', join(bin, 'cmsg_driver'), ...seeds], { encoding: 'utf8' });
-    expect(d.stderr).toBe('');
-    expect(d.status).toBe(0);
-    expect(d.stdout).toContain(`cmsg driver: ${seeds.length} inputs`);
-    const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, 'cmsg_fuzz_plain'), '-seed=1', '-runs=2000', mkdtempSync(join(out, 'vg-')), corpus], { encoding: 'utf8' });
-    expect(f.stderr).toMatch(/Done 2000 runs/);
-    expect(f.status).toBe(0);
+    test('valgrind: the driver over the seed corpus and 2000 libFuzzer executions', () => {
+      const seeds = readdirSync(seedDir).map((f) => join(seedDir, f));
+      const d = spawnSync('valgrind', ['-q', '--error-exitcode=1', '--leak-check=full', join(bin, `${name}_driver`), ...seeds], { encoding: 'utf8' });
+      expect(d.stderr).toBe('');
+      expect(d.status).toBe(0);
+      expect(d.stdout).toContain(`${name} driver: ${seeds.length} inputs`);
+      const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, `${name}_fuzz_plain`), '-seed=1', '-runs=2000', mkdtempSync(join(out, `vg-${name}-`)), corpus], { encoding: 'utf8' });
+      expect(f.stderr).toMatch(/Done 2000 runs/);
+      expect(f.status).toBe(0);
+    });
   });
-});
+}
 
-describe('C addon: copyBurst op checks (native/copy.c) under libFuzzer and valgrind', () => {
-  let bin: string;
-  let corpus: string;
-  const seedDir = join(root, 'native', 'fuzz', 'corpus-copy');
-  beforeAll(() => {
-    bin = buildNative();
-    corpus = join(out, 'copy-corpus');
-    cpSync(seedDir, corpus, { recursive: true });
-  });
-
-  test('libFuzzer + ASan/UBSan: 100000 executions (about 10 s), no finding', () => {
-    const r = spawnSync(join(bin, 'copy_fuzz'), ['-seed=1', '-runs=100000', `-artifact_prefix=${out}/copy-`, corpus], { encoding: 'utf8' });
-    expect(r.stderr).toMatch(/Done 100000 runs/);
-    expect(r.status).toBe(0);
-  });
-
-  test('valgrind: the driver over the seeds and 2000 libFuzzer executions', () => {
-    const seeds = readdirSync(seedDir).map((f) => join(seedDir, f));
-    const d = spawnSync('valgrind', ['-q', '--error-exitcode=1', '--leak-check=full', join(bin, 'copy_driver'), ...seeds], { encoding: 'utf8' });
-    expect(d.stderr).toBe('');
-    expect(d.status).toBe(0);
-    expect(d.stdout).toContain(`copy driver: ${seeds.length} inputs`);
-    const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, 'copy_fuzz_plain'), '-seed=1', '-runs=2000', mkdtempSync(join(out, 'vg-copy-')), corpus], { encoding: 'utf8' });
-    expect(f.stderr).toMatch(/Done 2000 runs/);
-    expect(f.status).toBe(0);
-  });
-});
-
+cTarget('cmsg', 'cmsg parser (native/cmsg.c)', 'corpus', 200_000);
+cTarget('copy', 'copyBurst op checks (native/copy.c)', 'corpus-copy', 100_000);
 /*
  * The io_uring request checks (native/uring_prep.c). The syscall half (native/uring.c: setup, submit, reap) is not
  * run under valgrind: valgrind does not model memory the kernel writes through an io_uring, so the driver runs the
  * checks and the iovec building with the submit left out; the engine itself is tested through Node
  * (test/integration/uring-engine.test.ts).
  */
-describe('C addon: io_uring request checks (native/uring_prep.c) under libFuzzer and valgrind', () => {
-  let bin: string;
-  let corpus: string;
-  const seedDir = join(root, 'native', 'fuzz', 'corpus-uring');
-  beforeAll(() => {
-    bin = buildNative();
-    corpus = join(out, 'uring-corpus');
-    cpSync(seedDir, corpus, { recursive: true });
-  });
-
-  test('libFuzzer + ASan/UBSan: 200000 executions against the model of the rules, no finding', () => {
-    const r = spawnSync(join(bin, 'uring_fuzz'), ['-seed=1', '-runs=200000', `-artifact_prefix=${out}/uring-`, corpus], { encoding: 'utf8' });
-    expect(r.stderr).toMatch(/Done 200000 runs/);
-    expect(r.status).toBe(0);
-  });
-
-  test('valgrind: the driver over the seeds and 2000 libFuzzer executions', () => {
-    const seeds = readdirSync(seedDir).map((f) => join(seedDir, f));
-    const d = spawnSync('valgrind', ['-q', '--error-exitcode=1', '--leak-check=full', join(bin, 'uring_driver'), ...seeds], { encoding: 'utf8' });
-    expect(d.stderr).toBe('');
-    expect(d.status).toBe(0);
-    expect(d.stdout).toContain(`uring driver: ${seeds.length} inputs`);
-    const f = spawnSync('valgrind', ['-q', '--error-exitcode=1', join(bin, 'uring_fuzz_plain'), '-seed=1', '-runs=2000', mkdtempSync(join(out, 'vg-uring-')), corpus], { encoding: 'utf8' });
-    expect(f.stderr).toMatch(/Done 2000 runs/);
-    expect(f.status).toBe(0);
-  });
-});
+cTarget('uring', 'io_uring request checks against a model of the rules (native/uring_prep.c)', 'corpus-uring', 200_000);
