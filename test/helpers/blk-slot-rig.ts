@@ -5,16 +5,14 @@
  * kicked through an eventfd watched on the event loop, as the vhost-user layer does. The driver side allocates
  * nothing per request, so an allocation measurement over run() sees the device, disk and engine path.
  */
-import { Writable } from 'node:stream';
 import { loadNative } from '../../src/native/binding.js';
 import { POLL_READABLE, type FdWatcher } from '../../src/native/types.js';
-import { GuestMemory } from '../../src/memory/guest-memory.js';
-import { mapRegion, unmapRegions } from '../../src/memory/mmap-regions.js';
+import { unmapRegions } from '../../src/memory/mmap-regions.js';
 import type { MemoryRegion } from '../../src/memory/region.js';
 import type { DeviceQueue } from '../../src/device/device.js';
 import { BlkDevice } from '../../src/blk/blk-device.js';
 import type { Disk } from '../../src/blk/disk.js';
-import { createLogger } from '../../src/util/log.js';
+import { mapGuest, quietLogger } from './mapped-guest.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/defs.js';
 import { VIRTIO_F_VERSION_1, bit } from '../../src/virtio/features.js';
@@ -74,14 +72,11 @@ export class BlkSlotRig {
     const native = loadNative();
     if (3 * depth > RING) throw new Error(`depth ${depth} needs ${3 * depth} descriptors`);
     this.memfd = native.memfdCreate('blk-rig', MEM);
-    this.regions = mapRegion(native, { gpa: 0, size: MEM, uva: UVA_BASE, mmapOffset: 0 }, this.memfd);
-    const mem = new GuestMemory(this.regions);
-    this.u8 = this.regions[0].u8;
-    this.u16 = new Uint16Array(this.regions[0].buffer);
-    this.u32 = new Uint32Array(this.regions[0].buffer);
+    const g = mapGuest(this.memfd, MEM, UVA_BASE);
+    const mem = g.mem;
+    ({ regions: this.regions, u8: this.u8, u16: this.u16, u32: this.u32 } = g);
     this.sectors = Math.floor(disk.size / BLK_RIG_DATA) * (BLK_RIG_DATA / 512);
-    const log = createLogger({ level: 'warn', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
-    this.dev = new BlkDevice({ name: 'rig.disk0', disk, log });
+    this.dev = new BlkDevice({ name: 'rig.disk0', disk, log: quietLogger() });
     this.dev.setFeatures(bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_BLK_F_FLUSH));
     for (let c = 0; c < depth; c++) {
       this.desc(3 * c, HDRS + 16 * c, 16, VIRTQ_DESC_F_NEXT, 3 * c + 1);

@@ -5,15 +5,14 @@
  * entries and one avail.idx store), so an allocation measurement over sendBurst() sees the device path only:
  * TX pop, switch, RX fill and copy, used-ring publish.
  */
-import { Writable } from 'node:stream';
 import { loadNative } from '../../src/native/binding.js';
-import { GuestMemory } from '../../src/memory/guest-memory.js';
-import { mapRegion, unmapRegions } from '../../src/memory/mmap-regions.js';
+import type { GuestMemory } from '../../src/memory/guest-memory.js';
+import { unmapRegions } from '../../src/memory/mmap-regions.js';
 import type { MemoryRegion } from '../../src/memory/region.js';
 import type { DeviceQueue } from '../../src/device/device.js';
 import { NetDevice } from '../../src/net/net-device.js';
 import { Switch } from '../../src/net/switch.js';
-import { createLogger } from '../../src/util/log.js';
+import { mapGuest, quietLogger } from './mapped-guest.js';
 import { SplitQueue } from '../../src/virtqueue/split-queue.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/virtqueue/defs.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_NET_F_MRG_RXBUF, bit } from '../../src/virtio/features.js';
@@ -85,14 +84,8 @@ export class RigGuest {
     readonly mac: string,
     opts: GuestOptions,
   ) {
-    const native = loadNative();
-    this.regions = mapRegion(native, { gpa: 0, size: MEM, uva: UVA_BASE, mmapOffset: 0 }, fd);
-    this.mem = new GuestMemory(this.regions);
-    this.u8 = this.regions[0].u8;
-    this.u16 = new Uint16Array(this.regions[0].buffer);
-    this.u32 = new Uint32Array(this.regions[0].buffer);
-    const log = createLogger({ level: 'warn', destination: new Writable({ write: (_c, _e, cb) => cb() }) });
-    this.dev = new NetDevice({ name, sw, log, mac });
+    ({ regions: this.regions, mem: this.mem, u8: this.u8, u16: this.u16, u32: this.u32 } = mapGuest(fd, MEM, UVA_BASE));
+    this.dev = new NetDevice({ name, sw, log: quietLogger(), mac });
     const features = opts.features ?? bit(VIRTIO_F_VERSION_1);
     this.dev.setFeatures(features);
     this.hdrLen = 12;
